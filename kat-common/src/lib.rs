@@ -1,0 +1,182 @@
+//! Records shared by the eBPF programs (kat-ebpf) and userspace (kat).
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so that both sides
+//! agree byte for byte; sizes are asserted at compile time.
+#![no_std]
+
+/// What a [`Record`] reports.
+pub mod kind {
+    /// The keepalive timer ran for a socket with SO_KEEPALIVE on.
+    pub const TIMER_RUN: u8 = 1;
+    /// The socket sent a RST of its own (tcp_send_active_reset).
+    pub const RESET_SENT: u8 = 2;
+    /// The socket received a RST (tcp_reset).
+    pub const RESET_RECEIVED: u8 = 3;
+    /// The socket changed state to ESTABLISHED or CLOSE.
+    pub const STATE_CHANGE: u8 = 4;
+    /// The kernel is freeing the socket (tcp_destroy_sock).
+    pub const DESTROY: u8 = 5;
+}
+
+/// Bits of [`Record::flags`].
+pub mod flag {
+    /// SOCK_KEEPOPEN was set (SO_KEEPALIVE on).
+    pub const KEEPOPEN: u8 = 1;
+    /// The record was made inside the keepalive timer on this CPU.
+    pub const IN_KEEPALIVE_TIMER: u8 = 2;
+    /// `reset_reason` holds the kernel's `enum sk_rst_reason` value.
+    pub const HAS_RESET_REASON: u8 = 4;
+    /// `sk_shutdown` was SHUTDOWN_MASK: the application is in close().
+    pub const IN_CLOSE: u8 = 8;
+}
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h: stable ABI).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+}
+
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// Most ports `--port` may name; the filter is unrolled in the kernel.
+pub const MAX_PORTS: usize = 8;
+
+/// One kernel observation about one socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// CLOCK_MONOTONIC nanoseconds (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// Kernel address of the `struct sock`: the socket's identity while it lives.
+    pub sk: u64,
+    /// Inode of the socket's file (0 once the application closed it).
+    pub sock_ino: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Inode number of the socket's network namespace.
+    pub netns: u32,
+    pub uid: u32,
+    /// Current task; meaningful only for records made in process context.
+    pub pid: u32,
+    /// Local port, host byte order.
+    pub sport: u16,
+    /// Remote port, host byte order.
+    pub dport: u16,
+    pub family: u16,
+    pub kind: u8,
+    /// `sk_state` (for STATE_CHANGE: the new state).
+    pub state: u8,
+    /// For STATE_CHANGE: the state before.
+    pub old_state: u8,
+    /// `icsk_probes_out` before the keepalive timer ran (TIMER_RUN).
+    pub probes_before: u8,
+    /// `icsk_probes_out` when the record was made.
+    pub probes_after: u8,
+    pub flags: u8,
+    /// `tp->keepalive_time` in jiffies; 0 means the namespace sysctl applies.
+    pub ka_time: u32,
+    pub ka_intvl: u32,
+    /// The socket's network namespace sysctls, in jiffies.
+    pub sysctl_time: u32,
+    pub sysctl_intvl: u32,
+    /// `icsk_user_timeout` in milliseconds; 0 when unset.
+    pub user_timeout_ms: u32,
+    /// Jiffies since the last segment was received (the kernel's keepalive idle).
+    pub idle_jiffies: u32,
+    pub packets_out: u32,
+    pub sk_err: i32,
+    pub sk_err_soft: i32,
+    /// Raw `enum sk_rst_reason` when [`flag::HAS_RESET_REASON`] is set.
+    pub reset_reason: u32,
+    pub ka_probes: u8,
+    pub sysctl_probes: u8,
+    pub _pad0: [u8; 2],
+    /// Current task's comm; meaningful only in process context.
+    pub comm: [u8; 16],
+    pub _pad1: [u8; 4],
+}
+
+pub const RECORD_SIZE: usize = 144;
+const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
+
+/// Offsets of kernel struct fields, resolved from the running kernel's BTF.
+///
+/// Rust eBPF gets no CO-RE relocations, so every field read goes through
+/// one of these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    /// `timer_list.function`
+    pub timer_function: u32,
+    /// `sock.sk_timer`
+    pub sk_timer: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    /// `inet_sock.inet_sport`: local port, network order.
+    pub inet_sport: u32,
+    /// `skc_dport`: remote port, network order.
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    /// `sock.__sk_common.skc_net` (a `struct net *`).
+    pub skc_net: u32,
+    /// `net.ns.inum`
+    pub net_inum: u32,
+    pub net_ka_time: u32,
+    pub net_ka_intvl: u32,
+    pub net_ka_probes: u32,
+    pub sk_flags: u32,
+    pub sk_protocol: u32,
+    pub sk_err: u32,
+    pub sk_err_soft: u32,
+    pub sk_shutdown: u32,
+    pub sk_uid: u32,
+    pub sk_socket: u32,
+    /// From a `struct socket *` to its inode's `i_ino` (socket_alloc layout).
+    pub socket_ino: u32,
+    pub icsk_probes_out: u32,
+    pub icsk_user_timeout: u32,
+    pub icsk_lrcvtime: u32,
+    pub tp_rcv_tstamp: u32,
+    pub tp_packets_out: u32,
+    pub tp_ka_time: u32,
+    pub tp_ka_intvl: u32,
+    pub tp_ka_probes: u32,
+}
+
+/// Everything the programs are told at load time (one read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: Offsets,
+    pub _pad: u32,
+    /// Address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    pub keepalive_timer_fn: u64,
+    /// Bit number of SOCK_KEEPOPEN in `sk_flags` (enum sock_flags).
+    pub keepopen_bit: u32,
+    /// How many entries of `ports` are in use; 0 = no port filter.
+    pub nports: u32,
+    pub ports: [u16; MAX_PORTS],
+}
+
+const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: plain old data, repr(C), no implicit padding (sizes asserted above).
+    unsafe impl aya::Pod for super::Record {}
+    unsafe impl aya::Pod for super::Config {}
+}

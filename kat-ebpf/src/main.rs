@@ -1,0 +1,358 @@
+//! kat's kernel side: the tracepoint lane.
+//!
+//! Every field of `struct sock` and friends is read through offsets that
+//! userspace resolved from the running kernel's BTF (`CONFIG`), because
+//! rustc emits no CO-RE relocations.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
+    },
+    macros::{btf_tracepoint, map},
+    maps::{PerCpuArray, RingBuf},
+    programs::BtfTracePointContext,
+};
+use kat_common::{flag, kind, tcp_state, Config, Record, AF_INET, MAX_PORTS};
+
+/// Filled in by the loader; read-only and frozen, so the verifier sees
+/// its values as constants.
+#[no_mangle]
+static CONFIG: Config = unsafe { core::mem::zeroed() };
+
+const RING_BYTES: u32 = 1 << 20;
+
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Records that did not fit in EVENTS.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// The socket whose keepalive timer runs on this CPU right now, and its
+/// probe count before the run. Timer callbacks do not nest on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Running {
+    sk: u64,
+    probes_before: u8,
+}
+
+#[map]
+static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
+
+const IPPROTO_TCP: u16 = 6;
+const SHUTDOWN_MASK: u8 = 3;
+
+#[inline(always)]
+fn config() -> &'static Config {
+    &CONFIG
+}
+
+#[inline(always)]
+fn cfg_u32(v: &u32) -> u32 {
+    // Volatile so that the compiler reads the loaded value, not the default.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn cfg_u64(v: &u64) -> u64 {
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+/// Reads a `T` at `base + off`; zero when the kernel memory cannot be read.
+#[inline(always)]
+fn read<T: Copy + Default>(base: u64, off: &u32) -> T {
+    let addr = base.wrapping_add(cfg_u32(off) as u64) as *const T;
+    unsafe { bpf_probe_read_kernel(addr) }.unwrap_or_default()
+}
+
+#[inline(always)]
+fn port_wanted(sport: u16, dport: u16) -> bool {
+    let cfg = config();
+    let n = cfg_u32(&cfg.nports) as usize;
+    if n == 0 {
+        return true;
+    }
+    let mut i = 0;
+    while i < MAX_PORTS {
+        if i < n {
+            let p = unsafe { core::ptr::read_volatile(&cfg.ports[i]) };
+            if p == sport || p == dport {
+                return true;
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Local and remote port of a socket, host order. `inet_sport` survives
+/// the unhash at TCP_CLOSE, where `skc_num` is already 0.
+#[inline(always)]
+fn ports(sk: u64) -> (u16, u16) {
+    let o = &config().offsets;
+    (
+        u16::from_be(read::<u16>(sk, &o.inet_sport)),
+        u16::from_be(read::<u16>(sk, &o.skc_dport)),
+    )
+}
+
+/// Fills everything a record says about the socket itself.
+#[inline(always)]
+fn fill_socket(rec: &mut Record, sk: u64, sport: u16, dport: u16) {
+    let cfg = config();
+    let o = &cfg.offsets;
+    rec.ts_ns = unsafe { bpf_ktime_get_ns() };
+    rec.sk = sk;
+    rec.sport = sport;
+    rec.dport = dport;
+    rec.family = read::<u16>(sk, &o.skc_family);
+    if rec.family == AF_INET {
+        let s: [u8; 4] = read(sk, &o.skc_rcv_saddr);
+        let d: [u8; 4] = read(sk, &o.skc_daddr);
+        rec.saddr[..4].copy_from_slice(&s);
+        rec.daddr[..4].copy_from_slice(&d);
+    } else {
+        rec.saddr = read(sk, &o.skc_v6_rcv_saddr);
+        rec.daddr = read(sk, &o.skc_v6_daddr);
+    }
+    let net: u64 = read(sk, &o.skc_net);
+    if net != 0 {
+        rec.netns = read(net, &o.net_inum);
+        rec.sysctl_time = read(net, &o.net_ka_time);
+        rec.sysctl_intvl = read(net, &o.net_ka_intvl);
+        rec.sysctl_probes = read(net, &o.net_ka_probes);
+    }
+    rec.uid = read(sk, &o.sk_uid);
+    let socket: u64 = read(sk, &o.sk_socket);
+    if socket != 0 {
+        rec.sock_ino = read(socket, &o.socket_ino);
+    }
+    rec.state = read(sk, &o.skc_state);
+    rec.probes_after = read(sk, &o.icsk_probes_out);
+    let sk_flags: u64 = read(sk, &o.sk_flags);
+    if (sk_flags >> (cfg_u32(&cfg.keepopen_bit) & 63)) & 1 == 1 {
+        rec.flags |= flag::KEEPOPEN;
+    }
+    rec.sk_err = read(sk, &o.sk_err);
+    rec.sk_err_soft = read(sk, &o.sk_err_soft);
+    if read::<u8>(sk, &o.sk_shutdown) == SHUTDOWN_MASK {
+        rec.flags |= flag::IN_CLOSE;
+    }
+    rec.user_timeout_ms = read(sk, &o.icsk_user_timeout);
+    rec.packets_out = read(sk, &o.tp_packets_out);
+    rec.ka_time = read(sk, &o.tp_ka_time);
+    rec.ka_intvl = read(sk, &o.tp_ka_intvl);
+    rec.ka_probes = read(sk, &o.tp_ka_probes);
+    if let Some(running) = RUNNING.get(0) {
+        if running.sk == sk {
+            rec.flags |= flag::IN_KEEPALIVE_TIMER;
+        }
+    }
+}
+
+#[inline(always)]
+fn fill_task(rec: &mut Record) {
+    rec.pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    rec.comm = bpf_get_current_comm().unwrap_or_default();
+}
+
+/// Reserves a record, lets `fill` write it and submits it; counts it lost
+/// when the ring is full. The reader is woken only when the ring fills up:
+/// it drains on its own clock otherwise.
+#[inline(always)]
+fn emit(fill: impl FnOnce(&mut Record)) {
+    match EVENTS.reserve::<Record>(0) {
+        Some(mut entry) => {
+            let rec = entry.as_mut_ptr();
+            // SAFETY: the entry is exactly one Record, zeroed before use.
+            unsafe {
+                core::ptr::write_bytes(rec, 0, 1);
+                fill(&mut *rec);
+            }
+            let pending = EVENTS.query(0); // BPF_RB_AVAIL_DATA
+            let wake = if pending > (RING_BYTES / 4) as u64 {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(wake as u64);
+        }
+        None => {
+            if let Some(lost) = LOST.get_ptr_mut(0) {
+                unsafe { *lost += 1 };
+            }
+        }
+    }
+}
+
+/// The keepalive timer's socket, or None for any other timer. This runs
+/// for every timer on the host: one load and one compare before leaving.
+#[inline(always)]
+fn keepalive_sock(ctx: &BtfTracePointContext) -> Option<u64> {
+    let cfg = config();
+    let timer: u64 = ctx.arg(0);
+    let function: u64 = read(timer, &cfg.offsets.timer_function);
+    if function != cfg_u64(&cfg.keepalive_timer_fn) {
+        return None;
+    }
+    Some(timer.wrapping_sub(cfg_u32(&cfg.offsets.sk_timer) as u64))
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
+    let Some(sk) = keepalive_sock(&ctx) else {
+        return 0;
+    };
+    if let Some(running) = RUNNING.get_ptr_mut(0) {
+        let probes_before = read(sk, &config().offsets.icsk_probes_out);
+        unsafe {
+            *running = Running { sk, probes_before };
+        }
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_expire_exit")]
+pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
+    let Some(sk) = keepalive_sock(&ctx) else {
+        return 0;
+    };
+    let Some(running) = RUNNING.get_ptr_mut(0) else {
+        return 0;
+    };
+    let (was, probes_before) = unsafe { ((*running).sk, (*running).probes_before) };
+    unsafe { (*running).sk = 0 };
+    if was != sk {
+        return 0;
+    }
+    let o = &config().offsets;
+    let sk_flags: u64 = read(sk, &o.sk_flags);
+    if (sk_flags >> (cfg_u32(&config().keepopen_bit) & 63)) & 1 == 0 {
+        return 0;
+    }
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
+    let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
+    let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        rec.kind = kind::TIMER_RUN;
+        rec.probes_before = probes_before;
+        rec.idle_jiffies = idle;
+    });
+    0
+}
+
+#[inline(always)]
+fn reset_sent(sk: u64, skb: u64, reason: Option<u32>) -> i32 {
+    // Only resets the socket sends on its own initiative carry no skb;
+    // replies to a segment are not a decision about this connection.
+    if sk == 0 || skb != 0 {
+        return 0;
+    }
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        fill_task(rec);
+        rec.kind = kind::RESET_SENT;
+        if let Some(reason) = reason {
+            rec.reset_reason = reason;
+            rec.flags |= flag::HAS_RESET_REASON;
+        }
+    });
+    0
+}
+
+/// Kernels with `enum sk_rst_reason` (6.10+): (sk, skb, reason).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
+    reset_sent(ctx.arg(0), ctx.arg(1), Some(ctx.arg(2)))
+}
+
+/// Older kernels: (sk, skb).
+#[btf_tracepoint(function = "tcp_send_reset")]
+pub fn tcp_send_reset_noreason(ctx: BtfTracePointContext) -> i32 {
+    reset_sent(ctx.arg(0), ctx.arg(1), None)
+}
+
+#[btf_tracepoint(function = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        rec.kind = kind::RESET_RECEIVED;
+    });
+    0
+}
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
+    let (old, new) = (old as u8, new as u8);
+    let interesting = new == tcp_state::ESTABLISHED
+        || (new == tcp_state::CLOSE
+            && old != tcp_state::LISTEN
+            && old != tcp_state::SYN_SENT
+            && old != tcp_state::SYN_RECV);
+    if !interesting {
+        return 0;
+    }
+    let protocol: u16 = read(sk, &config().offsets.sk_protocol);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        fill_task(rec);
+        rec.kind = kind::STATE_CHANGE;
+        rec.state = new;
+        rec.old_state = old;
+    });
+    0
+}
+
+#[btf_tracepoint(function = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        rec.kind = kind::DESTROY;
+    });
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,203 @@
+//! Struct offsets and enum values of the running kernel, from its BTF.
+//!
+//! The eBPF programs carry no CO-RE relocations: every field they read is
+//! located here, at start-up, and handed to them in `Config`.
+
+use std::collections::BTreeMap;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use btfparse::{Integer32Value, Offset, Readable, TypeInformation, TypeVariant};
+use kat_common::Offsets;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+struct Bytes(Vec<u8>);
+
+impl Readable for Bytes {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+        {
+            Some(src) => {
+                buffer.copy_from_slice(src);
+                Ok(())
+            }
+            None => Err(btfparse::Error::new(
+                btfparse::ErrorKind::EOF,
+                "read past the end of the BTF data",
+            )),
+        }
+    }
+}
+
+/// Parsed kernel BTF.
+pub struct KernelBtf {
+    types: TypeInformation,
+}
+
+/// One field kat reads: where it is and how many bytes the programs read.
+struct Field {
+    ty: &'static str,
+    path: &'static str,
+    size: usize,
+}
+
+const fn field(ty: &'static str, path: &'static str, size: usize) -> Field {
+    Field { ty, path, size }
+}
+
+impl KernelBtf {
+    pub fn from_bytes(data: Vec<u8>) -> Result<Self> {
+        let types =
+            TypeInformation::new(&Bytes(data)).map_err(|e| anyhow!("cannot parse BTF: {e:?}"))?;
+        Ok(Self { types })
+    }
+
+    pub fn from_running_kernel() -> Result<Self> {
+        let data = std::fs::read(VMLINUX).with_context(|| {
+            format!(
+                "cannot read {VMLINUX}: kat needs a kernel built with \
+                 CONFIG_DEBUG_INFO_BTF=y"
+            )
+        })?;
+        Self::from_bytes(data)
+    }
+
+    /// Byte offset of `path` inside `ty`, checking that the field has the
+    /// size the programs read.
+    fn offset(&self, f: &Field) -> Result<u32> {
+        let what = || format!("{}.{}", f.ty, f.path);
+        let tid = self
+            .types
+            .id_of(f.ty)
+            .ok_or_else(|| anyhow!("this kernel's BTF has no type `{}`", f.ty))?;
+        let (field_tid, offset) = self
+            .types
+            .offset_of(tid, f.path)
+            .map_err(|e| anyhow!("this kernel's BTF has no field {}: {e:?}", what()))?;
+        let offset = match offset {
+            Offset::ByteOffset(o) => o,
+            Offset::BitOffsetAndSize(..) => {
+                bail!(
+                    "{} is a bit field on this kernel; kat cannot read it",
+                    what()
+                )
+            }
+        };
+        let size = self
+            .types
+            .size_of(field_tid)
+            .map_err(|e| anyhow!("cannot size {}: {e:?}", what()))?;
+        if size != f.size {
+            bail!(
+                "{} is {size} bytes on this kernel, kat expects {}: its type changed",
+                what(),
+                f.size
+            );
+        }
+        Ok(offset)
+    }
+
+    /// All offsets the programs need.
+    pub fn offsets(&self) -> Result<Offsets> {
+        let o = |ty, path, size| self.offset(&field(ty, path, size));
+        let socket_in_alloc = self.struct_member_offset("socket_alloc", "socket")?;
+        let inode_in_alloc = self.struct_member_offset("socket_alloc", "vfs_inode")?;
+        let i_ino = o("inode", "i_ino", 8)?;
+        Ok(Offsets {
+            timer_function: o("timer_list", "function", 8)?,
+            sk_timer: self.struct_member_offset("sock", "sk_timer")?,
+            skc_family: o("sock", "__sk_common.skc_family", 2)?,
+            skc_state: o("sock", "__sk_common.skc_state", 1)?,
+            inet_sport: o("inet_sock", "inet_sport", 2)?,
+            skc_dport: o("sock", "__sk_common.skc_dport", 2)?,
+            skc_rcv_saddr: o("sock", "__sk_common.skc_rcv_saddr", 4)?,
+            skc_daddr: o("sock", "__sk_common.skc_daddr", 4)?,
+            skc_v6_rcv_saddr: o("sock", "__sk_common.skc_v6_rcv_saddr", 16)?,
+            skc_v6_daddr: o("sock", "__sk_common.skc_v6_daddr", 16)?,
+            skc_net: o("sock", "__sk_common.skc_net.net", 8)?,
+            net_inum: o("net", "ns.inum", 4)?,
+            net_ka_time: o("net", "ipv4.sysctl_tcp_keepalive_time", 4)?,
+            net_ka_intvl: o("net", "ipv4.sysctl_tcp_keepalive_intvl", 4)?,
+            net_ka_probes: o("net", "ipv4.sysctl_tcp_keepalive_probes", 1)?,
+            // Moved into sock_common in 6.x; plain sk_flags before.
+            sk_flags: o("sock", "__sk_common.skc_flags", 8)
+                .or_else(|_| o("sock", "sk_flags", 8))?,
+            sk_protocol: o("sock", "sk_protocol", 2)?,
+            sk_err: o("sock", "sk_err", 4)?,
+            sk_err_soft: o("sock", "sk_err_soft", 4)?,
+            sk_shutdown: o("sock", "sk_shutdown", 1)?,
+            sk_uid: o("sock", "sk_uid", 4)?,
+            sk_socket: o("sock", "sk_socket", 8)?,
+            socket_ino: inode_in_alloc
+                .checked_sub(socket_in_alloc)
+                .ok_or_else(|| anyhow!("socket_alloc: inode placed before socket"))?
+                + i_ino,
+            icsk_probes_out: o("inet_connection_sock", "icsk_probes_out", 1)?,
+            icsk_user_timeout: o("inet_connection_sock", "icsk_user_timeout", 4)?,
+            icsk_lrcvtime: o("inet_connection_sock", "icsk_ack.lrcvtime", 4)?,
+            tp_rcv_tstamp: o("tcp_sock", "rcv_tstamp", 4)?,
+            tp_packets_out: o("tcp_sock", "packets_out", 4)?,
+            tp_ka_time: o("tcp_sock", "keepalive_time", 4)?,
+            tp_ka_intvl: o("tcp_sock", "keepalive_intvl", 4)?,
+            tp_ka_probes: o("tcp_sock", "keepalive_probes", 1)?,
+        })
+    }
+
+    /// Offset of a member whose size kat does not read (an embedded struct).
+    fn struct_member_offset(&self, ty: &str, path: &str) -> Result<u32> {
+        let tid = self
+            .types
+            .id_of(ty)
+            .ok_or_else(|| anyhow!("this kernel's BTF has no type `{ty}`"))?;
+        match self.types.offset_of(tid, path) {
+            Ok((_, Offset::ByteOffset(o))) => Ok(o),
+            Ok(_) => bail!("{ty}.{path} is a bit field on this kernel"),
+            Err(e) => bail!("this kernel's BTF has no field {ty}.{path}: {e:?}"),
+        }
+    }
+
+    /// Name → value of a C enum, or None when the kernel has no such enum.
+    pub fn enum_values(&self, name: &str) -> Option<BTreeMap<String, u32>> {
+        let tid = self.types.id_of(name)?;
+        match self.types.from_id(tid)? {
+            TypeVariant::Enum(e) => Some(
+                e.named_value_list()
+                    .iter()
+                    .map(|v| {
+                        let value = match v.value {
+                            Integer32Value::Signed(s) => s as u32,
+                            Integer32Value::Unsigned(u) => u,
+                        };
+                        (v.name.clone(), value)
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Bit number of SOCK_KEEPOPEN in `sk_flags`.
+    pub fn keepopen_bit(&self) -> Result<u32> {
+        self.enum_values("sock_flags")
+            .and_then(|v| v.get("SOCK_KEEPOPEN").copied())
+            .ok_or_else(|| anyhow!("this kernel's BTF has no enum sock_flags::SOCK_KEEPOPEN"))
+    }
+
+    /// Reset reasons by value, names without the `SK_RST_REASON_` prefix;
+    /// None on kernels before reset reasons (< 6.10).
+    pub fn reset_reasons(&self) -> Option<BTreeMap<u32, String>> {
+        let values = self.enum_values("sk_rst_reason")?;
+        Some(
+            values
+                .into_iter()
+                .map(|(name, v)| {
+                    let short = name.strip_prefix("SK_RST_REASON_").unwrap_or(&name);
+                    (v, short.to_string())
+                })
+                .collect(),
+        )
+    }
+}

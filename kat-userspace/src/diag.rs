@@ -1,0 +1,151 @@
+//! sock_diag (the netlink interface behind `ss`): asks the kernel about
+//! the few sockets that have a keepalive probe out, so that an answer is
+//! seen within a poll interval instead of at the next timer run — without
+//! a hook on the packet receive path.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::MetadataExt as _;
+
+use anyhow::{anyhow, Context as _, Result};
+use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use netlink_packet_sock_diag::{
+    constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags},
+    SockDiagMessage,
+};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+
+use crate::tracker::Probing;
+
+/// Offset of `tcpi_probes` in `struct tcp_info` (uapi, stable).
+const TCPI_PROBES: usize = 3;
+
+/// One sock_diag socket per network namespace, opened on first use.
+#[derive(Default)]
+pub struct Diag {
+    by_netns: HashMap<u32, Option<Socket>>,
+}
+
+fn netns_inode(path: &str) -> Option<u32> {
+    std::fs::metadata(path).ok().map(|m| m.ino() as u32)
+}
+
+/// A handle on the network namespace with this inode: a named one
+/// (/run/netns) or one a process lives in.
+fn open_netns(inode: u32) -> Option<OwnedFd> {
+    let named = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path());
+    let procs = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    named
+        .chain(procs)
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() as u32 == inode))
+        .and_then(|p| std::fs::File::open(p).ok())
+        .map(OwnedFd::from)
+}
+
+fn open_socket() -> Result<Socket> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("sock_diag socket")?;
+    socket.bind_auto().context("bind sock_diag socket")?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .context("connect sock_diag socket")?;
+    Ok(socket)
+}
+
+/// A sock_diag socket created inside another network namespace (a socket
+/// stays in the namespace it was created in; only this thread moves).
+fn open_socket_in(netns: OwnedFd) -> Result<Socket> {
+    std::thread::spawn(move || {
+        nix::sched::setns(netns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("setns into the socket's network namespace")?;
+        open_socket()
+    })
+    .join()
+    .map_err(|_| anyhow!("sock_diag helper thread panicked"))?
+}
+
+impl Diag {
+    fn socket(&mut self, netns: u32) -> Option<&mut Socket> {
+        self.by_netns
+            .entry(netns)
+            .or_insert_with(|| {
+                let result = if netns_inode("/proc/self/ns/net") == Some(netns) {
+                    open_socket()
+                } else {
+                    open_netns(netns)
+                        .ok_or_else(|| anyhow!("no handle on network namespace {netns}"))
+                        .and_then(open_socket_in)
+                };
+                result
+                    .map_err(|e| log::debug!("sock_diag for netns {netns}: {e:#}"))
+                    .ok()
+            })
+            .as_mut()
+    }
+
+    /// The socket's probes out, None when the kernel no longer has it, or
+    /// an error when sock_diag cannot tell.
+    pub fn probes_out(&mut self, p: &Probing) -> Result<Option<u8>> {
+        let socket = self
+            .socket(p.netns)
+            .ok_or_else(|| anyhow!("no sock_diag socket for netns {}", p.netns))?;
+        let family = if p.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST;
+        let mut packet = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::INFO,
+                states: StateFlags::all(),
+                socket_id: SocketId {
+                    source_port: p.sport,
+                    destination_port: p.dport,
+                    source_address: p.saddr,
+                    destination_address: p.daddr,
+                    interface_id: 0,
+                    // INET_DIAG_NOCOOKIE: match on the tuple alone.
+                    cookie: [0xff; 8],
+                },
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0).context("sock_diag send")?;
+        let mut reply = vec![0; 8192];
+        let n = socket
+            .recv(&mut &mut reply[..], 0)
+            .context("sock_diag recv")?;
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..n])
+            .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
+                Ok(resp.nlas.iter().find_map(|nla| match nla {
+                    Nla::TcpInfo(info) => info.get(TCPI_PROBES).copied(),
+                    _ => None,
+                }))
+            }
+            NetlinkPayload::Error(e) if e.code.is_some_and(|c| c.get() == -libc::ENOENT) => {
+                Ok(None)
+            }
+            other => Err(anyhow!("unexpected sock_diag reply: {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The high-level events every view reads, and their JSON form (the
+//! contract documented in docs/events.md).
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Serialize, Serializer};
+
+/// Why a connection died: the names users see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    KeepaliveTimeout,
+    UserTimeout,
+    RetransmitTimeout,
+    PeerReset,
+    AbortOnClose,
+    AbortOnLinger,
+    AbortOnMemory,
+    Disconnect,
+    Closed,
+    Unknown,
+}
+
+impl Reason {
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::KeepaliveTimeout => "keepalive_timeout",
+            Reason::UserTimeout => "user_timeout",
+            Reason::RetransmitTimeout => "retransmit_timeout",
+            Reason::PeerReset => "peer_reset",
+            Reason::AbortOnClose => "abort_on_close",
+            Reason::AbortOnLinger => "abort_on_linger",
+            Reason::AbortOnMemory => "abort_on_memory",
+            Reason::Disconnect => "disconnect",
+            Reason::Closed => "closed",
+            Reason::Unknown => "unknown",
+        }
+    }
+}
+
+/// Where an effective keepalive setting comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum From {
+    /// TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT on the socket.
+    Socket,
+    /// The socket's network namespace's net.ipv4.tcp_keepalive_*.
+    Sysctl,
+}
+
+/// The keepalive settings in force for one socket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Settings {
+    pub idle_s: f64,
+    pub idle_from: From,
+    pub intvl_s: f64,
+    pub intvl_from: From,
+    pub probes: u8,
+    pub probes_from: From,
+    /// TCP_USER_TIMEOUT, when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_timeout_ms: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum What {
+    /// A keepalive probe was sent.
+    Probe {
+        /// Its number in the current run of unanswered probes (1 = first).
+        probe: u8,
+        /// The effective probe count: this many unanswered probes kill it.
+        probes_max: u8,
+        /// Seconds since the peer was last heard from.
+        idle_s: f64,
+    },
+    /// The peer acknowledged: every outstanding probe is answered.
+    ProbeAnswered {
+        /// How many probes were outstanding (the last one is the one answered).
+        probe: u8,
+    },
+    /// The connection is gone.
+    Death {
+        reason: Reason,
+        /// What the application sees (sk_err), e.g. ETIMEDOUT; null if none.
+        errno: Option<String>,
+        /// Keepalive probes outstanding at death.
+        unanswered_probes: u8,
+        /// peer_reset: the RST answered a keepalive probe (half-open found).
+        found_by_probe: bool,
+        /// Seconds from ESTABLISHED to death, when kat saw both.
+        lifetime_s: Option<f64>,
+        /// The TCP state the socket left.
+        state: &'static str,
+        /// The kernel's own name for the RST it sent, when it has one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kernel_reset_reason: Option<String>,
+    },
+}
+
+fn rfc3339<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// One high-level event about one connection. Addresses are the socket's
+/// own view: s = local, d = remote.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    #[serde(flatten)]
+    pub what: What,
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: DateTime<Utc>,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    /// Network namespace inode (as in /proc/PID/ns/net).
+    pub netns: u32,
+    pub uid: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<Settings>,
+    /// Socket inode, for finding the owning process; not part of the JSON.
+    #[serde(skip)]
+    pub sock_ino: u64,
+}
+
+impl Event {
+    pub fn reason(&self) -> Option<Reason> {
+        match self.what {
+            What::Death { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Exit codes: 0 ok, 1 failure (including "not root"), 2 bad usage (clap),
+//! 3 the kernel cannot run kat (no BTF, a symbol or hook missing).
+
+use std::fmt;
+
+#[derive(Debug)]
+pub enum Failure {
+    NotRoot(String),
+    Unsupported(String),
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::NotRoot(m) | Failure::Unsupported(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+pub const FAILURE: u8 = 1;
+pub const UNSUPPORTED: u8 = 3;
+
+/// The exit code an error ends kat with.
+pub fn code(err: &anyhow::Error) -> u8 {
+    match err.downcast_ref::<Failure>() {
+        Some(Failure::Unsupported(_)) => UNSUPPORTED,
+        Some(Failure::NotRoot(_)) | None => FAILURE,
+    }
+}

@@ -1,0 +1,118 @@
+//! Facts about the running kernel that kat reads at start-up.
+
+use std::io::Read as _;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+
+/// Address of a text symbol from /proc/kallsyms (needs root to be non-zero).
+pub fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
+    kallsyms.lines().find_map(|line| {
+        let mut parts = line.split_whitespace();
+        let addr = parts.next()?;
+        let kind = parts.next()?;
+        let sym = parts.next()?;
+        (sym == name && matches!(kind, "t" | "T"))
+            .then(|| u64::from_str_radix(addr, 16).ok())
+            .flatten()
+    })
+}
+
+pub fn keepalive_timer_address() -> Result<u64> {
+    let kallsyms =
+        std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+    match symbol_address(&kallsyms, "tcp_keepalive_timer") {
+        Some(0) => bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run kat as root"),
+        Some(addr) => Ok(addr),
+        None => bail!("tcp_keepalive_timer is not in /proc/kallsyms"),
+    }
+}
+
+/// CONFIG_HZ from a kernel config text.
+pub fn hz_from_config(config: &str) -> Option<u32> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_HZ="))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The kernel's tick rate: keepalive settings and idle times are in jiffies.
+/// Read the way libbpf reads Kconfig: /proc/config.gz, then /boot/config-*.
+pub fn hz() -> Result<u32> {
+    let mut text = String::new();
+    if let Ok(file) = std::fs::File::open("/proc/config.gz") {
+        flate2::read::GzDecoder::new(file)
+            .read_to_string(&mut text)
+            .context("cannot read /proc/config.gz")?;
+    } else {
+        let path = format!("/boot/config-{}", release());
+        text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow!(
+                "cannot find this kernel's config (/proc/config.gz or {path}) to learn CONFIG_HZ"
+            )
+        })?;
+    }
+    hz_from_config(&text).ok_or_else(|| anyhow!("the kernel config has no CONFIG_HZ"))
+}
+
+pub fn release() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// CLOCK_REALTIME − CLOCK_MONOTONIC in nanoseconds: turns the kernel's
+/// bpf_ktime_get_ns() stamps into wall-clock time.
+pub fn monotonic_to_realtime_ns() -> i128 {
+    use nix::time::{clock_gettime, ClockId};
+    let ns = |c| {
+        clock_gettime(c)
+            .map(|t| t.tv_sec() as i128 * 1_000_000_000 + t.tv_nsec() as i128)
+            .unwrap_or(0)
+    };
+    ns(ClockId::CLOCK_REALTIME) - ns(ClockId::CLOCK_MONOTONIC)
+}
+
+pub fn monotonic_now_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// kat loads eBPF programs and reads kernel addresses: that takes root
+/// (CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN in practice).
+pub fn require_root(command: &str) -> Result<()> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(crate::exit::Failure::NotRoot(format!(
+            "kat {command} needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load \
+             eBPF programs and read kernel symbols): try `sudo kat {command}`"
+        ))
+        .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_text_symbols_only_by_exact_name() {
+        let k = "ffffffff81243c71 t tcp_keepalive_timer.cold\n\
+                 ffffffff8202b5f0 t tcp_keepalive_timer\n\
+                 ffffffff8202b700 d tcp_keepalive_data\n";
+        assert_eq!(
+            symbol_address(k, "tcp_keepalive_timer"),
+            Some(0xffffffff8202b5f0)
+        );
+        assert_eq!(symbol_address(k, "tcp_keepalive_data"), None);
+        assert_eq!(symbol_address(k, "tcp_nothing"), None);
+    }
+
+    #[test]
+    fn reads_hz_from_config() {
+        let c = "# CONFIG_HZ_100 is not set\nCONFIG_HZ_250=y\nCONFIG_HZ=250\n";
+        assert_eq!(hz_from_config(c), Some(250));
+        assert_eq!(hz_from_config("CONFIG_HZ_1000=y\n"), None);
+    }
+}

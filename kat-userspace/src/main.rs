@@ -1,0 +1,60 @@
+//! kat — a Linux TCP keepalive tracer.
+
+mod btf;
+mod diag;
+mod event;
+mod exit;
+mod kernel;
+mod loader;
+mod owner;
+mod source;
+mod trace;
+mod tracker;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kat",
+    version,
+    about = "Which TCP connections are sending keepalive probes, and why connections die"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every keepalive probe, answer and connection death as it happens.
+    Trace(trace::TraceArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kat: cannot start the runtime: {e}");
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Trace(args) => trace::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("kat: {err:#}");
+            ExitCode::from(exit::code(&err))
+        }
+    }
+}

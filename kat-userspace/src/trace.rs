@@ -1,0 +1,380 @@
+//! `kat trace`: one line (or one JSON object) per event.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Local, SecondsFormat, Utc};
+use serde::Serialize;
+
+use crate::diag::Diag;
+use crate::event::{Event, From, Reason, Settings, What};
+use crate::owner::Owners;
+use crate::tracker::{Msg, Setup, Tracker};
+use crate::{kernel, loader, source::Source};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// One JSON object per line (schema: docs/events.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Include orderly (FIN) closes, not only abnormal deaths.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Which events the user asked for.
+pub fn wanted(args: &TraceArgs, ev: &Event) -> bool {
+    let port_ok =
+        args.ports.is_empty() || args.ports.contains(&ev.sport) || args.ports.contains(&ev.dport);
+    port_ok && (args.all || ev.reason() != Some(Reason::Closed))
+}
+
+fn from(f: From) -> &'static str {
+    match f {
+        From::Socket => "",
+        From::Sysctl => "*",
+    }
+}
+
+fn secs(s: f64) -> String {
+    if s.fract() == 0.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// `keepalive 55s/6s/2` with `*` after each value taken from the
+/// namespace's sysctls, and the user timeout when set.
+pub fn settings_text(k: &Settings) -> String {
+    let mut s = format!(
+        "keepalive {}{}/{}{}/{}{}",
+        secs(k.idle_s),
+        from(k.idle_from),
+        secs(k.intvl_s),
+        from(k.intvl_from),
+        k.probes,
+        from(k.probes_from)
+    );
+    if let Some(ms) = k.user_timeout_ms {
+        s.push_str(&format!(" user_timeout {ms}ms"));
+    }
+    s
+}
+
+fn what_text(what: &What) -> String {
+    match what {
+        What::Probe {
+            probe,
+            probes_max,
+            idle_s,
+        } => {
+            let mut s = format!("probe {probe}/{probes_max}, idle {idle_s:.1} s");
+            if *probe > 1 {
+                s.push_str(", previous unanswered");
+            }
+            s
+        }
+        What::ProbeAnswered { probe } => format!("probe {probe} answered"),
+        What::Death {
+            reason,
+            errno,
+            unanswered_probes,
+            found_by_probe,
+            lifetime_s,
+            state,
+            kernel_reset_reason,
+        } => {
+            let mut s = if *reason == Reason::Closed {
+                format!("closed from {state}")
+            } else {
+                format!("DEAD {}", reason.name())
+            };
+            match reason {
+                Reason::KeepaliveTimeout | Reason::UserTimeout => {
+                    s.push_str(&format!(" after {unanswered_probes} unanswered probes"));
+                }
+                Reason::PeerReset if *found_by_probe => {
+                    s.push_str(" (RST answered a keepalive probe: half-open connection found)");
+                }
+                Reason::Unknown => {
+                    s.push_str(&format!(" (state {state}"));
+                    if let Some(k) = kernel_reset_reason {
+                        s.push_str(&format!(", kernel reset reason {k}"));
+                    }
+                    s.push(')');
+                }
+                _ => {}
+            }
+            if let Some(e) = errno {
+                s.push_str(&format!(", {e}"));
+            }
+            if let Some(l) = lifetime_s {
+                s.push_str(&format!(", lived {l:.1} s"));
+            }
+            s
+        }
+    }
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// The text line for an event (time in the local zone, like bcc tools).
+pub fn line(ev: &Event) -> String {
+    let local: DateTime<Local> = ev.ts.into();
+    let mut s = format!(
+        "{} {} → {} {}",
+        local.format("%H:%M:%S%.3f"),
+        endpoint(&ev.saddr, ev.sport),
+        endpoint(&ev.daddr, ev.dport),
+        what_text(&ev.what)
+    );
+    if let Some(k) = &ev.keepalive {
+        s.push_str(&format!("  [{}]", settings_text(k)));
+    }
+    match (&ev.pid, &ev.comm) {
+        (Some(pid), Some(comm)) => s.push_str(&format!(" pid {pid} ({comm})")),
+        (Some(pid), None) => s.push_str(&format!(" pid {pid}")),
+        _ => {}
+    }
+    s
+}
+
+#[derive(Serialize)]
+struct Lost {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    ts: String,
+    /// Records dropped by the kernel since start (the ring buffer was full).
+    count: u64,
+}
+
+const DIAG_EVERY: Duration = Duration::from_millis(250);
+
+struct Output {
+    args: TraceArgs,
+    owners: Owners,
+    lost_shown: u64,
+    events: u64,
+}
+
+impl Output {
+    /// Writes one event; false when stdout is gone (e.g. `| head`).
+    fn event(&mut self, mut ev: Event) -> bool {
+        if !wanted(&self.args, &ev) {
+            return true;
+        }
+        if ev.pid.is_none() {
+            if let Some(owner) = self.owners.lookup(ev.sock_ino) {
+                ev.pid = Some(owner.pid);
+                ev.comm = Some(owner.comm);
+            }
+        }
+        if ev.reason().is_some() {
+            self.owners.forget(ev.sock_ino);
+        }
+        self.events += 1;
+        let text = if self.args.json {
+            serde_json::to_string(&ev).unwrap_or_default()
+        } else {
+            line(&ev)
+        };
+        writeln!(std::io::stdout(), "{text}").is_ok()
+    }
+
+    fn lost(&mut self, lost: u64) -> bool {
+        if lost <= self.lost_shown {
+            return true;
+        }
+        self.lost_shown = lost;
+        if self.args.json {
+            let rec = Lost {
+                kind: "lost",
+                ts: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                count: lost,
+            };
+            writeln!(
+                std::io::stdout(),
+                "{}",
+                serde_json::to_string(&rec).unwrap_or_default()
+            )
+            .is_ok()
+        } else {
+            eprintln!("kat: {lost} records lost so far (ring buffer full)");
+            true
+        }
+    }
+}
+
+pub async fn run(args: TraceArgs) -> Result<()> {
+    kernel::require_root("trace")?;
+    let mut loaded = loader::load(&args.ports)?;
+    let mut source = Source::new(&mut loaded.ebpf)?;
+    let mut tracker = Tracker::new(Setup {
+        hz: loaded.hz,
+        reset_reasons: loaded.reset_reasons.clone(),
+        realtime_offset_ns: kernel::monotonic_to_realtime_ns(),
+    });
+    let mut diag = Diag::default();
+    let mut out = Output {
+        args,
+        owners: Owners::default(),
+        lost_shown: 0,
+        events: 0,
+    };
+    eprintln!(
+        "kat: tracing keepalive probes and connection deaths on Linux {} ({} lane, reset reasons {}); Ctrl-C to stop",
+        kernel::release(),
+        loaded.lane,
+        if loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut diag_tick = tokio::time::interval(DIAG_EVERY);
+    let mut open = true;
+    while open {
+        let mut msgs = Vec::new();
+        tokio::select! {
+            batch = source.next_batch() => msgs.extend(batch.into_iter().map(Msg::Record)),
+            _ = diag_tick.tick() => {
+                for p in tracker.probing() {
+                    match diag.probes_out(&p) {
+                        Ok(probes_out) => msgs.push(Msg::Diag {
+                            sk: p.sk,
+                            probes_out,
+                            ts_ns: kernel::monotonic_now_ns(),
+                        }),
+                        Err(e) => log::debug!("sock_diag: {e:#}"),
+                    }
+                }
+            }
+            _ = tokio::signal::ctrl_c() => open = false,
+            _ = sigterm.recv() => open = false,
+        }
+        if !open {
+            msgs.extend(source.drain().into_iter().map(Msg::Record));
+            // Report what is still pending rather than lose it.
+            msgs.push(Msg::Tick(u64::MAX));
+        }
+        msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
+        for msg in msgs {
+            for ev in tracker.update(msg) {
+                if !out.event(ev) {
+                    return Ok(());
+                }
+            }
+        }
+        if !out.lost(source.lost()) {
+            return Ok(());
+        }
+    }
+    eprintln!(
+        "kat: {} events shown, {} records lost{}",
+        out.events,
+        source.lost(),
+        if source.malformed > 0 {
+            format!(", {} malformed", source.malformed)
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::From;
+
+    fn ev(what: What) -> Event {
+        Event {
+            what,
+            ts: DateTime::from_timestamp(1_700_000_000, 0).expect("ts"),
+            saddr: "198.18.0.1".parse().expect("addr"),
+            sport: 6699,
+            daddr: "fd00:6b61:74::2".parse().expect("addr"),
+            dport: 40000,
+            netns: 1,
+            uid: 0,
+            pid: Some(42),
+            comm: Some("server".into()),
+            keepalive: Some(Settings {
+                idle_s: 55.0,
+                idle_from: From::Socket,
+                intvl_s: 6.0,
+                intvl_from: From::Socket,
+                probes: 2,
+                probes_from: From::Sysctl,
+                user_timeout_ms: None,
+            }),
+            sock_ino: 0,
+        }
+    }
+
+    #[test]
+    fn probe_line_names_the_connection_and_settings() {
+        let l = line(&ev(What::Probe {
+            probe: 2,
+            probes_max: 2,
+            idle_s: 61.0,
+        }));
+        assert!(
+            l.ends_with(
+                "198.18.0.1:6699 → [fd00:6b61:74::2]:40000 probe 2/2, idle 61.0 s, \
+                 previous unanswered  [keepalive 55s/6s/2*] pid 42 (server)"
+            ),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn death_line_says_why() {
+        let l = line(&ev(What::Death {
+            reason: Reason::KeepaliveTimeout,
+            errno: Some("ETIMEDOUT".into()),
+            unanswered_probes: 3,
+            found_by_probe: false,
+            lifetime_s: Some(63.25),
+            state: "ESTABLISHED",
+            kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
+        }));
+        assert!(
+            l.contains("DEAD keepalive_timeout after 3 unanswered probes, ETIMEDOUT, lived 63.2 s"),
+            "{l}"
+        );
+    }
+
+    #[test]
+    fn closed_is_hidden_unless_all() {
+        let closed = ev(What::Death {
+            reason: Reason::Closed,
+            errno: None,
+            unanswered_probes: 0,
+            found_by_probe: false,
+            lifetime_s: None,
+            state: "LAST_ACK",
+            kernel_reset_reason: None,
+        });
+        let mut args = TraceArgs {
+            ports: vec![],
+            json: false,
+            all: false,
+        };
+        assert!(!wanted(&args, &closed));
+        args.all = true;
+        assert!(wanted(&args, &closed));
+        args.ports = vec![22];
+        assert!(!wanted(&args, &closed));
+        args.ports = vec![40000];
+        assert!(wanted(&args, &closed));
+    }
+}

@@ -1,0 +1,468 @@
+//! The tracker: a pure per-socket state machine that turns kernel records
+//! into high-level events (probe numbering, answers, death reasons).
+//!
+//! No I/O here: messages in, events out, so it is tested without a kernel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chrono::{DateTime, Utc};
+use kat_common::{flag, kind, tcp_state, Record, AF_INET};
+
+use crate::event::{Event, From, Reason, Settings, What};
+
+/// How long a CLOSE waits for the RST that may follow it (tcp_close sends
+/// the RST after the state change) before the death is reported anyway.
+pub const CLOSE_GRACE_NS: u64 = 200_000_000;
+
+pub enum Msg {
+    Record(Record),
+    /// sock_diag's view of a probing socket: its probes out, or None when
+    /// the socket is no longer there.
+    Diag {
+        sk: u64,
+        probes_out: Option<u8>,
+        ts_ns: u64,
+    },
+    /// Monotonic time now, in ns.
+    Tick(u64),
+}
+
+/// What the tracker needs to know about the kernel.
+pub struct Setup {
+    pub hz: u32,
+    /// Kernel reset reasons by value (names without SK_RST_REASON_).
+    pub reset_reasons: Option<BTreeMap<u32, String>>,
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC, ns.
+    pub realtime_offset_ns: i128,
+}
+
+/// A socket sock_diag should be asked about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probing {
+    pub sk: u64,
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+#[derive(Debug, Clone)]
+struct ResetSent {
+    reason: Option<u32>,
+    in_keepalive_timer: bool,
+    in_close: bool,
+    pid: u32,
+    comm: String,
+}
+
+#[derive(Debug, Clone)]
+struct Closing {
+    ts_ns: u64,
+    old_state: u8,
+    sk_err: i32,
+    probes_out: u8,
+}
+
+#[derive(Debug, Clone)]
+struct Sock {
+    saddr: IpAddr,
+    sport: u16,
+    daddr: IpAddr,
+    dport: u16,
+    netns: u32,
+    uid: u32,
+    sock_ino: u64,
+    established_ns: Option<u64>,
+    /// Unanswered probes as kat last saw them.
+    probes_out: u8,
+    settings: Option<Settings>,
+    reset_sent: Option<ResetSent>,
+    /// Probes outstanding when a RST arrived.
+    reset_received: Option<u8>,
+    closing: Option<Closing>,
+}
+
+pub struct Tracker {
+    setup: Setup,
+    socks: HashMap<u64, Sock>,
+}
+
+fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        let v6 = Ipv6Addr::from(*raw);
+        match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        }
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+pub fn errno_name(err: i32) -> Option<String> {
+    (err != 0).then(|| format!("{:?}", nix::errno::Errno::from_raw(err.abs())))
+}
+
+pub fn state_name(state: u8) -> &'static str {
+    match state {
+        tcp_state::ESTABLISHED => "ESTABLISHED",
+        tcp_state::SYN_SENT => "SYN_SENT",
+        tcp_state::SYN_RECV => "SYN_RECV",
+        tcp_state::FIN_WAIT1 => "FIN_WAIT1",
+        tcp_state::FIN_WAIT2 => "FIN_WAIT2",
+        tcp_state::TIME_WAIT => "TIME_WAIT",
+        tcp_state::CLOSE => "CLOSE",
+        tcp_state::CLOSE_WAIT => "CLOSE_WAIT",
+        tcp_state::LAST_ACK => "LAST_ACK",
+        tcp_state::LISTEN => "LISTEN",
+        tcp_state::CLOSING => "CLOSING",
+        _ => "UNKNOWN",
+    }
+}
+
+const ETIMEDOUT: i32 = libc::ETIMEDOUT;
+
+impl Tracker {
+    pub fn new(setup: Setup) -> Self {
+        Self {
+            setup,
+            socks: HashMap::new(),
+        }
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.socks.len()
+    }
+
+    /// Sockets with a keepalive probe out: the ones whose answer we wait for.
+    pub fn probing(&self) -> Vec<Probing> {
+        self.socks
+            .iter()
+            .filter(|(_, s)| s.probes_out > 0 && s.closing.is_none())
+            .map(|(&sk, s)| Probing {
+                sk,
+                netns: s.netns,
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+            })
+            .collect()
+    }
+
+    pub fn update(&mut self, msg: Msg) -> Vec<Event> {
+        let mut out = Vec::new();
+        match msg {
+            Msg::Record(rec) => self.record(&rec, &mut out),
+            Msg::Diag {
+                sk,
+                probes_out,
+                ts_ns,
+            } => {
+                if let (Some(sock), Some(0)) = (self.socks.get_mut(&sk), probes_out) {
+                    if sock.probes_out > 0 && sock.closing.is_none() {
+                        let answered = sock.probes_out;
+                        sock.probes_out = 0;
+                        out.push(self.event(sk, ts_ns, What::ProbeAnswered { probe: answered }));
+                    }
+                }
+            }
+            Msg::Tick(now) => {
+                let due: Vec<u64> = self
+                    .socks
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.closing
+                            .as_ref()
+                            .is_some_and(|c| c.ts_ns + CLOSE_GRACE_NS <= now)
+                    })
+                    .map(|(&sk, _)| sk)
+                    .collect();
+                for sk in due {
+                    self.finish(sk, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn wall(&self, mono_ns: u64) -> DateTime<Utc> {
+        let ns = mono_ns as i128 + self.setup.realtime_offset_ns;
+        DateTime::from_timestamp_nanos(i64::try_from(ns).unwrap_or(i64::MAX))
+    }
+
+    fn settings(&self, rec: &Record) -> Settings {
+        let hz = f64::from(self.setup.hz.max(1));
+        let pick = |own: u32, sysctl: u32| {
+            if own != 0 {
+                (f64::from(own) / hz, From::Socket)
+            } else {
+                (f64::from(sysctl) / hz, From::Sysctl)
+            }
+        };
+        let (idle_s, idle_from) = pick(rec.ka_time, rec.sysctl_time);
+        let (intvl_s, intvl_from) = pick(rec.ka_intvl, rec.sysctl_intvl);
+        let (probes, probes_from) = if rec.ka_probes != 0 {
+            (rec.ka_probes, From::Socket)
+        } else {
+            (rec.sysctl_probes, From::Sysctl)
+        };
+        Settings {
+            idle_s,
+            idle_from,
+            intvl_s,
+            intvl_from,
+            probes,
+            probes_from,
+            user_timeout_ms: (rec.user_timeout_ms != 0).then_some(rec.user_timeout_ms),
+        }
+    }
+
+    fn event(&self, sk: u64, ts_ns: u64, what: What) -> Event {
+        let s = &self.socks[&sk];
+        Event {
+            what,
+            ts: self.wall(ts_ns),
+            saddr: s.saddr,
+            sport: s.sport,
+            daddr: s.daddr,
+            dport: s.dport,
+            netns: s.netns,
+            uid: s.uid,
+            pid: None,
+            comm: None,
+            keepalive: s.settings,
+            sock_ino: s.sock_ino,
+        }
+    }
+
+    /// The socket's entry, created on first sight; refreshes what the
+    /// record knows better than we do.
+    fn sock(&mut self, rec: &Record) -> &mut Sock {
+        let sock = self.socks.entry(rec.sk).or_insert_with(|| Sock {
+            saddr: addr(rec.family, &rec.saddr),
+            sport: rec.sport,
+            daddr: addr(rec.family, &rec.daddr),
+            dport: rec.dport,
+            netns: rec.netns,
+            uid: rec.uid,
+            sock_ino: rec.sock_ino,
+            established_ns: None,
+            probes_out: 0,
+            settings: None,
+            reset_sent: None,
+            reset_received: None,
+            closing: None,
+        });
+        // Ports read 0 once the kernel unhashes the socket: keep what we had.
+        if sock.sport == 0 {
+            sock.sport = rec.sport;
+            sock.saddr = addr(rec.family, &rec.saddr);
+        }
+        if sock.dport == 0 {
+            sock.dport = rec.dport;
+            sock.daddr = addr(rec.family, &rec.daddr);
+        }
+        if rec.sock_ino != 0 {
+            sock.sock_ino = rec.sock_ino;
+        }
+        sock
+    }
+
+    fn record(&mut self, rec: &Record, out: &mut Vec<Event>) {
+        match rec.kind {
+            kind::TIMER_RUN => self.timer_run(rec, out),
+            kind::RESET_SENT => {
+                let in_close = rec.flags & flag::IN_CLOSE != 0;
+                let reset = ResetSent {
+                    reason: (rec.flags & flag::HAS_RESET_REASON != 0).then_some(rec.reset_reason),
+                    in_keepalive_timer: rec.flags & flag::IN_KEEPALIVE_TIMER != 0,
+                    in_close,
+                    pid: rec.pid,
+                    comm: comm(&rec.comm),
+                };
+                let settings = self.settings(rec);
+                let sock = self.sock(rec);
+                sock.settings.get_or_insert(settings).user_timeout_ms = settings.user_timeout_ms;
+                sock.reset_sent = Some(reset);
+                // tcp_close and tcp_disconnect send their RST after CLOSE:
+                // it is the last word on this connection.
+                if sock.closing.is_some() {
+                    self.finish(rec.sk, out);
+                }
+            }
+            kind::RESET_RECEIVED => {
+                let sock = self.sock(rec);
+                sock.reset_received = Some(rec.probes_after.max(sock.probes_out));
+            }
+            kind::STATE_CHANGE if rec.state == tcp_state::ESTABLISHED => {
+                let sock = self.sock(rec);
+                sock.established_ns = Some(rec.ts_ns);
+            }
+            kind::STATE_CHANGE if rec.state == tcp_state::CLOSE => {
+                let sock = self.sock(rec);
+                sock.closing = Some(Closing {
+                    ts_ns: rec.ts_ns,
+                    old_state: rec.old_state,
+                    sk_err: rec.sk_err,
+                    probes_out: rec.probes_after,
+                });
+                // A RST already sent or received, or an error already set,
+                // decides the reason: nothing more is coming.
+                if sock.reset_sent.is_some() || sock.reset_received.is_some() || rec.sk_err != 0 {
+                    self.finish(rec.sk, out);
+                }
+            }
+            kind::DESTROY => {
+                if self.socks.get(&rec.sk).is_some_and(|s| s.closing.is_some()) {
+                    self.finish(rec.sk, out);
+                }
+                self.socks.remove(&rec.sk);
+            }
+            _ => {}
+        }
+    }
+
+    fn timer_run(&mut self, rec: &Record, out: &mut Vec<Event>) {
+        let settings = self.settings(rec);
+        let sk = rec.sk;
+        let sock = self.sock(rec);
+        sock.settings = Some(settings);
+        let was_out = sock.probes_out;
+        // The kernel zeroes icsk_probes_out on every valid ACK: if it is 0
+        // now and we had probes out, they were answered (sock_diag usually
+        // tells us sooner).
+        if was_out > 0 && rec.probes_before == 0 {
+            sock.probes_out = 0;
+            out.push(self.event(sk, rec.ts_ns, What::ProbeAnswered { probe: was_out }));
+        }
+        if rec.probes_after > rec.probes_before {
+            let hz = f64::from(self.setup.hz.max(1));
+            let sock = self.socks.get_mut(&sk).expect("inserted above");
+            sock.probes_out = rec.probes_after;
+            out.push(self.event(
+                sk,
+                rec.ts_ns,
+                What::Probe {
+                    probe: rec.probes_after,
+                    probes_max: settings.probes,
+                    idle_s: f64::from(rec.idle_jiffies) / hz,
+                },
+            ));
+        }
+    }
+
+    /// Reports the death of a closing socket and forgets it.
+    fn finish(&mut self, sk: u64, out: &mut Vec<Event>) {
+        let Some(sock) = self.socks.get(&sk) else {
+            return;
+        };
+        let Some(closing) = sock.closing.clone() else {
+            return;
+        };
+        let reason = self.classify(sock, &closing);
+        let kernel_reset_reason = sock
+            .reset_sent
+            .as_ref()
+            .and_then(|r| r.reason)
+            .and_then(|v| self.reason_name(v).map(str::to_string));
+        let unanswered = closing.probes_out.max(sock.reset_received.unwrap_or(0));
+        let found_by_probe =
+            reason == Reason::PeerReset && sock.reset_received.is_some_and(|p| p > 0);
+        let lifetime_s = sock
+            .established_ns
+            .map(|t| closing.ts_ns.saturating_sub(t) as f64 / 1e9);
+        // The closer is known only where the RST came from a system call.
+        let closer = sock
+            .reset_sent
+            .as_ref()
+            .filter(|_| {
+                matches!(
+                    reason,
+                    Reason::AbortOnClose | Reason::AbortOnLinger | Reason::Disconnect
+                )
+            })
+            .map(|r| (r.pid, r.comm.clone()));
+        let mut ev = self.event(
+            sk,
+            closing.ts_ns,
+            What::Death {
+                reason,
+                errno: errno_name(closing.sk_err),
+                unanswered_probes: unanswered,
+                found_by_probe,
+                lifetime_s,
+                state: state_name(closing.old_state),
+                kernel_reset_reason,
+            },
+        );
+        if let Some((pid, comm)) = closer {
+            ev.pid = Some(pid);
+            ev.comm = Some(comm);
+        }
+        out.push(ev);
+        self.socks.remove(&sk);
+    }
+
+    fn reason_name(&self, value: u32) -> Option<&str> {
+        self.setup
+            .reset_reasons
+            .as_ref()
+            .and_then(|r| r.get(&value))
+            .map(String::as_str)
+    }
+
+    fn classify(&self, sock: &Sock, closing: &Closing) -> Reason {
+        let user_timeout = sock.settings.and_then(|s| s.user_timeout_ms).is_some();
+        let timed_out = |user_timeout: bool| {
+            if user_timeout {
+                Reason::UserTimeout
+            } else {
+                Reason::KeepaliveTimeout
+            }
+        };
+        if let Some(rst) = &sock.reset_sent {
+            let name = rst.reason.and_then(|v| self.reason_name(v));
+            return match name {
+                Some("TCP_KEEPALIVE_TIMEOUT") => timed_out(user_timeout),
+                Some("TCP_ABORT_ON_CLOSE") => Reason::AbortOnClose,
+                Some("TCP_ABORT_ON_LINGER") => Reason::AbortOnLinger,
+                Some("TCP_ABORT_ON_MEMORY") => Reason::AbortOnMemory,
+                Some("TCP_DISCONNECT_WITH_DATA") => Reason::Disconnect,
+                // tcp_disconnect's RST: from close() with SO_LINGER 0, or
+                // from connect(AF_UNSPEC).
+                Some("TCP_STATE") if rst.in_close => Reason::AbortOnLinger,
+                Some("TCP_STATE") => Reason::Disconnect,
+                Some(_) => Reason::Unknown,
+                // Kernels without reset reasons: where the RST came from.
+                None if rst.in_keepalive_timer => timed_out(user_timeout),
+                None => Reason::Unknown,
+            };
+        }
+        if sock.reset_received.is_some() {
+            return Reason::PeerReset;
+        }
+        if closing.sk_err != 0 {
+            // tcp_write_err: sk_err = sk_err_soft ?: ETIMEDOUT, from the
+            // retransmit (or zero-window probe) timer, without a RST.
+            return if user_timeout {
+                Reason::UserTimeout
+            } else if closing.sk_err == ETIMEDOUT || closing.old_state == tcp_state::ESTABLISHED {
+                Reason::RetransmitTimeout
+            } else {
+                Reason::Unknown
+            };
+        }
+        Reason::Closed
+    }
+}
+
+#[cfg(test)]
+mod tests;

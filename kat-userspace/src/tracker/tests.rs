@@ -1,0 +1,391 @@
+use super::*;
+
+const SK: u64 = 0xffff_8880_0000_1000;
+const HZ: u32 = 250;
+const KEEPALIVE_TIMEOUT: u32 = 15;
+const ABORT_ON_CLOSE: u32 = 3;
+const TCP_STATE: u32 = 9;
+
+fn tracker() -> Tracker {
+    let reasons = [
+        (KEEPALIVE_TIMEOUT, "TCP_KEEPALIVE_TIMEOUT"),
+        (ABORT_ON_CLOSE, "TCP_ABORT_ON_CLOSE"),
+        (TCP_STATE, "TCP_STATE"),
+    ]
+    .into_iter()
+    .map(|(v, n)| (v, n.to_string()))
+    .collect();
+    Tracker::new(Setup {
+        hz: HZ,
+        reset_reasons: Some(reasons),
+        realtime_offset_ns: 1_700_000_000_000_000_000,
+    })
+}
+
+fn rec(kind: u8, ts_s: f64) -> Record {
+    let mut r = Record {
+        ts_ns: (ts_s * 1e9) as u64,
+        sk: SK,
+        kind,
+        family: AF_INET,
+        sport: 6699,
+        dport: 40000,
+        netns: 4026531840,
+        uid: 1000,
+        sock_ino: 777,
+        state: tcp_state::ESTABLISHED,
+        flags: flag::KEEPOPEN,
+        ka_time: 2 * HZ,
+        ka_intvl: HZ,
+        ka_probes: 3,
+        sysctl_time: 7200 * HZ,
+        sysctl_intvl: 75 * HZ,
+        sysctl_probes: 9,
+        ..Default::default()
+    };
+    r.saddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+    r.daddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+    r
+}
+
+fn timer(ts_s: f64, before: u8, after: u8) -> Record {
+    let mut r = rec(kind::TIMER_RUN, ts_s);
+    r.probes_before = before;
+    r.probes_after = after;
+    r.idle_jiffies = (ts_s * f64::from(HZ)) as u32;
+    r
+}
+
+fn close(ts_s: f64, old: u8, sk_err: i32, probes_out: u8) -> Record {
+    let mut r = rec(kind::STATE_CHANGE, ts_s);
+    r.state = tcp_state::CLOSE;
+    r.old_state = old;
+    r.sk_err = sk_err;
+    r.probes_after = probes_out;
+    r.sport = 6699;
+    r
+}
+
+fn reset_sent(ts_s: f64, reason: u32, flags: u8) -> Record {
+    let mut r = rec(kind::RESET_SENT, ts_s);
+    r.reset_reason = reason;
+    r.flags |= flag::HAS_RESET_REASON | flags;
+    r.pid = 4242;
+    r.comm[..6].copy_from_slice(b"server");
+    r
+}
+
+fn feed(t: &mut Tracker, recs: impl IntoIterator<Item = Record>) -> Vec<Event> {
+    recs.into_iter()
+        .flat_map(|r| t.update(Msg::Record(r)))
+        .collect()
+}
+
+fn probes(events: &[Event]) -> Vec<(&'static str, u8)> {
+    events
+        .iter()
+        .filter_map(|e| match e.what {
+            What::Probe { probe, .. } => Some(("probe", probe)),
+            What::ProbeAnswered { probe } => Some(("answered", probe)),
+            What::Death { .. } => None,
+        })
+        .collect()
+}
+
+fn death(events: &[Event]) -> &Event {
+    let deaths: Vec<_> = events.iter().filter(|e| e.reason().is_some()).collect();
+    assert_eq!(deaths.len(), 1, "expected one death in {events:#?}");
+    deaths[0]
+}
+
+#[test]
+fn numbers_probes_and_sees_answers_at_the_next_timer_run() {
+    let mut t = tracker();
+    let ev = feed(
+        &mut t,
+        [
+            timer(2.0, 0, 1),
+            timer(3.0, 1, 2),
+            // probes_out back to 0 before this run: the peer answered.
+            timer(5.0, 0, 1),
+        ],
+    );
+    assert_eq!(
+        probes(&ev),
+        [("probe", 1), ("probe", 2), ("answered", 2), ("probe", 1)]
+    );
+    match ev[0].what {
+        What::Probe {
+            probes_max, idle_s, ..
+        } => {
+            assert_eq!(probes_max, 3);
+            assert!((idle_s - 2.0).abs() < 0.01);
+        }
+        _ => unreachable!(),
+    }
+    let ka = ev[0].keepalive.expect("settings");
+    assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (2.0, 1.0, 3));
+    assert_eq!(ka.idle_from, From::Socket);
+}
+
+#[test]
+fn settings_fall_back_to_the_namespace_sysctls() {
+    let mut t = tracker();
+    let mut r = timer(7200.0, 0, 1);
+    r.ka_time = 0;
+    r.ka_intvl = 0;
+    r.ka_probes = 0;
+    let ev = feed(&mut t, [r]);
+    let ka = ev[0].keepalive.expect("settings");
+    assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (7200.0, 75.0, 9));
+    assert_eq!(
+        (ka.idle_from, ka.intvl_from, ka.probes_from),
+        (From::Sysctl, From::Sysctl, From::Sysctl)
+    );
+}
+
+#[test]
+fn sock_diag_reports_an_answer_before_the_next_timer_run() {
+    let mut t = tracker();
+    feed(&mut t, [timer(2.0, 0, 1)]);
+    assert_eq!(t.probing().len(), 1);
+    assert_eq!(t.probing()[0].sport, 6699);
+    let still_out = t.update(Msg::Diag {
+        sk: SK,
+        probes_out: Some(1),
+        ts_ns: 2_100_000_000,
+    });
+    assert!(still_out.is_empty());
+    let ev = t.update(Msg::Diag {
+        sk: SK,
+        probes_out: Some(0),
+        ts_ns: 2_200_000_000,
+    });
+    assert_eq!(probes(&ev), [("answered", 1)]);
+    assert!(t.probing().is_empty());
+    // The next timer run does not report the same answer again.
+    let ev = feed(&mut t, [timer(4.0, 0, 1)]);
+    assert_eq!(probes(&ev), [("probe", 1)]);
+}
+
+#[test]
+fn keepalive_timeout_after_all_probes_unanswered() {
+    let mut t = tracker();
+    let mut ev = feed(
+        &mut t,
+        [
+            timer(2.0, 0, 1),
+            timer(3.0, 1, 2),
+            timer(4.0, 2, 3),
+            reset_sent(5.0, KEEPALIVE_TIMEOUT, flag::IN_KEEPALIVE_TIMER),
+            close(5.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 3),
+        ],
+    );
+    ev.extend(feed(&mut t, [timer(5.0, 3, 3)]));
+    let d = death(&ev);
+    match &d.what {
+        What::Death {
+            reason,
+            errno,
+            unanswered_probes,
+            kernel_reset_reason,
+            ..
+        } => {
+            assert_eq!(*reason, Reason::KeepaliveTimeout);
+            assert_eq!(errno.as_deref(), Some("ETIMEDOUT"));
+            assert_eq!(*unanswered_probes, 3);
+            assert_eq!(
+                kernel_reset_reason.as_deref(),
+                Some("TCP_KEEPALIVE_TIMEOUT")
+            );
+        }
+        _ => unreachable!(),
+    }
+    // The keepalive timer's task is not the owner: no pid is claimed.
+    assert_eq!(d.pid, None);
+}
+
+#[test]
+fn user_timeout_when_tcp_user_timeout_is_set() {
+    let mut t = tracker();
+    let mut a = timer(2.0, 0, 1);
+    a.user_timeout_ms = 2500;
+    let mut rst = reset_sent(3.0, KEEPALIVE_TIMEOUT, flag::IN_KEEPALIVE_TIMER);
+    rst.user_timeout_ms = 2500;
+    let ev = feed(
+        &mut t,
+        [
+            a,
+            rst,
+            close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 2),
+        ],
+    );
+    assert_eq!(death(&ev).reason(), Some(Reason::UserTimeout));
+    assert_eq!(
+        death(&ev).keepalive.and_then(|k| k.user_timeout_ms),
+        Some(2500)
+    );
+}
+
+#[test]
+fn kernels_without_reset_reasons_use_the_keepalive_timer_context() {
+    let mut t = Tracker::new(Setup {
+        hz: HZ,
+        reset_reasons: None,
+        realtime_offset_ns: 0,
+    });
+    let mut rst = rec(kind::RESET_SENT, 5.0);
+    rst.flags |= flag::IN_KEEPALIVE_TIMER;
+    let ev = feed(
+        &mut t,
+        [rst, close(5.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 3)],
+    );
+    assert_eq!(death(&ev).reason(), Some(Reason::KeepaliveTimeout));
+}
+
+#[test]
+fn peer_reset_found_by_a_keepalive_probe() {
+    let mut t = tracker();
+    let mut rst = rec(kind::RESET_RECEIVED, 2.01);
+    rst.probes_after = 1;
+    let ev = feed(
+        &mut t,
+        [
+            timer(2.0, 0, 1),
+            rst,
+            close(2.01, tcp_state::ESTABLISHED, libc::ECONNRESET, 1),
+        ],
+    );
+    match &death(&ev).what {
+        What::Death {
+            reason,
+            errno,
+            found_by_probe,
+            ..
+        } => {
+            assert_eq!(*reason, Reason::PeerReset);
+            assert_eq!(errno.as_deref(), Some("ECONNRESET"));
+            assert!(*found_by_probe);
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn peer_reset_without_a_probe_out_is_not_found_by_probe() {
+    let mut t = tracker();
+    let ev = feed(
+        &mut t,
+        [
+            rec(kind::RESET_RECEIVED, 1.0),
+            close(1.0, tcp_state::ESTABLISHED, libc::ECONNRESET, 0),
+        ],
+    );
+    match &death(&ev).what {
+        What::Death { found_by_probe, .. } => assert!(!found_by_probe),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn abort_on_close_waits_for_the_rst_that_follows_close() {
+    let mut t = tracker();
+    let ev = feed(&mut t, [close(9.0, tcp_state::ESTABLISHED, 0, 0)]);
+    assert!(ev.is_empty(), "CLOSE alone must wait for a RST: {ev:?}");
+    let ev = feed(&mut t, [reset_sent(9.0, ABORT_ON_CLOSE, flag::IN_CLOSE)]);
+    let d = death(&ev);
+    assert_eq!(d.reason(), Some(Reason::AbortOnClose));
+    assert_eq!((d.pid, d.comm.as_deref()), (Some(4242), Some("server")));
+}
+
+#[test]
+fn linger_zero_and_disconnect_share_a_kernel_reason() {
+    let mut t = tracker();
+    feed(&mut t, [close(1.0, tcp_state::ESTABLISHED, 0, 0)]);
+    let ev = feed(&mut t, [reset_sent(1.0, TCP_STATE, flag::IN_CLOSE)]);
+    assert_eq!(death(&ev).reason(), Some(Reason::AbortOnLinger));
+
+    feed(&mut t, [close(2.0, tcp_state::ESTABLISHED, 0, 0)]);
+    let ev = feed(&mut t, [reset_sent(2.0, TCP_STATE, 0)]);
+    assert_eq!(death(&ev).reason(), Some(Reason::Disconnect));
+}
+
+#[test]
+fn orderly_close_is_reported_at_destroy_or_after_the_grace_period() {
+    let mut t = tracker();
+    let mut est = rec(kind::STATE_CHANGE, 1.0);
+    est.state = tcp_state::ESTABLISHED;
+    feed(&mut t, [est, close(4.5, tcp_state::LAST_ACK, 0, 0)]);
+    assert!(t.update(Msg::Tick(4_600_000_000)).is_empty());
+    let ev = t.update(Msg::Tick(4_700_000_000));
+    let d = death(&ev);
+    assert_eq!(d.reason(), Some(Reason::Closed));
+    match &d.what {
+        What::Death {
+            lifetime_s, state, ..
+        } => {
+            assert_eq!(*lifetime_s, Some(3.5));
+            assert_eq!(*state, "LAST_ACK");
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(t.tracked(), 0);
+
+    let mut t = tracker();
+    feed(&mut t, [close(1.0, tcp_state::FIN_WAIT2, 0, 0)]);
+    let ev = feed(&mut t, [rec(kind::DESTROY, 1.0)]);
+    assert_eq!(death(&ev).reason(), Some(Reason::Closed));
+    assert_eq!(t.tracked(), 0);
+}
+
+#[test]
+fn retransmit_timeout_is_an_error_close_without_a_reset() {
+    let mut t = tracker();
+    let ev = feed(
+        &mut t,
+        [close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0)],
+    );
+    assert_eq!(death(&ev).reason(), Some(Reason::RetransmitTimeout));
+}
+
+#[test]
+fn keeps_the_tuple_when_the_kernel_already_zeroed_the_port() {
+    let mut t = tracker();
+    let mut c = close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0);
+    c.sport = 0;
+    let ev = feed(&mut t, [timer(1.0, 0, 0), c]);
+    assert_eq!(death(&ev).sport, 6699);
+}
+
+#[test]
+fn v4_mapped_ipv6_is_shown_as_ipv4() {
+    let mut t = tracker();
+    let mut r = timer(2.0, 0, 1);
+    r.family = kat_common::AF_INET6;
+    r.saddr = Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped().octets();
+    r.daddr = "fd00:6b61:74::2"
+        .parse::<Ipv6Addr>()
+        .expect("addr")
+        .octets();
+    let ev = feed(&mut t, [r]);
+    assert_eq!(ev[0].saddr.to_string(), "198.18.0.1");
+    assert_eq!(ev[0].daddr.to_string(), "fd00:6b61:74::2");
+}
+
+#[test]
+fn json_has_the_documented_shape() {
+    let mut t = tracker();
+    let ev = feed(&mut t, [timer(2.0, 0, 1)]);
+    let v: serde_json::Value = serde_json::to_value(&ev[0]).expect("json");
+    assert_eq!(v["type"], "probe");
+    assert_eq!(v["probe"], 1);
+    assert_eq!(v["probes_max"], 3);
+    assert_eq!(v["saddr"], "198.18.0.1");
+    assert_eq!(v["sport"], 6699);
+    assert_eq!(v["daddr"], "198.18.0.2");
+    assert_eq!(v["dport"], 40000);
+    assert_eq!(v["keepalive"]["idle_from"], "socket");
+    let ts = v["ts"].as_str().expect("ts");
+    assert!(ts.ends_with('Z') && ts.contains('.'), "{ts}");
+    assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok());
+}
