@@ -101,7 +101,7 @@ mod tests {
         };
         assert_eq!(decode(bytes), Some(rec));
         // Unaligned input decodes too.
-        let mut shifted = vec![0u8; RECORD_SIZE + 1];
+        let mut shifted = [0u8; RECORD_SIZE + 1];
         shifted[1..].copy_from_slice(bytes);
         assert_eq!(decode(&shifted[1..]), Some(rec));
         assert_eq!(decode(&bytes[..RECORD_SIZE - 1]), None);

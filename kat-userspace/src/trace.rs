@@ -278,8 +278,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "kat: {} events shown, {} records lost{}",
+        "kat: {} events shown, {} connections still tracked, {} records lost{}",
         out.events,
+        tracker.tracked(),
         source.lost(),
         if source.malformed > 0 {
             format!(", {} malformed", source.malformed)
