@@ -55,14 +55,15 @@ impl KernelBtf {
         Ok(Self { types })
     }
 
-    pub fn from_running_kernel() -> Result<Self> {
-        let data = std::fs::read(VMLINUX).with_context(|| {
-            format!(
-                "cannot read {VMLINUX}: kat needs a kernel built with \
-                 CONFIG_DEBUG_INFO_BTF=y"
-            )
+    pub fn from_file(path: &str) -> Result<Self> {
+        let data = std::fs::read(path).with_context(|| {
+            format!("cannot read {path}: kat needs a kernel built with CONFIG_DEBUG_INFO_BTF=y")
         })?;
         Self::from_bytes(data)
+    }
+
+    pub fn from_running_kernel() -> Result<Self> {
+        Self::from_file(VMLINUX)
     }
 
     /// Byte offset of `path` inside `ty`, checking that the field has the
@@ -199,5 +200,72 @@ impl KernelBtf {
                 })
                 .collect(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_without_btf_gets_a_clear_error() {
+        let err = KernelBtf::from_file("/nonexistent/vmlinux")
+            .err()
+            .expect("error");
+        let msg = format!("{err:#}");
+        assert!(msg.contains("CONFIG_DEBUG_INFO_BTF=y"), "{msg}");
+        let err = KernelBtf::from_bytes(vec![0xde, 0xad])
+            .err()
+            .expect("error");
+        assert!(format!("{err:#}").contains("cannot parse BTF"));
+    }
+
+    /// The running kernel's BTF resolves every field kat reads. Needs only
+    /// a readable /sys/kernel/btf/vmlinux, which CI machines have.
+    #[test]
+    fn resolves_the_running_kernels_offsets() {
+        if !std::path::Path::new(VMLINUX).exists() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "CI machines must have {VMLINUX}"
+            );
+            eprintln!("SKIPPED: no {VMLINUX}");
+            return;
+        }
+        let btf = KernelBtf::from_running_kernel().expect("parse");
+        let o = btf.offsets().expect("offsets");
+        // Struct sock starts with sock_common: family and state are early.
+        assert!(o.skc_family < 32 && o.skc_state < 32, "{o:?}");
+        assert!(o.sk_timer > 0 && o.icsk_probes_out > o.sk_timer, "{o:?}");
+        assert!(o.tp_ka_time > o.icsk_probes_out, "{o:?}");
+        assert!(btf.keepopen_bit().expect("SOCK_KEEPOPEN") < 64);
+        let reasons = btf
+            .reset_reasons()
+            .expect("6.10+ kernels have reset reasons");
+        assert!(reasons.values().any(|n| n == "TCP_KEEPALIVE_TIMEOUT"));
+        assert!(reasons.values().all(|n| !n.starts_with("SK_RST_REASON_")));
+    }
+
+    #[test]
+    fn missing_types_and_fields_are_named() {
+        let btf = KernelBtf::from_running_kernel();
+        let Ok(btf) = btf else {
+            return;
+        };
+        let err = btf
+            .offset(&field("sock", "no_such_field", 4))
+            .err()
+            .expect("error");
+        assert!(format!("{err}").contains("sock.no_such_field"), "{err}");
+        let err = btf
+            .offset(&field("no_such_struct", "x", 4))
+            .err()
+            .expect("error");
+        assert!(format!("{err}").contains("no_such_struct"), "{err}");
+        let err = btf
+            .offset(&field("sock", "sk_protocol", 8))
+            .err()
+            .expect("error");
+        assert!(format!("{err}").contains("type changed"), "{err}");
     }
 }

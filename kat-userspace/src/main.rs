@@ -1,15 +1,6 @@
 //! kat — a Linux TCP keepalive tracer.
 
-mod btf;
-mod diag;
-mod event;
-mod exit;
-mod kernel;
-mod loader;
-mod owner;
-mod source;
-mod trace;
-mod tracker;
+use kat_userspace::{exit, trace};
 
 use std::process::ExitCode;
 

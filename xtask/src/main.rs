@@ -1,1 +1,90 @@
-fn main() {}
+//! Project chores: `cargo xtask setup | run | test | bench`.
+//!
+//! Only std and process calls here, so xtask builds on a fresh machine
+//! before anything it installs is present.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing kat needs (idempotent).
+    Setup,
+    /// Set up, build kat (release) and run it with these arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then formatting, lints, unit tests and kernel tests.
+    Test,
+    /// Set up, then measure the cost of kat's hot hooks (needs root).
+    Bench,
+}
+
+/// Runs a command, failing with its name when it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::all(),
+        Cmd::Run { args } => {
+            setup::all()?;
+            run(cargo().args(["build", "--release", "--package", "kat-userspace"]))?;
+            run(Command::new("target/release/kat").args(&args))
+        }
+        Cmd::Test => {
+            setup::all()?;
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(cargo().args([
+                "+nightly",
+                "clippy",
+                "--package",
+                "kat-ebpf",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+            run(cargo().args(["test", "--workspace"]))
+        }
+        Cmd::Bench => {
+            setup::all()?;
+            run(cargo().args(["bench", "--package", "kat-userspace", "--bench", "hooks"]))
+        }
+    }
+}

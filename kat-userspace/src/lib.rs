@@ -1,0 +1,13 @@
+//! kat's userspace: loader, record source, tracker and views.
+//! The `kat` binary (main.rs) is a thin command-line front over these.
+
+pub mod btf;
+pub mod diag;
+pub mod event;
+pub mod exit;
+pub mod kernel;
+pub mod loader;
+pub mod owner;
+pub mod source;
+pub mod trace;
+pub mod tracker;
