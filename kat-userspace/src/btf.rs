@@ -254,18 +254,15 @@ mod tests {
         };
         let err = btf
             .offset(&field("sock", "no_such_field", 4))
-            .err()
-            .expect("error");
+            .expect_err("error");
         assert!(format!("{err}").contains("sock.no_such_field"), "{err}");
         let err = btf
             .offset(&field("no_such_struct", "x", 4))
-            .err()
-            .expect("error");
+            .expect_err("error");
         assert!(format!("{err}").contains("no_such_struct"), "{err}");
         let err = btf
             .offset(&field("sock", "sk_protocol", 8))
-            .err()
-            .expect("error");
+            .expect_err("error");
         assert!(format!("{err}").contains("type changed"), "{err}");
     }
 }

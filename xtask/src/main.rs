@@ -80,7 +80,7 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            run(cargo().args(["test", "--workspace"]))
+            run(cargo().args(["test"]))
         }
         Cmd::Bench => {
             setup::all()?;
