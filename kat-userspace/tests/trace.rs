@@ -6,15 +6,18 @@ mod lab;
 use std::io::{Read as _, Write as _};
 use std::time::Duration;
 
-use lab::{is, keepalive, now, ts, Kat, Lab, CLIENT_ADDR, SERVER_ADDR};
+use lab::{keepalive, now, ts, Kat, Lab, CLIENT_ADDR, CLIENT_ADDR6, SERVER_ADDR, SERVER_ADDR6};
 use serde_json::Value;
 
 fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-fn death<'a>(events: &'a [Value], saddr: &str) -> Vec<&'a Value> {
-    events.iter().filter(|v| is(v, "death", saddr)).collect()
+fn death<'a>(lab: &Lab, events: &'a [Value], saddr: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|v| lab.is(v, "death", saddr))
+        .collect()
 }
 
 #[test]
@@ -33,7 +36,7 @@ fn healthy_idle_connection_has_its_probes_answered() {
     // answered well within a second.
     let answers = std::cell::Cell::new(0);
     kat.wait_for("a third answer", secs(8), |v| {
-        answers.set(answers.get() + usize::from(is(v, "probe_answered", CLIENT_ADDR)));
+        answers.set(answers.get() + usize::from(lab.is(v, "probe_answered", CLIENT_ADDR)));
         answers.get() == 3
     });
     let mine: Vec<&Value> = kat
@@ -61,7 +64,7 @@ fn healthy_idle_connection_has_its_probes_answered() {
     }
     let (status, events, _) = kat.stop();
     assert!(status.success(), "kat exited with {status}");
-    assert!(death(&events, CLIENT_ADDR).is_empty(), "{events:#?}");
+    assert!(death(&lab, &events, CLIENT_ADDR).is_empty(), "{events:#?}");
 }
 
 #[test]
@@ -79,7 +82,7 @@ fn vanished_peer_ends_in_keepalive_timeout() {
     let _server = listener.accept().expect("accept");
     lab.blackhole(&lab.server);
 
-    let dead = kat.wait_for("death", secs(15), |v| is(v, "death", CLIENT_ADDR));
+    let dead = kat.wait_for("death", secs(15), |v| lab.is(v, "death", CLIENT_ADDR));
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["unanswered_probes"], count);
@@ -92,14 +95,14 @@ fn vanished_peer_ends_in_keepalive_timeout() {
     let probes: Vec<u64> = kat
         .seen
         .iter()
-        .filter(|v| is(v, "probe", CLIENT_ADDR))
+        .filter(|v| lab.is(v, "probe", CLIENT_ADDR))
         .map(|v| v["probe"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(probes, [1, 2, 3], "{:#?}", kat.seen);
     assert!(!kat
         .seen
         .iter()
-        .any(|v| is(v, "probe_answered", CLIENT_ADDR)));
+        .any(|v| lab.is(v, "probe_answered", CLIENT_ADDR)));
 
     // What the application sees matches kat's errno.
     let err = client
@@ -130,11 +133,11 @@ fn restarted_peer_is_found_by_a_probe() {
     drop(listener);
     lab.restart_server();
 
-    let dead = kat.wait_for("death", secs(15), |v| is(v, "death", CLIENT_ADDR));
+    let dead = kat.wait_for("death", secs(15), |v| lab.is(v, "death", CLIENT_ADDR));
     assert_eq!(dead["reason"], "peer_reset", "{dead}");
     assert_eq!(dead["errno"], "ECONNRESET");
     assert_eq!(dead["found_by_probe"], true, "{dead}");
-    assert!(kat.seen.iter().any(|v| is(v, "probe", CLIENT_ADDR)));
+    assert!(kat.seen.iter().any(|v| lab.is(v, "probe", CLIENT_ADDR)));
 }
 
 #[test]
@@ -152,11 +155,13 @@ fn close_with_unread_data_and_linger_zero_abort() {
     client.write_all(b"never read").expect("write");
     std::thread::sleep(Duration::from_millis(100));
     drop(unread);
-    let dead = kat.wait_for("abort_on_close", secs(5), |v| is(v, "death", SERVER_ADDR));
+    let dead = kat.wait_for("abort_on_close", secs(5), |v| {
+        lab.is(v, "death", SERVER_ADDR)
+    });
     assert_eq!(dead["reason"], "abort_on_close", "{dead}");
     assert_eq!(dead["kernel_reset_reason"], "TCP_ABORT_ON_CLOSE");
     assert_eq!(dead["pid"], std::process::id(), "the closer is this test");
-    let peer = kat.wait_for("peer death", secs(5), |v| is(v, "death", CLIENT_ADDR));
+    let peer = kat.wait_for("peer death", secs(5), |v| lab.is(v, "death", CLIENT_ADDR));
     assert_eq!(peer["reason"], "peer_reset");
     assert_eq!(peer["found_by_probe"], false);
     kat.seen.clear();
@@ -167,7 +172,9 @@ fn close_with_unread_data_and_linger_zero_abort() {
         .set_linger(Some(Duration::ZERO))
         .expect("linger");
     drop(lingering);
-    let dead = kat.wait_for("abort_on_linger", secs(5), |v| is(v, "death", SERVER_ADDR));
+    let dead = kat.wait_for("abort_on_linger", secs(5), |v| {
+        lab.is(v, "death", SERVER_ADDR)
+    });
     assert_eq!(dead["reason"], "abort_on_linger", "{dead}");
     drop(client);
 }
@@ -190,7 +197,7 @@ fn user_timeout_shorter_than_the_probes() {
     let _server = listener.accept().expect("accept");
     lab.blackhole(&lab.server);
 
-    let dead = kat.wait_for("death", secs(15), |v| is(v, "death", CLIENT_ADDR));
+    let dead = kat.wait_for("death", secs(15), |v| lab.is(v, "death", CLIENT_ADDR));
     assert_eq!(dead["reason"], "user_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500);
@@ -199,7 +206,7 @@ fn user_timeout_shorter_than_the_probes() {
     let probes = kat
         .seen
         .iter()
-        .filter(|v| is(v, "probe", CLIENT_ADDR))
+        .filter(|v| lab.is(v, "probe", CLIENT_ADDR))
         .count();
     assert!((1..10).contains(&probes), "{probes} probes");
 }
@@ -219,10 +226,10 @@ fn unacknowledged_data_ends_in_retransmit_timeout() {
     lab.blackhole(&lab.server);
     client.write_all(b"into the void").expect("write");
 
-    let dead = kat.wait_for("death", secs(20), |v| is(v, "death", CLIENT_ADDR));
+    let dead = kat.wait_for("death", secs(20), |v| lab.is(v, "death", CLIENT_ADDR));
     assert_eq!(dead["reason"], "retransmit_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
-    assert!(!kat.seen.iter().any(|v| is(v, "probe", CLIENT_ADDR)));
+    assert!(!kat.seen.iter().any(|v| lab.is(v, "probe", CLIENT_ADDR)));
 }
 
 #[test]
@@ -243,7 +250,7 @@ fn orderly_close_is_shown_only_with_all() {
     drop(server);
 
     for saddr in [CLIENT_ADDR, SERVER_ADDR] {
-        let closed = all.wait_for("closed", secs(5), |v| is(v, "death", saddr));
+        let closed = all.wait_for("closed", secs(5), |v| lab.is(v, "death", saddr));
         assert_eq!(closed["reason"], "closed", "{closed}");
         assert_eq!(closed["errno"], Value::Null);
         assert!(closed["lifetime_s"].as_f64().is_some_and(|l| l < 5.0));
@@ -275,12 +282,12 @@ fn port_filter_keeps_other_ports_out_in_the_kernel() {
     lab.blackhole(&lab.server);
 
     kat.wait_for("death on the wanted port", secs(10), |v| {
-        is(v, "death", CLIENT_ADDR) && v["dport"] == wanted
+        lab.is(v, "death", CLIENT_ADDR) && v["dport"] == wanted
     });
     kat.collect_for(Duration::from_secs(1));
     let (status, events, stderr) = kat.stop();
     assert!(status.success());
-    assert!(events.iter().any(|v| is(v, "probe", CLIENT_ADDR)));
+    assert!(events.iter().any(|v| lab.is(v, "probe", CLIENT_ADDR)));
     for v in &events {
         assert!(
             v["sport"] != other && v["dport"] != other,
@@ -301,4 +308,27 @@ fn port_filter_keeps_other_ports_out_in_the_kernel() {
             "the kernel passed a record of port {other}: {line}"
         );
     }
+}
+
+#[test]
+fn ipv6_connections_are_traced_too() {
+    if !lab::root_or_skip() {
+        return;
+    }
+    let port = 6710;
+    let lab = Lab::new();
+    let mut kat = Kat::trace(&["--port", &port.to_string()]);
+    let listener = lab.listen_on(SERVER_ADDR6, port);
+    let addr = format!("[{SERVER_ADDR6}]:{port}").parse().expect("addr");
+    let _client = lab.connect_to(addr, |s| keepalive(s, 1, 1, 2));
+    let _server = listener.accept().expect("accept");
+
+    let answered = kat.wait_for("answer", secs(5), |v| {
+        lab.is(v, "probe_answered", CLIENT_ADDR6)
+    });
+    assert_eq!(answered["daddr"], SERVER_ADDR6);
+    lab.blackhole(&lab.server);
+    let dead = kat.wait_for("death", secs(10), |v| lab.is(v, "death", CLIENT_ADDR6));
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["unanswered_probes"], 2);
 }

@@ -17,6 +17,8 @@ use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const SERVER_ADDR: &str = "198.18.0.2";
+pub const CLIENT_ADDR6: &str = "fd00:6b61:74::1";
+pub const SERVER_ADDR6: &str = "fd00:6b61:74::2";
 
 /// True when the test may run. Root is needed to load eBPF and make
 /// namespaces; under CI=true its absence is a failure, never a skip.
@@ -39,6 +41,13 @@ fn run(cmd: &[&str]) {
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
 
+/// `ip` with space-separated arguments.
+fn ip(args: &str) {
+    let mut cmd = vec!["ip"];
+    cmd.extend(args.split_whitespace());
+    run(&cmd);
+}
+
 static LABS: AtomicU32 = AtomicU32::new(0);
 
 /// Two namespaces, `client` (198.18.0.1) and `server` (198.18.0.2).
@@ -55,56 +64,33 @@ impl Lab {
             client: format!("{tag}-c"),
             server: format!("{tag}-s"),
         };
-        run(&["ip", "netns", "add", &lab.client]);
-        run(&["ip", "netns", "add", &lab.server]);
-        run(&["ip", "-n", &lab.client, "link", "set", "lo", "up"]);
+        ip(&format!("netns add {}", lab.client));
+        ip(&format!("netns add {}", lab.server));
+        ip(&format!("-n {} link set lo up", lab.client));
         lab.connect_server();
         lab
     }
 
     /// (Re)creates the server namespace's side of the link.
     fn connect_server(&self) {
-        run(&["ip", "-n", &self.server, "link", "set", "lo", "up"]);
-        run(&[
-            "ip",
-            "-n",
-            &self.client,
-            "link",
-            "add",
-            "veth0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "veth0",
-            "netns",
-            &self.server,
-        ]);
-        for (ns, addr) in [(&self.client, CLIENT_ADDR), (&self.server, SERVER_ADDR)] {
-            run(&[
-                "ip",
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "veth0",
-            ]);
-            run(&["ip", "-n", ns, "link", "set", "veth0", "up"]);
+        let (c, s) = (&self.client, &self.server);
+        ip(&format!("-n {s} link set lo up"));
+        ip(&format!(
+            "-n {c} link add veth0 type veth peer name veth0 netns {s}"
+        ));
+        for (ns, addr, addr6) in [
+            (c, CLIENT_ADDR, CLIENT_ADDR6),
+            (s, SERVER_ADDR, SERVER_ADDR6),
+        ] {
+            ip(&format!("-n {ns} addr add {addr}/24 dev veth0"));
+            // nodad: usable at once, without duplicate address detection.
+            ip(&format!("-n {ns} addr add {addr6}/64 dev veth0 nodad"));
+            ip(&format!("-n {ns} link set veth0 up"));
         }
     }
 
     pub fn sysctl(&self, ns: &str, key: &str, value: &str) {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ]);
+        ip(&format!("netns exec {ns} sysctl -qw {key}={value}"));
     }
 
     /// The server stops answering: every packet it would receive or send
@@ -126,7 +112,7 @@ impl Lab {
     /// socket in it) and comes back with the same address and nothing
     /// listening.
     pub fn restart_server(&self) {
-        run(&["ip", "netns", "del", &self.server]);
+        ip(&format!("netns del {}", self.server));
         let deadline = Instant::now() + Duration::from_secs(10);
         // The veth pair goes away with the namespace, once its last socket is freed.
         while Command::new("ip")
@@ -142,7 +128,7 @@ impl Lab {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        run(&["ip", "netns", "add", &self.server]);
+        ip(&format!("netns add {}", self.server));
         self.connect_server();
     }
 
@@ -159,8 +145,12 @@ impl Lab {
     }
 
     pub fn listen(&self, port: u16) -> std::net::TcpListener {
+        self.listen_on(SERVER_ADDR, port)
+    }
+
+    pub fn listen_on(&self, addr: &'static str, port: u16) -> std::net::TcpListener {
         self.within(&self.server.clone(), move || {
-            std::net::TcpListener::bind((SERVER_ADDR, port)).expect("listen")
+            std::net::TcpListener::bind((addr, port)).expect("listen")
         })
     }
 
@@ -171,10 +161,18 @@ impl Lab {
         port: u16,
         setup: impl FnOnce(&Socket) + Send + 'static,
     ) -> std::net::TcpStream {
+        let addr = format!("{SERVER_ADDR}:{port}").parse().expect("addr");
+        self.connect_to(addr, setup)
+    }
+
+    pub fn connect_to(
+        &self,
+        addr: SocketAddr,
+        setup: impl FnOnce(&Socket) + Send + 'static,
+    ) -> std::net::TcpStream {
         self.within(&self.client.clone(), move || {
-            let s = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
             setup(&s);
-            let addr: SocketAddr = format!("{SERVER_ADDR}:{port}").parse().expect("addr");
             s.connect(&addr.into()).expect("connect");
             s.into()
         })
@@ -328,8 +326,25 @@ impl Drop for Kat {
     }
 }
 
-pub fn is(v: &Value, ty: &str, saddr: &str) -> bool {
-    v["type"] == ty && v["saddr"] == saddr
+fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/run/netns/{name}"))
+        .expect("netns")
+        .ino()
+}
+
+impl Lab {
+    /// An event of this type about a socket of this lab with this local
+    /// address (the namespace is checked too: other labs use the same
+    /// addresses).
+    pub fn is(&self, v: &Value, ty: &str, saddr: &str) -> bool {
+        let ns = if [CLIENT_ADDR, CLIENT_ADDR6].contains(&saddr) {
+            &self.client
+        } else {
+            &self.server
+        };
+        v["type"] == ty && v["saddr"] == saddr && v["netns"] == netns_inode(ns)
+    }
 }
 
 /// Seconds since the Unix epoch of an event's `ts`.
