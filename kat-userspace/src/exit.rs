@@ -29,3 +29,18 @@ pub fn code(err: &anyhow::Error) -> u8 {
         Some(Failure::NotRoot(_)) | None => FAILURE,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_failure() {
+        let unsupported = anyhow::Error::from(Failure::Unsupported("no BTF".into()));
+        assert_eq!(code(&unsupported), UNSUPPORTED);
+        // Context added on the way up keeps the code.
+        assert_eq!(code(&unsupported.context("loading")), UNSUPPORTED);
+        assert_eq!(code(&Failure::NotRoot("root".into()).into()), FAILURE);
+        assert_eq!(code(&anyhow::anyhow!("anything else")), FAILURE);
+    }
+}
