@@ -28,7 +28,32 @@ pub mod flag {
     pub const HAS_RESET_REASON: u8 = 4;
     /// `sk_shutdown` was SHUTDOWN_MASK: the application is in close().
     pub const IN_CLOSE: u8 = 8;
+    /// tcp_write_wakeup sent a keepalive probe in this timer run
+    /// (fentry and kprobe lanes).
+    pub const PROBE_SENT: u8 = 16;
 }
+
+/// Bits of [`Record::context`]: kernel functions on the stack when a
+/// RST was sent (how the reason is told on kernels without reset reasons).
+pub mod context {
+    pub const KEEPALIVE_TIMER: u8 = 1;
+    pub const TCP_CLOSE: u8 = 2;
+    pub const TCP_DISCONNECT: u8 = 4;
+    pub const OUT_OF_RESOURCES: u8 = 8;
+}
+
+/// Kernel functions whose address ranges the RST hook looks for on its
+/// stack, in the order of [`Config::ranges`] (two ranges may share a bit).
+pub const CONTEXT_FUNCTIONS: [(&str, u8); 5] = [
+    ("tcp_keepalive_timer", context::KEEPALIVE_TIMER),
+    ("tcp_close", context::TCP_CLOSE),
+    ("__tcp_close", context::TCP_CLOSE),
+    ("tcp_disconnect", context::TCP_DISCONNECT),
+    ("tcp_out_of_resources", context::OUT_OF_RESOURCES),
+];
+
+/// Stack frames the RST hook inspects.
+pub const STACK_DEPTH: usize = 12;
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h: stable ABI).
 pub mod tcp_state {
@@ -100,7 +125,9 @@ pub struct Record {
     pub reset_reason: u32,
     pub ka_probes: u8,
     pub sysctl_probes: u8,
-    pub _pad0: [u8; 2],
+    /// RESET_SENT: [`context`] bits found on the kernel stack.
+    pub context: u8,
+    pub _pad0: u8,
     /// Current task's comm; meaningful only in process context.
     pub comm: [u8; 16],
     pub _pad1: [u8; 4],
@@ -115,6 +142,7 @@ const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
 /// one of these.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Offsets {
     /// `timer_list.function`
     pub timer_function: u32,
@@ -169,10 +197,19 @@ pub struct Config {
     /// How many entries of `ports` are in use; 0 = no port filter.
     pub nports: u32,
     pub ports: [u16; MAX_PORTS],
+    /// Value of LINUX_MIB_TCPKEEPALIVE: tcp_write_wakeup's keepalive caller.
+    pub mib_keepalive: u32,
+    /// Non-zero when tcp_send_active_reset takes a reason (6.10+).
+    pub has_reset_reason: u32,
+    /// [start, end) of each of [`CONTEXT_FUNCTIONS`]; (0, 0) when absent.
+    pub ranges: [[u64; 2]; CONTEXT_FUNCTIONS.len()],
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS);
+const _: () = assert!(
+    core::mem::size_of::<Config>()
+        == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 16 * CONTEXT_FUNCTIONS.len()
+);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -1,4 +1,5 @@
-//! kat's kernel side: the tracepoint lane.
+//! kat's kernel side: three lanes of hooks (fentry, kprobe, tracepoint)
+//! feeding one stream of records.
 //!
 //! Every field of `struct sock` and friends is read through offsets that
 //! userspace resolved from the running kernel's BTF (`CONFIG`), because
@@ -9,14 +10,17 @@
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_jiffies64,
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map},
     maps::{PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    EbpfContext,
 };
-use kat_common::{flag, kind, tcp_state, Config, Record, AF_INET, MAX_PORTS};
+use kat_common::{
+    flag, kind, tcp_state, Config, Record, AF_INET, CONTEXT_FUNCTIONS, MAX_PORTS, STACK_DEPTH,
+};
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
 /// its values as constants.
@@ -38,7 +42,12 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[derive(Clone, Copy)]
 struct Running {
     sk: u64,
+    /// tcp_write_wakeup's arguments, kept for its kretprobe.
+    wakeup_sk: u64,
+    wakeup_mib: u32,
     probes_before: u8,
+    probe_sent: u8,
+    _pad: [u8; 2],
 }
 
 #[map]
@@ -201,23 +210,91 @@ fn keepalive_sock(ctx: &BtfTracePointContext) -> Option<u64> {
     // access against struct timer_list and the JIT makes it fault-safe.
     let off = cfg_u32(&cfg.offsets.timer_function) as usize;
     let function = unsafe { core::ptr::read_volatile(timer.add(off).cast::<u64>()) };
-    let timer = timer as u64;
     if function != cfg_u64(&cfg.keepalive_timer_fn) {
         return None;
     }
-    Some(timer.wrapping_sub(cfg_u32(&cfg.offsets.sk_timer) as u64))
+    Some(timer_sock(timer as u64))
 }
 
-#[btf_tracepoint(function = "timer_expire_entry")]
-pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
-    let Some(sk) = keepalive_sock(&ctx) else {
-        return 0;
-    };
+/// A keepalive timer run begins on this CPU: remember the socket and its
+/// probe count.
+#[inline(always)]
+fn keepalive_enter(sk: u64) {
     if let Some(running) = RUNNING.get_ptr_mut(0) {
         let probes_before = read(sk, &config().offsets.icsk_probes_out);
         unsafe {
-            *running = Running { sk, probes_before };
+            (*running).sk = sk;
+            (*running).probes_before = probes_before;
+            (*running).probe_sent = 0;
         }
+    }
+}
+
+/// The run ends: one TIMER_RUN record for a socket with keepalive on.
+/// `sk` is None where the hook has no arguments (kretprobe).
+#[inline(always)]
+fn keepalive_exit(sk: Option<u64>) {
+    let Some(running) = RUNNING.get_ptr_mut(0) else {
+        return;
+    };
+    let (was, probes_before, probe_sent) = unsafe {
+        (
+            (*running).sk,
+            (*running).probes_before,
+            (*running).probe_sent,
+        )
+    };
+    unsafe { (*running).sk = 0 };
+    let sk = sk.unwrap_or(was);
+    if was != sk || sk == 0 {
+        return;
+    }
+    let o = &config().offsets;
+    let sk_flags: u64 = read(sk, &o.sk_flags);
+    if (sk_flags >> (cfg_u32(&config().keepopen_bit) & 63)) & 1 == 0 {
+        return;
+    }
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return;
+    }
+    let now = unsafe { bpf_jiffies64() } as u32;
+    let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
+    let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
+    let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
+    emit(|rec| {
+        fill_socket(rec, sk, sport, dport);
+        rec.kind = kind::TIMER_RUN;
+        rec.probes_before = probes_before;
+        rec.idle_jiffies = idle;
+        if probe_sent != 0 {
+            rec.flags |= flag::PROBE_SENT;
+        }
+    });
+}
+
+/// tcp_write_wakeup returned: a keepalive probe left (mib KEEPALIVE, not
+/// a zero-window probe) when it returned <= 0.
+#[inline(always)]
+fn write_wakeup_done(sk: u64, mib: u32, ret: i32) {
+    if mib != cfg_u32(&config().mib_keepalive) || ret > 0 {
+        return;
+    }
+    if let Some(running) = RUNNING.get_ptr_mut(0) {
+        unsafe {
+            if (*running).sk == sk {
+                (*running).probe_sent = 1;
+            }
+        }
+    }
+}
+
+// --- tracepoint lane: the timer tracepoints, filtered on the function ---
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
+    if let Some(sk) = keepalive_sock(&ctx) {
+        keepalive_enter(sk);
     }
     0
 }
@@ -232,41 +309,141 @@ pub fn timer_expire_baseline(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "timer_expire_exit")]
 pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
-    let Some(sk) = keepalive_sock(&ctx) else {
-        return 0;
-    };
-    let Some(running) = RUNNING.get_ptr_mut(0) else {
-        return 0;
-    };
-    let (was, probes_before) = unsafe { ((*running).sk, (*running).probes_before) };
-    unsafe { (*running).sk = 0 };
-    if was != sk {
-        return 0;
+    if let Some(sk) = keepalive_sock(&ctx) {
+        keepalive_exit(Some(sk));
     }
-    let o = &config().offsets;
-    let sk_flags: u64 = read(sk, &o.sk_flags);
-    if (sk_flags >> (cfg_u32(&config().keepopen_bit) & 63)) & 1 == 0 {
-        return 0;
-    }
-    let (sport, dport) = ports(sk);
-    if !port_wanted(sport, dport) {
-        return 0;
-    }
-    let now = unsafe { bpf_jiffies64() } as u32;
-    let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
-    let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
-    let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
-    emit(|rec| {
-        fill_socket(rec, sk, sport, dport);
-        rec.kind = kind::TIMER_RUN;
-        rec.probes_before = probes_before;
-        rec.idle_jiffies = idle;
-    });
     0
 }
 
+// --- fentry lane ---
+
 #[inline(always)]
-fn reset_sent(sk: u64, skb: u64, reason: Option<u32>) -> i32 {
+fn timer_sock(timer: u64) -> u64 {
+    timer.wrapping_sub(cfg_u32(&config().offsets.sk_timer) as u64)
+}
+
+#[fentry(function = "tcp_keepalive_timer")]
+pub fn fentry_tcp_keepalive_timer(ctx: FEntryContext) -> i32 {
+    keepalive_enter(timer_sock(ctx.arg(0)));
+    0
+}
+
+#[fexit(function = "tcp_keepalive_timer")]
+pub fn fexit_tcp_keepalive_timer(ctx: FExitContext) -> i32 {
+    keepalive_exit(Some(timer_sock(ctx.arg(0))));
+    0
+}
+
+/// tcp_write_wakeup(sk, mib) -> int: the return value follows the arguments.
+#[fexit(function = "tcp_write_wakeup")]
+pub fn fexit_tcp_write_wakeup(ctx: FExitContext) -> i32 {
+    write_wakeup_done(ctx.arg(0), ctx.arg(1), ctx.arg(2));
+    0
+}
+
+/// tcp_send_active_reset(sk, priority, reason): 6.10+.
+#[fentry(function = "tcp_send_active_reset")]
+pub fn fentry_tcp_send_active_reset(ctx: FEntryContext) -> i32 {
+    reset_sent(&ctx, ctx.arg(0), 0, Some(ctx.arg(2)))
+}
+
+/// tcp_send_active_reset(sk, priority): before reset reasons.
+#[fentry(function = "tcp_send_active_reset")]
+pub fn fentry_tcp_send_active_reset_noreason(ctx: FEntryContext) -> i32 {
+    reset_sent(&ctx, ctx.arg(0), 0, None)
+}
+
+// --- kprobe lane ---
+
+#[kprobe]
+pub fn kprobe_tcp_keepalive_timer(ctx: ProbeContext) -> i32 {
+    if let Some(timer) = ctx.arg::<u64>(0) {
+        keepalive_enter(timer_sock(timer));
+    }
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_tcp_keepalive_timer(_ctx: RetProbeContext) -> i32 {
+    keepalive_exit(None);
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_write_wakeup(ctx: ProbeContext) -> i32 {
+    let (Some(sk), Some(mib)) = (ctx.arg::<u64>(0), ctx.arg::<u32>(1)) else {
+        return 0;
+    };
+    if let Some(running) = RUNNING.get_ptr_mut(0) {
+        unsafe {
+            (*running).wakeup_sk = sk;
+            (*running).wakeup_mib = mib;
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn kretprobe_tcp_write_wakeup(ctx: RetProbeContext) -> i32 {
+    let ret: i32 = ctx.ret();
+    if let Some(running) = RUNNING.get(0) {
+        let (sk, mib) = (running.wakeup_sk, running.wakeup_mib);
+        write_wakeup_done(sk, mib, ret);
+    }
+    0
+}
+
+#[kprobe]
+pub fn kprobe_tcp_send_active_reset(ctx: ProbeContext) -> i32 {
+    let Some(sk) = ctx.arg::<u64>(0) else {
+        return 0;
+    };
+    let reason = if cfg_u32(&config().has_reset_reason) != 0 {
+        ctx.arg::<u32>(2)
+    } else {
+        None
+    };
+    reset_sent(&ctx, sk, 0, reason)
+}
+
+/// Which of [`CONTEXT_FUNCTIONS`] are on the kernel stack: on kernels
+/// without reset reasons this tells where a RST came from. Only RSTs pay
+/// for the stack walk.
+#[inline(always)]
+fn stack_context(ctx: &impl EbpfContext) -> u8 {
+    let mut stack = [0u64; STACK_DEPTH];
+    let bytes = unsafe {
+        bpf_get_stack(
+            ctx.as_ptr(),
+            stack.as_mut_ptr().cast(),
+            (STACK_DEPTH * 8) as u32,
+            0,
+        )
+    };
+    if bytes <= 0 {
+        return 0;
+    }
+    let cfg = config();
+    let mut found = 0u8;
+    let mut i = 0;
+    while i < STACK_DEPTH {
+        let pc = stack[i];
+        let mut f = 0;
+        while f < CONTEXT_FUNCTIONS.len() {
+            let start = cfg_u64(&cfg.ranges[f][0]);
+            let end = cfg_u64(&cfg.ranges[f][1]);
+            if pc >= start && pc < end {
+                found |= CONTEXT_FUNCTIONS[f].1;
+            }
+            f += 1;
+        }
+        i += 1;
+    }
+    found
+}
+
+#[inline(always)]
+fn reset_sent(ctx: &impl EbpfContext, sk: u64, skb: u64, reason: Option<u32>) -> i32 {
     // Only resets the socket sends on its own initiative carry no skb;
     // replies to a segment are not a decision about this connection.
     if sk == 0 || skb != 0 {
@@ -276,10 +453,12 @@ fn reset_sent(sk: u64, skb: u64, reason: Option<u32>) -> i32 {
     if !port_wanted(sport, dport) {
         return 0;
     }
+    let context = stack_context(ctx);
     emit(|rec| {
         fill_socket(rec, sk, sport, dport);
         fill_task(rec);
         rec.kind = kind::RESET_SENT;
+        rec.context = context;
         if let Some(reason) = reason {
             rec.reset_reason = reason;
             rec.flags |= flag::HAS_RESET_REASON;
@@ -291,13 +470,13 @@ fn reset_sent(sk: u64, skb: u64, reason: Option<u32>) -> i32 {
 /// Kernels with `enum sk_rst_reason` (6.10+): (sk, skb, reason).
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset(ctx: BtfTracePointContext) -> i32 {
-    reset_sent(ctx.arg(0), ctx.arg(1), Some(ctx.arg(2)))
+    reset_sent(&ctx, ctx.arg(0), ctx.arg(1), Some(ctx.arg(2)))
 }
 
 /// Older kernels: (sk, skb).
 #[btf_tracepoint(function = "tcp_send_reset")]
 pub fn tcp_send_reset_noreason(ctx: BtfTracePointContext) -> i32 {
-    reset_sent(ctx.arg(0), ctx.arg(1), None)
+    reset_sent(&ctx, ctx.arg(0), ctx.arg(1), None)
 }
 
 #[btf_tracepoint(function = "tcp_receive_reset")]

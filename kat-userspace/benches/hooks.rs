@@ -64,7 +64,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let mut loaded = loader::load(&[])?;
+    let mut loaded = loader::load(&[], Some(loader::Lane::Tracepoint))?;
     let btf = aya::Btf::from_sys_fs()?;
     let baseline: &mut BtfTracePoint = loaded
         .ebpf

@@ -180,6 +180,22 @@ impl KernelBtf {
         }
     }
 
+    /// A named constant of any enum, named or anonymous (LINUX_MIB_* live
+    /// in an anonymous one).
+    pub fn enum_constant(&self, name: &str) -> Option<u32> {
+        self.types.get().values().find_map(|t| match t {
+            TypeVariant::Enum(e) => e
+                .named_value_list()
+                .iter()
+                .find(|v| v.name == name)
+                .map(|v| match v.value {
+                    Integer32Value::Signed(s) => s as u32,
+                    Integer32Value::Unsigned(u) => u,
+                }),
+            _ => None,
+        })
+    }
+
     /// Bit number of SOCK_KEEPOPEN in `sk_flags`.
     pub fn keepopen_bit(&self) -> Result<u32> {
         self.enum_values("sock_flags")

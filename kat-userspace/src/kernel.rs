@@ -17,10 +17,23 @@ pub fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
     })
 }
 
-pub fn keepalive_timer_address() -> Result<u64> {
-    let kallsyms =
-        std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
-    match symbol_address(&kallsyms, "tcp_keepalive_timer") {
+/// [start, end) of a text symbol: it ends where the next symbol starts.
+pub fn symbol_range(kallsyms: &str, name: &str) -> Option<[u64; 2]> {
+    let start = symbol_address(kallsyms, name)?;
+    let end = kallsyms
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
+        .filter(|&a| a > start)
+        .min()?;
+    Some([start, end])
+}
+
+pub fn kallsyms() -> Result<String> {
+    std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")
+}
+
+pub fn keepalive_timer_address(kallsyms: &str) -> Result<u64> {
+    match symbol_address(kallsyms, "tcp_keepalive_timer") {
         Some(0) => bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run kat as root"),
         Some(addr) => Ok(addr),
         None => bail!("tcp_keepalive_timer is not in /proc/kallsyms"),
@@ -107,6 +120,11 @@ mod tests {
         );
         assert_eq!(symbol_address(k, "tcp_keepalive_data"), None);
         assert_eq!(symbol_address(k, "tcp_nothing"), None);
+        assert_eq!(
+            symbol_range(k, "tcp_keepalive_timer"),
+            Some([0xffffffff8202b5f0, 0xffffffff8202b700])
+        );
+        assert_eq!(symbol_range(k, "tcp_keepalive_data"), None);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod btf;
 pub mod diag;
+pub mod doctor;
 pub mod event;
 pub mod exit;
 pub mod kernel;

@@ -1,17 +1,234 @@
-//! Loads kat's eBPF programs into the running kernel and attaches them.
+//! Loads kat's eBPF programs into the running kernel and attaches, for
+//! each hook, the best lane that works: fentry, then kprobe, then
+//! tracepoint.
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result};
-use aya::{programs::BtfTracePoint, Btf, Ebpf, EbpfLoader};
-use kat_common::{Config, MAX_PORTS};
+use anyhow::{anyhow, Context as _, Result};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program};
+use aya::{Btf, Ebpf, EbpfLoader};
+use kat_common::{Config, CONTEXT_FUNCTIONS, MAX_PORTS};
+use serde::Serialize;
 
 use crate::{btf::KernelBtf, exit::Failure, kernel};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kat-ebpf"));
 
-/// The lane this build attaches; the fentry and kprobe lanes come later.
-pub const LANE: &str = "tracepoint";
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Lane {
+    /// BPF trampolines on the kernel functions (fastest; most kernels >= 5.5).
+    Fentry,
+    /// kprobes on the kernel functions (kernels with CONFIG_KPROBES).
+    Kprobe,
+    /// Tracepoints only (any kernel with BTF).
+    Tracepoint,
+}
+
+pub const LANES: [Lane; 3] = [Lane::Fentry, Lane::Kprobe, Lane::Tracepoint];
+
+impl Lane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Lane::Fentry => "fentry",
+            Lane::Kprobe => "kprobe",
+            Lane::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// What kat needs to see, each provided by a set of programs per lane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    /// Each run of tcp_keepalive_timer.
+    KeepaliveTimer,
+    /// tcp_write_wakeup sending a keepalive probe (not a zero-window probe).
+    ProbeSent,
+    /// tcp_send_active_reset.
+    ResetSent,
+    /// RST received, state changes, socket freed: tracepoints in every lane.
+    SocketEvents,
+}
+
+pub const HOOKS: [Hook; 4] = [
+    Hook::KeepaliveTimer,
+    Hook::ProbeSent,
+    Hook::ResetSent,
+    Hook::SocketEvents,
+];
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::KeepaliveTimer => "keepalive_timer",
+            Hook::ProbeSent => "probe_sent",
+            Hook::ResetSent => "reset_sent",
+            Hook::SocketEvents => "socket_events",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    TpBtf,
+    FEntry,
+    FExit,
+    KProbe,
+}
+
+/// One program of kat-ebpf and where it goes.
+#[derive(Debug, Clone, Copy)]
+struct Prog {
+    name: &'static str,
+    kind: Kind,
+    target: &'static str,
+}
+
+const fn prog(name: &'static str, kind: Kind, target: &'static str) -> Prog {
+    Prog { name, kind, target }
+}
+
+/// The programs that provide `hook` in `lane`; None when the lane has no
+/// way to provide it.
+fn programs(hook: Hook, lane: Lane, reasons: bool) -> Option<Vec<Prog>> {
+    use Kind::*;
+    let progs = match (hook, lane) {
+        (Hook::KeepaliveTimer, Lane::Fentry) => vec![
+            prog("fentry_tcp_keepalive_timer", FEntry, "tcp_keepalive_timer"),
+            prog("fexit_tcp_keepalive_timer", FExit, "tcp_keepalive_timer"),
+        ],
+        (Hook::KeepaliveTimer, Lane::Kprobe) => vec![
+            prog("kprobe_tcp_keepalive_timer", KProbe, "tcp_keepalive_timer"),
+            prog(
+                "kretprobe_tcp_keepalive_timer",
+                KProbe,
+                "tcp_keepalive_timer",
+            ),
+        ],
+        (Hook::KeepaliveTimer, Lane::Tracepoint) => vec![
+            prog("timer_expire_entry", TpBtf, "timer_expire_entry"),
+            prog("timer_expire_exit", TpBtf, "timer_expire_exit"),
+        ],
+        (Hook::ProbeSent, Lane::Fentry) => {
+            vec![prog("fexit_tcp_write_wakeup", FExit, "tcp_write_wakeup")]
+        }
+        (Hook::ProbeSent, Lane::Kprobe) => vec![
+            prog("kprobe_tcp_write_wakeup", KProbe, "tcp_write_wakeup"),
+            prog("kretprobe_tcp_write_wakeup", KProbe, "tcp_write_wakeup"),
+        ],
+        // The tracepoint lane counts probes from icsk_probes_out instead.
+        (Hook::ProbeSent, Lane::Tracepoint) => return None,
+        (Hook::ResetSent, Lane::Fentry) => vec![prog(
+            if reasons {
+                "fentry_tcp_send_active_reset"
+            } else {
+                "fentry_tcp_send_active_reset_noreason"
+            },
+            FEntry,
+            "tcp_send_active_reset",
+        )],
+        (Hook::ResetSent, Lane::Kprobe) => vec![prog(
+            "kprobe_tcp_send_active_reset",
+            KProbe,
+            "tcp_send_active_reset",
+        )],
+        (Hook::ResetSent, Lane::Tracepoint) => vec![prog(
+            if reasons {
+                "tcp_send_reset"
+            } else {
+                "tcp_send_reset_noreason"
+            },
+            TpBtf,
+            "tcp_send_reset",
+        )],
+        (Hook::SocketEvents, Lane::Tracepoint) => vec![
+            prog("tcp_receive_reset", TpBtf, "tcp_receive_reset"),
+            prog("inet_sock_set_state", TpBtf, "inet_sock_set_state"),
+            prog("tcp_destroy_sock", TpBtf, "tcp_destroy_sock"),
+        ],
+        (Hook::SocketEvents, _) => return None,
+    };
+    Some(progs)
+}
+
+fn attach_one(ebpf: &mut Ebpf, btf: &Btf, p: &Prog) -> Result<()> {
+    let program = ebpf
+        .program_mut(p.name)
+        .ok_or_else(|| anyhow!("program {} is missing from kat's eBPF object", p.name))?;
+    let what = || format!("{} on {}", p.name, p.target);
+    match p.kind {
+        Kind::TpBtf => {
+            let prog: &mut BtfTracePoint = program.try_into()?;
+            prog.load(p.target, btf)
+                .with_context(|| format!("the kernel refused to load {}", what()))?;
+            prog.attach()
+                .with_context(|| format!("cannot attach {}", what()))?;
+        }
+        Kind::FEntry => {
+            let prog: &mut FEntry = program.try_into()?;
+            prog.load(p.target, btf)
+                .with_context(|| format!("the kernel refused to load {}", what()))?;
+            prog.attach()
+                .with_context(|| format!("cannot attach {}", what()))?;
+        }
+        Kind::FExit => {
+            let prog: &mut FExit = program.try_into()?;
+            prog.load(p.target, btf)
+                .with_context(|| format!("the kernel refused to load {}", what()))?;
+            prog.attach()
+                .with_context(|| format!("cannot attach {}", what()))?;
+        }
+        Kind::KProbe => {
+            let prog: &mut KProbe = program.try_into()?;
+            prog.load()
+                .with_context(|| format!("the kernel refused to load {}", what()))?;
+            prog.attach(p.target, 0)
+                .with_context(|| format!("cannot attach {}", what()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Detaches and unloads whatever of a lane's programs got in, so that a
+/// half-attached lane does not run beside the one that replaces it.
+fn unload(ebpf: &mut Ebpf, progs: &[Prog]) {
+    for p in progs {
+        let result = match ebpf.program_mut(p.name) {
+            Some(Program::BtfTracePoint(x)) => x.unload(),
+            Some(Program::FEntry(x)) => x.unload(),
+            Some(Program::FExit(x)) => x.unload(),
+            Some(Program::KProbe(x)) => x.unload(),
+            _ => Ok(()),
+        };
+        if let Err(e) = result {
+            log::debug!("unloading {}: {e}", p.name);
+        }
+    }
+}
+
+/// Attaches `hook` in `lane`: Ok(false) when the lane has no programs for it.
+fn attach_hook(ebpf: &mut Ebpf, btf: &Btf, hook: Hook, lane: Lane, reasons: bool) -> Result<bool> {
+    let Some(progs) = programs(hook, lane, reasons) else {
+        return Ok(false);
+    };
+    for p in &progs {
+        if let Err(e) = attach_one(ebpf, btf, p) {
+            unload(ebpf, &progs);
+            return Err(e);
+        }
+    }
+    Ok(true)
+}
+
+/// How one hook was tried in one lane.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub hook: Hook,
+    pub lane: Lane,
+    /// None: attached; Some: why not.
+    pub error: Option<String>,
+}
 
 /// Loaded, attached programs and what userspace needs to read their records.
 pub struct Loaded {
@@ -20,28 +237,80 @@ pub struct Loaded {
     pub hz: u32,
     /// Kernel reset reasons by value; None on kernels without them.
     pub reset_reasons: Option<BTreeMap<u32, String>>,
-    pub lane: &'static str,
+    /// The lane each hook runs in.
+    pub lanes: Vec<(Hook, Lane)>,
+    /// Every lane tried, in order, and why those that failed failed.
+    pub attempts: Vec<Attempt>,
+}
+
+impl Loaded {
+    /// `keepalive_timer=fentry probe_sent=fentry …`, or the lane alone when
+    /// every hook uses it.
+    pub fn lanes_text(&self) -> String {
+        let main: Vec<Lane> = self
+            .lanes
+            .iter()
+            .filter(|(h, _)| *h != Hook::SocketEvents)
+            .map(|(_, l)| *l)
+            .collect();
+        if main.windows(2).all(|w| w[0] == w[1]) {
+            if let Some(l) = main.first() {
+                return format!("{} lane", l.name());
+            }
+        }
+        self.lanes
+            .iter()
+            .map(|(h, l)| format!("{}={}", h.name(), l.name()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 fn unsupported(err: anyhow::Error) -> anyhow::Error {
     Failure::Unsupported(format!("{err:#}")).into()
 }
 
-pub fn config_for(kbtf: &KernelBtf, keepalive_timer_fn: u64, ports: &[u16]) -> Result<Config> {
+/// What the programs are told about this kernel.
+pub struct KernelFacts {
+    pub btf: KernelBtf,
+    pub config: Config,
+    pub hz: u32,
+    pub reset_reasons: Option<BTreeMap<u32, String>>,
+}
+
+pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
     anyhow::ensure!(
         ports.len() <= MAX_PORTS,
         "at most {MAX_PORTS} --port filters are supported"
     );
+    let btf = KernelBtf::from_running_kernel().map_err(unsupported)?;
+    let kallsyms = kernel::kallsyms().map_err(unsupported)?;
+    let keepalive_timer_fn = kernel::keepalive_timer_address(&kallsyms).map_err(unsupported)?;
+    let hz = kernel::hz().map_err(unsupported)?;
+    let reset_reasons = btf.reset_reasons();
     let mut config = Config {
-        offsets: kbtf.offsets()?,
+        offsets: btf.offsets().map_err(unsupported)?,
         _pad: 0,
         keepalive_timer_fn,
-        keepopen_bit: kbtf.keepopen_bit()?,
+        keepopen_bit: btf.keepopen_bit().map_err(unsupported)?,
         nports: ports.len() as u32,
         ports: [0; MAX_PORTS],
+        mib_keepalive: btf.enum_constant("LINUX_MIB_TCPKEEPALIVE").ok_or_else(|| {
+            unsupported(anyhow!("this kernel's BTF has no LINUX_MIB_TCPKEEPALIVE"))
+        })?,
+        has_reset_reason: u32::from(reset_reasons.is_some()),
+        ranges: [[0; 2]; CONTEXT_FUNCTIONS.len()],
     };
     config.ports[..ports.len()].copy_from_slice(ports);
-    Ok(config)
+    for (range, (name, _)) in config.ranges.iter_mut().zip(CONTEXT_FUNCTIONS) {
+        *range = kernel::symbol_range(&kallsyms, name).unwrap_or([0; 2]);
+    }
+    Ok(KernelFacts {
+        btf,
+        config,
+        hz,
+        reset_reasons,
+    })
 }
 
 /// Memory for maps is charged to the memory cgroup on current kernels; a
@@ -60,53 +329,130 @@ fn raise_memlock() {
     }
 }
 
-pub fn load(ports: &[u16]) -> Result<Loaded> {
-    let kbtf = KernelBtf::from_running_kernel().map_err(unsupported)?;
-    let keepalive_fn = kernel::keepalive_timer_address().map_err(unsupported)?;
-    let config = config_for(&kbtf, keepalive_fn, ports).map_err(unsupported)?;
-    let hz = kernel::hz().map_err(unsupported)?;
-    let reset_reasons = kbtf.reset_reasons();
+pub fn open(config: &Config) -> Result<(Ebpf, Btf)> {
     raise_memlock();
-
-    let mut ebpf = EbpfLoader::new()
-        .override_global("CONFIG", &config, true)
+    let ebpf = EbpfLoader::new()
+        .override_global("CONFIG", config, true)
         .load(EBPF_OBJECT)
         .context("cannot load kat's eBPF object")?;
-    let btf = Btf::from_sys_fs()
-        .map_err(|e| unsupported(anyhow::anyhow!("cannot read kernel BTF: {e}")))?;
+    let btf =
+        Btf::from_sys_fs().map_err(|e| unsupported(anyhow!("cannot read kernel BTF: {e}")))?;
+    Ok((ebpf, btf))
+}
 
-    let send_reset = if reset_reasons.is_some() {
-        "tcp_send_reset"
-    } else {
-        "tcp_send_reset_noreason"
-    };
-    for (program, tracepoint) in [
-        ("timer_expire_entry", "timer_expire_entry"),
-        ("timer_expire_exit", "timer_expire_exit"),
-        (send_reset, "tcp_send_reset"),
-        ("tcp_receive_reset", "tcp_receive_reset"),
-        ("inet_sock_set_state", "inet_sock_set_state"),
-        ("tcp_destroy_sock", "tcp_destroy_sock"),
-    ] {
-        attach(&mut ebpf, &btf, program, tracepoint).map_err(unsupported)?;
+/// Tries `hook` in each of `lanes` in order; the first that attaches wins.
+fn attach_best(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: Hook,
+    lanes: &[Lane],
+    reasons: bool,
+    attempts: &mut Vec<Attempt>,
+) -> Option<Lane> {
+    for &lane in lanes {
+        match attach_hook(ebpf, btf, hook, lane, reasons) {
+            Ok(true) => {
+                attempts.push(Attempt {
+                    hook,
+                    lane,
+                    error: None,
+                });
+                return Some(lane);
+            }
+            Ok(false) => {}
+            Err(e) => attempts.push(Attempt {
+                hook,
+                lane,
+                error: Some(format!("{e:#}")),
+            }),
+        }
     }
+    None
+}
+
+/// Loads the programs and attaches every hook, in `forced` lane only or in
+/// the best lane that works.
+pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
+    let facts = kernel_facts(ports)?;
+    let reasons = facts.reset_reasons.is_some();
+    let (mut ebpf, btf) = open(&facts.config)?;
+    let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
+    let mut attempts = Vec::new();
+    let mut lanes = Vec::new();
+
+    for hook in [Hook::KeepaliveTimer, Hook::ResetSent] {
+        match attach_best(&mut ebpf, &btf, hook, &order, reasons, &mut attempts) {
+            Some(lane) => lanes.push((hook, lane)),
+            None => {
+                let why: Vec<String> = attempts
+                    .iter()
+                    .filter(|a| a.hook == hook)
+                    .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.lane.name())))
+                    .collect();
+                return Err(unsupported(anyhow!(
+                    "no lane can hook {} on this kernel ({})",
+                    hook.name(),
+                    why.join("; ")
+                )));
+            }
+        }
+    }
+    // Probes are seen through tcp_write_wakeup where the timer hook is a
+    // function hook; the probe count tells them apart otherwise.
+    let timer_lane = lanes[0].1;
+    if timer_lane != Lane::Tracepoint
+        && attach_best(
+            &mut ebpf,
+            &btf,
+            Hook::ProbeSent,
+            &[timer_lane],
+            reasons,
+            &mut attempts,
+        )
+        .is_some()
+    {
+        lanes.push((Hook::ProbeSent, timer_lane));
+    }
+    attach_hook(
+        &mut ebpf,
+        &btf,
+        Hook::SocketEvents,
+        Lane::Tracepoint,
+        reasons,
+    )
+    .map_err(unsupported)?;
+    lanes.push((Hook::SocketEvents, Lane::Tracepoint));
     Ok(Loaded {
         ebpf,
-        hz,
-        reset_reasons,
-        lane: LANE,
+        hz: facts.hz,
+        reset_reasons: facts.reset_reasons,
+        lanes,
+        attempts,
     })
 }
 
-fn attach(ebpf: &mut Ebpf, btf: &Btf, program: &str, tracepoint: &str) -> Result<()> {
-    let prog: &mut BtfTracePoint = ebpf
-        .program_mut(program)
-        .with_context(|| format!("program {program} is missing from kat's eBPF object"))?
-        .try_into()
-        .with_context(|| format!("program {program} is not a tp_btf program"))?;
-    prog.load(tracepoint, btf)
-        .with_context(|| format!("the kernel refused to load tp_btf/{tracepoint}"))?;
-    prog.attach()
-        .with_context(|| format!("cannot attach tp_btf/{tracepoint}"))?;
-    Ok(())
+/// For `kat doctor`: whether each hook loads and attaches in each lane,
+/// each lane tried in a fresh copy of the programs.
+pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
+    let reasons = facts.reset_reasons.is_some();
+    let mut attempts = Vec::new();
+    for lane in LANES {
+        let (mut ebpf, btf) = open(&facts.config)?;
+        for hook in HOOKS {
+            match attach_hook(&mut ebpf, &btf, hook, lane, reasons) {
+                Ok(false) => {}
+                Ok(true) => attempts.push(Attempt {
+                    hook,
+                    lane,
+                    error: None,
+                }),
+                Err(e) => attempts.push(Attempt {
+                    hook,
+                    lane,
+                    error: Some(format!("{e:#}")),
+                }),
+            }
+        }
+    }
+    Ok(attempts)
 }

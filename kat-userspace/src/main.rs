@@ -1,6 +1,6 @@
 //! kat — a Linux TCP keepalive tracer.
 
-use kat_userspace::{exit, trace};
+use kat_userspace::{doctor, exit, trace};
 
 use std::process::ExitCode;
 
@@ -21,6 +21,8 @@ struct Cli {
 enum Command {
     /// Print every keepalive probe, answer and connection death as it happens.
     Trace(trace::TraceArgs),
+    /// What this kernel supports and which hooks kat uses (exit 0 when kat can run).
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
+            Command::Doctor(args) => doctor::run(&args),
         }
     });
     match result {

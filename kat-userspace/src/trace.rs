@@ -25,6 +25,10 @@ pub struct TraceArgs {
     /// Include orderly (FIN) closes, not only abnormal deaths.
     #[arg(long)]
     pub all: bool,
+    /// Use only this lane of hooks; fail if it cannot attach
+    /// (default: the best lane that works, per hook).
+    #[arg(long, value_enum)]
+    pub lane: Option<loader::Lane>,
 }
 
 /// Which events the user asked for.
@@ -218,7 +222,7 @@ impl Output {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
-    let mut loaded = loader::load(&args.ports)?;
+    let mut loaded = loader::load(&args.ports, args.lane)?;
     let mut source = Source::new(&mut loaded.ebpf)?;
     let mut tracker = Tracker::new(Setup {
         hz: loaded.hz,
@@ -233,9 +237,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         events: 0,
     };
     eprintln!(
-        "kat: tracing keepalive probes and connection deaths on Linux {} ({} lane, reset reasons {}); Ctrl-C to stop",
+        "kat: tracing keepalive probes and connection deaths on Linux {} ({}, reset reasons {}); Ctrl-C to stop",
         kernel::release(),
-        loaded.lane,
+        loaded.lanes_text(),
         if loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -369,6 +373,7 @@ mod tests {
             ports: vec![],
             json: false,
             all: false,
+            lane: None,
         };
         assert!(!wanted(&args, &closed));
         args.all = true;

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, Utc};
-use kat_common::{flag, kind, tcp_state, Record, AF_INET};
+use kat_common::{context, flag, kind, tcp_state, Record, AF_INET};
 
 use crate::event::{Event, From, Reason, Settings, What};
 
@@ -52,7 +52,8 @@ pub struct Probing {
 struct ResetSent {
     reason: Option<u32>,
     in_keepalive_timer: bool,
-    in_close: bool,
+    /// `kat_common::context` bits: kernel functions on the stack.
+    context: u8,
     pid: u32,
     comm: String,
 }
@@ -280,11 +281,17 @@ impl Tracker {
         match rec.kind {
             kind::TIMER_RUN => self.timer_run(rec, out),
             kind::RESET_SENT => {
-                let in_close = rec.flags & flag::IN_CLOSE != 0;
+                let mut context = rec.context;
+                // sk_shutdown says "in close()" even where the stack walk
+                // found nothing.
+                if rec.flags & flag::IN_CLOSE != 0 {
+                    context |= context::TCP_CLOSE;
+                }
                 let reset = ResetSent {
                     reason: (rec.flags & flag::HAS_RESET_REASON != 0).then_some(rec.reset_reason),
-                    in_keepalive_timer: rec.flags & flag::IN_KEEPALIVE_TIMER != 0,
-                    in_close,
+                    in_keepalive_timer: rec.flags & flag::IN_KEEPALIVE_TIMER != 0
+                        || rec.context & context::KEEPALIVE_TIMER != 0,
+                    context,
                     pid: rec.pid,
                     comm: comm(&rec.comm),
                 };
@@ -343,7 +350,7 @@ impl Tracker {
             sock.probes_out = 0;
             out.push(self.event(sk, rec.ts_ns, What::ProbeAnswered { probe: was_out }));
         }
-        if rec.probes_after > rec.probes_before {
+        if rec.probes_after > rec.probes_before || rec.flags & flag::PROBE_SENT != 0 {
             let hz = f64::from(self.setup.hz.max(1));
             let sock = self.socks.get_mut(&sk).expect("inserted above");
             sock.probes_out = rec.probes_after;
@@ -351,7 +358,7 @@ impl Tracker {
                 sk,
                 rec.ts_ns,
                 What::Probe {
-                    probe: rec.probes_after,
+                    probe: rec.probes_after.max(1),
                     probes_max: settings.probes,
                     idle_s: f64::from(rec.idle_jiffies) / hz,
                 },
@@ -436,14 +443,19 @@ impl Tracker {
                 Some("TCP_ABORT_ON_LINGER") => Reason::AbortOnLinger,
                 Some("TCP_ABORT_ON_MEMORY") => Reason::AbortOnMemory,
                 Some("TCP_DISCONNECT_WITH_DATA") => Reason::Disconnect,
-                // tcp_disconnect's RST: from close() with SO_LINGER 0, or
-                // from connect(AF_UNSPEC).
-                Some("TCP_STATE") if rst.in_close => Reason::AbortOnLinger,
-                Some("TCP_STATE") => Reason::Disconnect,
+                // TCP_STATE is tcp_disconnect's RST: from close() with
+                // SO_LINGER 0, or from connect(AF_UNSPEC). NOT_SPECIFIED,
+                // or no reasons at all (before 6.10): where the RST came
+                // from decides.
+                Some("TCP_STATE") => from_context(rst.context | context::TCP_DISCONNECT),
+                Some("NOT_SPECIFIED") | None => {
+                    if rst.in_keepalive_timer {
+                        timed_out(user_timeout)
+                    } else {
+                        from_context(rst.context)
+                    }
+                }
                 Some(_) => Reason::Unknown,
-                // Kernels without reset reasons: where the RST came from.
-                None if rst.in_keepalive_timer => timed_out(user_timeout),
-                None => Reason::Unknown,
             };
         }
         if sock.reset_received.is_some() {
@@ -461,6 +473,24 @@ impl Tracker {
             };
         }
         Reason::Closed
+    }
+}
+
+/// A RST's reason from the kernel functions it was sent from.
+fn from_context(c: u8) -> Reason {
+    let close = c & context::TCP_CLOSE != 0;
+    let disconnect = c & context::TCP_DISCONNECT != 0;
+    if c & context::OUT_OF_RESOURCES != 0 {
+        Reason::AbortOnMemory
+    } else if close && disconnect {
+        // __tcp_close calls tcp_disconnect only for SO_LINGER 0.
+        Reason::AbortOnLinger
+    } else if close {
+        Reason::AbortOnClose
+    } else if disconnect {
+        Reason::Disconnect
+    } else {
+        Reason::Unknown
     }
 }
 

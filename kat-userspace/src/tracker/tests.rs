@@ -389,3 +389,38 @@ fn json_has_the_documented_shape() {
     assert!(ts.ends_with('Z') && ts.contains('.'), "{ts}");
     assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok());
 }
+
+#[test]
+fn kernels_without_reset_reasons_use_the_functions_on_the_stack() {
+    let cases = [
+        (context::TCP_CLOSE, Reason::AbortOnClose),
+        (
+            context::TCP_CLOSE | context::TCP_DISCONNECT,
+            Reason::AbortOnLinger,
+        ),
+        (context::TCP_DISCONNECT, Reason::Disconnect),
+        (context::OUT_OF_RESOURCES, Reason::AbortOnMemory),
+        (context::KEEPALIVE_TIMER, Reason::KeepaliveTimeout),
+        (0, Reason::Unknown),
+    ];
+    for (ctx, want) in cases {
+        let mut t = Tracker::new(Setup {
+            hz: HZ,
+            reset_reasons: None,
+            realtime_offset_ns: 0,
+        });
+        let mut rst = rec(kind::RESET_SENT, 2.0);
+        rst.context = ctx;
+        let ev = feed(&mut t, [close(2.0, tcp_state::ESTABLISHED, 0, 0), rst]);
+        assert_eq!(death(&ev).reason(), Some(want), "context {ctx:#x}");
+    }
+}
+
+#[test]
+fn a_probe_seen_by_tcp_write_wakeup_counts_even_if_the_count_is_stale() {
+    let mut t = tracker();
+    let mut r = timer(2.0, 0, 0);
+    r.flags |= flag::PROBE_SENT;
+    let ev = feed(&mut t, [r]);
+    assert_eq!(probes(&ev), [("probe", 1)]);
+}

@@ -1,0 +1,223 @@
+//! `kat doctor`: what this kernel offers kat, which hooks attach in which
+//! lane, and whether kat can run here.
+
+use anyhow::Result;
+use kat_common::Offsets;
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::loader::{self, Attempt, Hook, Lane, HOOKS, LANES};
+use crate::{btf, kernel};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DoctorArgs {
+    /// One JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct Sysctls {
+    tcp_keepalive_time_s: Option<u64>,
+    tcp_keepalive_intvl_s: Option<u64>,
+    tcp_keepalive_probes: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Report {
+    kernel: String,
+    btf: bool,
+    hz: Option<u32>,
+    keepalive_timer_address: Option<String>,
+    /// Reset reason names (without SK_RST_REASON_); null before 6.10.
+    reset_reasons: Option<Vec<String>>,
+    offsets: Option<Offsets>,
+    /// kat's own network namespace (each namespace has its own).
+    sysctls: Sysctls,
+    /// Every hook tried in every lane.
+    attempts: Vec<Attempt>,
+    /// The lane kat picks for each hook.
+    lanes: Vec<(Hook, Lane)>,
+    can_run: bool,
+    problem: Option<String>,
+}
+
+fn sysctl(name: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The lanes `loader::load` would pick, from what attached in each.
+fn chosen(attempts: &[Attempt]) -> Vec<(Hook, Lane)> {
+    let ok = |hook, lane| {
+        attempts
+            .iter()
+            .any(|a| a.hook == hook && a.lane == lane && a.error.is_none())
+    };
+    let first = |hook| LANES.into_iter().find(|&l| ok(hook, l));
+    let mut lanes = Vec::new();
+    if let Some(timer) = first(Hook::KeepaliveTimer) {
+        lanes.push((Hook::KeepaliveTimer, timer));
+        if ok(Hook::ProbeSent, timer) {
+            lanes.push((Hook::ProbeSent, timer));
+        }
+    }
+    if let Some(reset) = first(Hook::ResetSent) {
+        lanes.push((Hook::ResetSent, reset));
+    }
+    if ok(Hook::SocketEvents, Lane::Tracepoint) {
+        lanes.push((Hook::SocketEvents, Lane::Tracepoint));
+    }
+    lanes
+}
+
+fn report() -> Report {
+    let mut r = Report {
+        kernel: kernel::release(),
+        btf: std::path::Path::new(btf::VMLINUX).exists(),
+        hz: kernel::hz().ok(),
+        keepalive_timer_address: kernel::kallsyms()
+            .and_then(|k| kernel::keepalive_timer_address(&k))
+            .ok()
+            .map(|a| format!("{a:#x}")),
+        reset_reasons: None,
+        offsets: None,
+        sysctls: Sysctls {
+            tcp_keepalive_time_s: sysctl("tcp_keepalive_time"),
+            tcp_keepalive_intvl_s: sysctl("tcp_keepalive_intvl"),
+            tcp_keepalive_probes: sysctl("tcp_keepalive_probes"),
+        },
+        attempts: Vec::new(),
+        lanes: Vec::new(),
+        can_run: false,
+        problem: None,
+    };
+    let facts = match loader::kernel_facts(&[]) {
+        Ok(f) => f,
+        Err(e) => {
+            r.problem = Some(format!("{e:#}"));
+            return r;
+        }
+    };
+    r.reset_reasons = facts
+        .reset_reasons
+        .as_ref()
+        .map(|m| m.values().cloned().collect());
+    r.offsets = Some(facts.config.offsets);
+    match loader::probe_all(&facts) {
+        Ok(attempts) => r.attempts = attempts,
+        Err(e) => {
+            r.problem = Some(format!("{e:#}"));
+            return r;
+        }
+    }
+    r.lanes = chosen(&r.attempts);
+    let has = |h| r.lanes.iter().any(|(hook, _)| *hook == h);
+    let missing: Vec<&str> = [Hook::KeepaliveTimer, Hook::ResetSent, Hook::SocketEvents]
+        .into_iter()
+        .filter(|&h| !has(h))
+        .map(Hook::name)
+        .collect();
+    r.can_run = missing.is_empty();
+    if !r.can_run {
+        r.problem = Some(format!("no lane attaches {}", missing.join(", ")));
+    }
+    r
+}
+
+fn yes_no<T>(v: &Option<T>, show: impl Fn(&T) -> String) -> String {
+    v.as_ref().map_or_else(|| "not found".to_string(), show)
+}
+
+fn text(r: &Report) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22} {v}\n"));
+    line("kernel", r.kernel.clone());
+    line(
+        "BTF",
+        if r.btf {
+            btf::VMLINUX.to_string()
+        } else {
+            "missing (CONFIG_DEBUG_INFO_BTF)".into()
+        },
+    );
+    line("CONFIG_HZ", yes_no(&r.hz, |h| h.to_string()));
+    line(
+        "tcp_keepalive_timer",
+        yes_no(&r.keepalive_timer_address, Clone::clone),
+    );
+    line(
+        "reset reasons",
+        match &r.reset_reasons {
+            Some(names) => format!("{} from the kernel's BTF", names.len()),
+            None => "none (kernel before 6.10): told from the stack".into(),
+        },
+    );
+    let s = &r.sysctls;
+    let v = |x: Option<u64>| x.map_or("?".into(), |x| x.to_string());
+    line(
+        "keepalive sysctls",
+        format!(
+            "time {} s, intvl {} s, probes {} (this network namespace)",
+            v(s.tcp_keepalive_time_s),
+            v(s.tcp_keepalive_intvl_s),
+            v(s.tcp_keepalive_probes)
+        ),
+    );
+    if !r.attempts.is_empty() {
+        out.push_str(&format!(
+            "\n{:<18}{:<12}{:<12}{:<12}{}\n",
+            "hook", "fentry", "kprobe", "tracepoint", "kat uses"
+        ));
+        let mut notes = Vec::new();
+        for hook in HOOKS {
+            out.push_str(&format!("{:<18}", hook.name()));
+            for lane in LANES {
+                let cell = match r.attempts.iter().find(|a| a.hook == hook && a.lane == lane) {
+                    None => "-".to_string(),
+                    Some(Attempt { error: None, .. }) => "yes".to_string(),
+                    Some(Attempt { error: Some(e), .. }) => {
+                        notes.push(e.clone());
+                        format!("no ({})", notes.len())
+                    }
+                };
+                out.push_str(&format!("{cell:<12}"));
+            }
+            let uses = r
+                .lanes
+                .iter()
+                .find(|(h, _)| *h == hook)
+                .map_or("-", |(_, l)| l.name());
+            out.push_str(&format!("{uses}\n"));
+        }
+        for (i, n) in notes.iter().enumerate() {
+            out.push_str(&format!("  ({}) {n}\n", i + 1));
+        }
+    }
+    if let Some(o) = &r.offsets {
+        out.push_str(&format!("\noffsets {o:?}\n"));
+    }
+    out.push('\n');
+    match &r.problem {
+        None => out.push_str("kat can run here.\n"),
+        Some(p) => out.push_str(&format!("kat cannot run here: {p}\n")),
+    }
+    out
+}
+
+pub fn run(args: &DoctorArgs) -> Result<()> {
+    kernel::require_root("doctor")?;
+    let r = report();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", text(&r));
+    }
+    match r.problem {
+        Some(p) if !r.can_run => Err(Failure::Unsupported(p).into()),
+        _ => Ok(()),
+    }
+}
