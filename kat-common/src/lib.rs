@@ -33,27 +33,15 @@ pub mod flag {
     pub const PROBE_SENT: u8 = 16;
 }
 
-/// Bits of [`Record::context`]: kernel functions on the stack when a
-/// RST was sent (how the reason is told on kernels without reset reasons).
+/// Bits of [`Record::context`]: kernel functions on the stack when a RST
+/// was sent (how the reason is told on kernels without reset reasons).
+/// Userspace fills them in from the record's `stack_id`.
 pub mod context {
     pub const KEEPALIVE_TIMER: u8 = 1;
     pub const TCP_CLOSE: u8 = 2;
     pub const TCP_DISCONNECT: u8 = 4;
     pub const OUT_OF_RESOURCES: u8 = 8;
 }
-
-/// Kernel functions whose address ranges the RST hook looks for on its
-/// stack, in the order of [`Config::ranges`] (two ranges may share a bit).
-pub const CONTEXT_FUNCTIONS: [(&str, u8); 5] = [
-    ("tcp_keepalive_timer", context::KEEPALIVE_TIMER),
-    ("tcp_close", context::TCP_CLOSE),
-    ("__tcp_close", context::TCP_CLOSE),
-    ("tcp_disconnect", context::TCP_DISCONNECT),
-    ("tcp_out_of_resources", context::OUT_OF_RESOURCES),
-];
-
-/// Stack frames the RST hook inspects.
-pub const STACK_DEPTH: usize = 12;
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h: stable ABI).
 pub mod tcp_state {
@@ -125,12 +113,13 @@ pub struct Record {
     pub reset_reason: u32,
     pub ka_probes: u8,
     pub sysctl_probes: u8,
-    /// RESET_SENT: [`context`] bits found on the kernel stack.
+    /// RESET_SENT: [`context`] bits, set by userspace from `stack_id`.
     pub context: u8,
     pub _pad0: u8,
     /// Current task's comm; meaningful only in process context.
     pub comm: [u8; 16],
-    pub _pad1: [u8; 4],
+    /// RESET_SENT: the kernel stack's id in the STACKS map; -1 if none.
+    pub stack_id: i32,
 }
 
 pub const RECORD_SIZE: usize = 144;
@@ -201,15 +190,10 @@ pub struct Config {
     pub mib_keepalive: u32,
     /// Non-zero when tcp_send_active_reset takes a reason (6.10+).
     pub has_reset_reason: u32,
-    /// [start, end) of each of [`CONTEXT_FUNCTIONS`]; (0, 0) when absent.
-    pub ranges: [[u64; 2]; CONTEXT_FUNCTIONS.len()],
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
-const _: () = assert!(
-    core::mem::size_of::<Config>()
-        == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 16 * CONTEXT_FUNCTIONS.len()
-);
+const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -10,17 +10,17 @@
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_jiffies64,
-        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
+        bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map},
-    maps::{PerCpuArray, RingBuf},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
-    EbpfContext,
+    maps::{PerCpuArray, RingBuf, StackTrace},
+    programs::{
+        tracing::StackIdContext, BtfTracePointContext, FEntryContext, FExitContext, ProbeContext,
+        RetProbeContext,
+    },
 };
-use kat_common::{
-    flag, kind, tcp_state, Config, Record, AF_INET, CONTEXT_FUNCTIONS, MAX_PORTS, STACK_DEPTH,
-};
+use kat_common::{flag, kind, tcp_state, Config, Record, AF_INET, MAX_PORTS};
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
 /// its values as constants.
@@ -49,6 +49,11 @@ struct Running {
     probe_sent: u8,
     _pad: [u8; 2],
 }
+
+/// Kernel stacks of the RSTs sent: userspace reads which functions they
+/// came from (a loop over frames here is more than old verifiers accept).
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(1024, 0);
 
 #[map]
 static RUNNING: PerCpuArray<Running> = PerCpuArray::with_max_entries(1, 0);
@@ -406,44 +411,8 @@ pub fn kprobe_tcp_send_active_reset(ctx: ProbeContext) -> i32 {
     reset_sent(&ctx, sk, 0, reason)
 }
 
-/// Which of [`CONTEXT_FUNCTIONS`] are on the kernel stack: on kernels
-/// without reset reasons this tells where a RST came from. Only RSTs pay
-/// for the stack walk.
 #[inline(always)]
-fn stack_context(ctx: &impl EbpfContext) -> u8 {
-    let mut stack = [0u64; STACK_DEPTH];
-    let bytes = unsafe {
-        bpf_get_stack(
-            ctx.as_ptr(),
-            stack.as_mut_ptr().cast(),
-            (STACK_DEPTH * 8) as u32,
-            0,
-        )
-    };
-    if bytes <= 0 {
-        return 0;
-    }
-    let cfg = config();
-    let mut found = 0u8;
-    let mut i = 0;
-    while i < STACK_DEPTH {
-        let pc = stack[i];
-        let mut f = 0;
-        while f < CONTEXT_FUNCTIONS.len() {
-            let start = cfg_u64(&cfg.ranges[f][0]);
-            let end = cfg_u64(&cfg.ranges[f][1]);
-            if pc >= start && pc < end {
-                found |= CONTEXT_FUNCTIONS[f].1;
-            }
-            f += 1;
-        }
-        i += 1;
-    }
-    found
-}
-
-#[inline(always)]
-fn reset_sent(ctx: &impl EbpfContext, sk: u64, skb: u64, reason: Option<u32>) -> i32 {
+fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>) -> i32 {
     // Only resets the socket sends on its own initiative carry no skb;
     // replies to a segment are not a decision about this connection.
     if sk == 0 || skb != 0 {
@@ -453,12 +422,12 @@ fn reset_sent(ctx: &impl EbpfContext, sk: u64, skb: u64, reason: Option<u32>) ->
     if !port_wanted(sport, dport) {
         return 0;
     }
-    let context = stack_context(ctx);
+    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
     emit(|rec| {
         fill_socket(rec, sk, sport, dport);
         fill_task(rec);
         rec.kind = kind::RESET_SENT;
-        rec.context = context;
+        rec.stack_id = stack_id;
         if let Some(reason) = reason {
             rec.reset_reason = reason;
             rec.flags |= flag::HAS_RESET_REASON;

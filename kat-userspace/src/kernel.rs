@@ -3,6 +3,7 @@
 use std::io::Read as _;
 
 use anyhow::{anyhow, bail, Context as _, Result};
+use kat_common::context;
 
 /// Address of a text symbol from /proc/kallsyms (needs root to be non-zero).
 pub fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
@@ -26,6 +27,43 @@ pub fn symbol_range(kallsyms: &str, name: &str) -> Option<[u64; 2]> {
         .filter(|&a| a > start)
         .min()?;
     Some([start, end])
+}
+
+/// Kernel functions whose presence on a RST's stack tells where it came
+/// from, with the `kat_common::context` bit each sets.
+const CONTEXT_FUNCTIONS: [(&str, u8); 5] = [
+    ("tcp_keepalive_timer", context::KEEPALIVE_TIMER),
+    ("tcp_close", context::TCP_CLOSE),
+    ("__tcp_close", context::TCP_CLOSE),
+    ("tcp_disconnect", context::TCP_DISCONNECT),
+    ("tcp_out_of_resources", context::OUT_OF_RESOURCES),
+];
+
+/// Address ranges of [`CONTEXT_FUNCTIONS`] on this kernel.
+#[derive(Debug, Clone, Default)]
+pub struct ContextRanges(Vec<([u64; 2], u8)>);
+
+impl ContextRanges {
+    pub fn from_kallsyms(kallsyms: &str) -> Self {
+        Self(
+            CONTEXT_FUNCTIONS
+                .iter()
+                .filter_map(|&(name, bit)| Some((symbol_range(kallsyms, name)?, bit)))
+                .collect(),
+        )
+    }
+
+    /// The context bits of a stack (its instruction pointers).
+    pub fn of(&self, ips: impl IntoIterator<Item = u64>) -> u8 {
+        ips.into_iter()
+            .flat_map(|ip| {
+                self.0
+                    .iter()
+                    .filter(move |([start, end], _)| (*start..*end).contains(&ip))
+                    .map(|(_, bit)| *bit)
+            })
+            .fold(0, |acc, bit| acc | bit)
+    }
 }
 
 pub fn kallsyms() -> Result<String> {
@@ -125,6 +163,22 @@ mod tests {
             Some([0xffffffff8202b5f0, 0xffffffff8202b700])
         );
         assert_eq!(symbol_range(k, "tcp_keepalive_data"), None);
+    }
+
+    #[test]
+    fn stacks_map_to_the_functions_they_pass_through() {
+        let k = "ffffffff82010f40 T __tcp_close
+                 ffffffff82011370 T tcp_close
+                 ffffffff82011720 T tcp_disconnect
+                 ffffffff82011900 T tcp_other
+";
+        let r = ContextRanges::from_kallsyms(k);
+        assert_eq!(r.of([0xffffffff82011000]), context::TCP_CLOSE);
+        assert_eq!(
+            r.of([0xffffffff82011730, 0xffffffff82011000, 0xdead]),
+            context::TCP_CLOSE | context::TCP_DISCONNECT
+        );
+        assert_eq!(r.of([0xffffffff82011900, 0x1]), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{anyhow, Context as _, Result};
 use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program};
 use aya::{Btf, Ebpf, EbpfLoader};
-use kat_common::{Config, CONTEXT_FUNCTIONS, MAX_PORTS};
+use kat_common::{Config, MAX_PORTS};
 use serde::Serialize;
 
 use crate::{btf::KernelBtf, exit::Failure, kernel};
@@ -241,6 +241,7 @@ pub struct Loaded {
     pub lanes: Vec<(Hook, Lane)>,
     /// Every lane tried, in order, and why those that failed failed.
     pub attempts: Vec<Attempt>,
+    pub contexts: kernel::ContextRanges,
 }
 
 impl Loaded {
@@ -276,6 +277,8 @@ pub struct KernelFacts {
     pub config: Config,
     pub hz: u32,
     pub reset_reasons: Option<BTreeMap<u32, String>>,
+    /// Where the functions that tell a RST's origin live.
+    pub contexts: kernel::ContextRanges,
 }
 
 pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
@@ -299,17 +302,14 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
             unsupported(anyhow!("this kernel's BTF has no LINUX_MIB_TCPKEEPALIVE"))
         })?,
         has_reset_reason: u32::from(reset_reasons.is_some()),
-        ranges: [[0; 2]; CONTEXT_FUNCTIONS.len()],
     };
     config.ports[..ports.len()].copy_from_slice(ports);
-    for (range, (name, _)) in config.ranges.iter_mut().zip(CONTEXT_FUNCTIONS) {
-        *range = kernel::symbol_range(&kallsyms, name).unwrap_or([0; 2]);
-    }
     Ok(KernelFacts {
         btf,
         config,
         hz,
         reset_reasons,
+        contexts: kernel::ContextRanges::from_kallsyms(&kallsyms),
     })
 }
 
@@ -428,6 +428,7 @@ pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
         reset_reasons: facts.reset_reasons,
         lanes,
         attempts,
+        contexts: facts.contexts,
     })
 }
 

@@ -4,8 +4,10 @@
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use aya::maps::{MapData, PerCpuArray, RingBuf};
-use kat_common::{Record, RECORD_SIZE};
+use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
+use kat_common::{kind, Record, RECORD_SIZE};
+
+use crate::kernel::ContextRanges;
 use tokio::io::unix::AsyncFd;
 
 /// Decodes one ring-buffer item; None when it is not a whole record.
@@ -20,6 +22,8 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
 pub struct Source {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
+    stacks: StackTraceMap<MapData>,
+    contexts: ContextRanges,
     /// Malformed items (never expected; counted rather than trusted).
     pub malformed: u64,
 }
@@ -28,7 +32,7 @@ pub struct Source {
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
 
 impl Source {
-    pub fn new(ebpf: &mut aya::Ebpf) -> Result<Self> {
+    pub fn new(ebpf: &mut aya::Ebpf, contexts: ContextRanges) -> Result<Self> {
         let ring = RingBuf::try_from(
             ebpf.take_map("EVENTS")
                 .ok_or_else(|| anyhow!("map EVENTS missing"))?,
@@ -37,6 +41,10 @@ impl Source {
             ebpf.take_map("LOST")
                 .ok_or_else(|| anyhow!("map LOST missing"))?,
         )?;
+        let stacks = StackTraceMap::try_from(
+            ebpf.take_map("STACKS")
+                .ok_or_else(|| anyhow!("map STACKS missing"))?,
+        )?;
         // SAFETY: the RingBuf owns its map fd, which stays open and the
         // same for as long as the AsyncFd owns the RingBuf.
         let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
@@ -44,6 +52,8 @@ impl Source {
         Ok(Self {
             ring,
             lost,
+            stacks,
+            contexts,
             malformed: 0,
         })
     }
@@ -70,7 +80,27 @@ impl Source {
                 None => self.malformed += 1,
             }
         }
+        for rec in out.iter_mut().filter(|r| r.kind == kind::RESET_SENT) {
+            rec.context = self.stack_context(rec.stack_id);
+        }
         out
+    }
+
+    /// Which telling functions a RST's kernel stack passed through; the
+    /// stack is removed once read, so the map never fills.
+    fn stack_context(&mut self, stack_id: i32) -> u8 {
+        let Ok(id) = u32::try_from(stack_id) else {
+            return 0;
+        };
+        let context = match self.stacks.get(&id, 0) {
+            Ok(stack) => self.contexts.of(stack.frames().iter().map(|f| f.ip)),
+            Err(e) => {
+                log::debug!("stack {id}: {e}");
+                0
+            }
+        };
+        let _ = self.stacks.remove(&id);
+        context
     }
 
     /// Records the kernel could not queue, summed over CPUs.

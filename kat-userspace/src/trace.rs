@@ -223,7 +223,7 @@ impl Output {
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
     let mut loaded = loader::load(&args.ports, args.lane)?;
-    let mut source = Source::new(&mut loaded.ebpf)?;
+    let mut source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
     let mut tracker = Tracker::new(Setup {
         hz: loaded.hz,
         reset_reasons: loaded.reset_reasons.clone(),

@@ -4,6 +4,7 @@
 //! before anything it installs is present.
 
 mod setup;
+mod vm;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
@@ -31,6 +32,9 @@ enum Cmd {
     Test,
     /// Set up, then measure the cost of kat's hot hooks (needs root).
     Bench,
+    /// Set up, then run the scenario suite in QEMU on Debian's 6.1 and 6.12
+    /// kernels, once per lane, and print the matrix.
+    VmTest,
 }
 
 /// Runs a command, failing with its name when it fails.
@@ -76,7 +80,7 @@ fn test_with_total() -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
@@ -112,6 +116,10 @@ fn main() -> Result<()> {
                 "warnings",
             ]))?;
             test_with_total()
+        }
+        Cmd::VmTest => {
+            setup::all()?;
+            vm::test()
         }
         Cmd::Bench => {
             setup::all()?;

@@ -7,7 +7,7 @@ use anyhow::Result;
 use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and nftables for the
-/// kernel tests' lab namespaces.
+/// kernel tests' lab namespaces; QEMU, busybox and cpio for the VM matrix.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -15,6 +15,9 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "nftables",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 /// The bpf-linker release known to build against LLVM 22 here.
@@ -52,6 +55,18 @@ fn rust_src() -> Result<()> {
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
+/// Static builds for the VM matrix.
+fn musl_target() -> Result<()> {
+    let has = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"));
+    if has {
+        return Ok(());
+    }
+    run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))
+}
+
 fn bpf_linker() -> Result<()> {
     let current = Command::new("bpf-linker")
         .arg("--version")
@@ -83,5 +98,6 @@ fn bpf_linker() -> Result<()> {
 pub fn all() -> Result<()> {
     apt_packages()?;
     rust_src()?;
+    musl_target()?;
     bpf_linker()
 }

@@ -1,0 +1,157 @@
+//! A running `kat trace --json`, its events collected as they come.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How to start kat: which binary, which lane.
+#[derive(Debug, Clone)]
+pub struct KatCmd {
+    pub binary: String,
+    /// `--lane`; None lets kat choose.
+    pub lane: Option<String>,
+}
+
+pub struct Kat {
+    child: Child,
+    events: Receiver<Value>,
+    pub seen: Vec<Value>,
+    stderr: Receiver<String>,
+}
+
+/// How long kat may take to load and attach (TCG virtual machines are slow).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl Kat {
+    pub fn trace(cmd: &KatCmd, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(&cmd.binary);
+        command.arg("trace").arg("--json").args(args);
+        if let Some(lane) = &cmd.lane {
+            command.args(["--lane", lane]);
+        }
+        let mut child = command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kat");
+        let (tx, events) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("kat printed a non-JSON line {line:?}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        let (etx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if etx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let kat = Kat {
+            child,
+            events,
+            seen: Vec::new(),
+            stderr,
+        };
+        // Ready once the programs are attached.
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match kat.stderr.recv_timeout(left) {
+                Ok(l) if l.starts_with("kat: tracing") => break,
+                Ok(l) => eprintln!("kat stderr: {l}"),
+                Err(_) => panic!("kat trace did not start within {START_TIMEOUT:?}"),
+            }
+        }
+        kat
+    }
+
+    /// Waits for an event matching `pred`, keeping every event seen.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
+        if let Some(v) = self.seen.iter().find(|v| pred(v)) {
+            return v.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(v) => {
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "no {what} within {timeout:?}; events seen: {:#?}",
+                        self.seen
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("kat exited before {what}; events seen: {:#?}", self.seen)
+                }
+            }
+        }
+    }
+
+    /// Collects whatever arrives during `d`.
+    pub fn collect_for(&mut self, d: Duration) {
+        let deadline = Instant::now() + d;
+        while let Ok(v) = self
+            .events
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(v);
+        }
+    }
+
+    /// Stops kat with SIGINT; returns its exit status, all events and
+    /// what it printed on stderr after starting.
+    pub fn stop(mut self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let status = self.child.wait().expect("wait kat");
+        while let Ok(v) = self.events.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(v);
+        }
+        let stderr = self.stderr.try_iter().collect();
+        (status, std::mem::take(&mut self.seen), stderr)
+    }
+}
+
+impl Drop for Kat {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Seconds since the Unix epoch of an event's `ts`.
+pub fn ts(v: &Value) -> f64 {
+    let s = v["ts"].as_str().expect("ts");
+    let t = chrono::DateTime::parse_from_rfc3339(s).expect("RFC 3339 ts");
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}

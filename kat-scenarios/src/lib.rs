@@ -1,0 +1,358 @@
+//! The scenario suite of `kat trace`: real connections, the real `kat`
+//! binary, assertions on its JSON events. The same scenarios run on the
+//! host between network namespaces (kat-userspace's kernel tests) and on
+//! loopback inside QEMU on other kernels, once per lane (`cargo xtask
+//! vm-test`). A failing assertion panics.
+
+pub mod kat;
+pub mod loopback;
+pub mod net;
+pub mod netns;
+
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use kat::{now, ts};
+pub use kat::{Kat, KatCmd};
+pub use net::{keepalive, Net, Side};
+
+/// A scenario: its name and how to run it with a given port. Each uses
+/// `port` (and `port + 1` where it needs a second one).
+pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
+
+pub const SCENARIOS: [Scenario; 9] = [
+    ("healthy_probes_answered", healthy_probes_answered),
+    (
+        "vanished_peer_keepalive_timeout",
+        vanished_peer_keepalive_timeout,
+    ),
+    (
+        "restarted_peer_found_by_probe",
+        restarted_peer_found_by_probe,
+    ),
+    ("abort_on_close_and_linger", abort_on_close_and_linger),
+    ("user_timeout", user_timeout),
+    ("retransmit_timeout", retransmit_timeout),
+    ("orderly_close_only_with_all", orderly_close_only_with_all),
+    ("port_filter_in_kernel", port_filter_in_kernel),
+    ("ipv6", ipv6),
+];
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn addr(net: &dyn Net, port: u16) -> SocketAddr {
+    SocketAddr::new(net.server_addr(false), port)
+}
+
+fn start(kat: &KatCmd, port: u16) -> Kat {
+    Kat::trace(kat, &["--port", &port.to_string()], &[])
+}
+
+/// Idle 1 s, interval 1 s: each probe is number 1 of its run and is
+/// answered promptly (sock_diag), never at the next timer run.
+pub fn healthy_probes_answered(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let _client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 1, 1, 3)));
+    let _server = listener.accept().expect("accept");
+
+    let mut answers = 0;
+    kat.wait_for("a third answer", secs(8.0 * net.slack()), |v| {
+        answers += usize::from(net.is(v, "probe_answered", Side::Client, port));
+        answers == 3
+    });
+    let mine: Vec<&Value> = kat
+        .seen
+        .iter()
+        .filter(|v| {
+            net.is(v, "probe", Side::Client, port)
+                || net.is(v, "probe_answered", Side::Client, port)
+        })
+        .collect();
+    assert_eq!(mine.len(), 6, "{mine:#?}");
+    for pair in mine.chunks(2) {
+        let (probe, answer) = (pair[0], pair[1]);
+        assert_eq!(probe["type"], "probe", "{probe}");
+        assert_eq!(probe["probe"], 1, "an answered run restarts at 1: {probe}");
+        assert_eq!(probe["probes_max"], 3);
+        assert_eq!(probe["dport"], port);
+        assert_eq!(probe["keepalive"]["idle_s"], 1.0);
+        assert_eq!(probe["keepalive"]["intvl_s"], 1.0);
+        assert_eq!(probe["keepalive"]["idle_from"], "socket");
+        assert_eq!(answer["type"], "probe_answered", "{answer}");
+        assert_eq!(answer["probe"], 1);
+        let delay = ts(answer) - ts(probe);
+        assert!(
+            (0.0..net.slack()).contains(&delay),
+            "answer reported {delay:.3} s after the probe"
+        );
+    }
+    let (status, events, _) = kat.stop();
+    assert!(status.success(), "kat exited with {status}");
+    assert!(
+        !events
+            .iter()
+            .any(|v| net.is(v, "death", Side::Client, port)),
+        "{events:#?}"
+    );
+}
+
+/// The server's packets are dropped: exactly `count` unanswered probes,
+/// then keepalive_timeout with ETIMEDOUT at idle + count × interval.
+pub fn vanished_peer_keepalive_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let (idle, intvl, count) = (2, 1, 3);
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let mut client = net.connect(
+        addr(net, port),
+        Box::new(move |s| keepalive(s, idle, intvl, count)),
+    );
+    let connected = now();
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+
+    let dead = kat.wait_for("death", secs(15.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["errno"], "ETIMEDOUT");
+    assert_eq!(dead["unanswered_probes"], count);
+    let expected = (idle + u64::from(count) * intvl) as f64;
+    let took = ts(&dead) - connected;
+    assert!(
+        (took - expected).abs() < 0.75 * net.slack(),
+        "died after {took:.2} s, idle + count × interval = {expected} s"
+    );
+    let probes: Vec<u64> = kat
+        .seen
+        .iter()
+        .filter(|v| net.is(v, "probe", Side::Client, port))
+        .map(|v| v["probe"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(probes, [1, 2, 3], "{:#?}", kat.seen);
+    assert!(!kat
+        .seen
+        .iter()
+        .any(|v| net.is(v, "probe_answered", Side::Client, port)));
+
+    // What the application sees matches kat's errno.
+    let err = client
+        .read(&mut [0u8; 1])
+        .expect_err("the connection is dead");
+    assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
+    let (status, _, _) = kat.stop();
+    assert!(status.success());
+}
+
+/// The server host restarts: the next probe is answered by a RST.
+pub fn restarted_peer_found_by_probe(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 2, 1, 5)));
+    let (server, _) = listener.accept().expect("accept");
+    net.restart_server(server, listener, &client);
+
+    let dead = kat.wait_for("death", secs(15.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "peer_reset", "{dead}");
+    assert_eq!(dead["errno"], "ECONNRESET");
+    assert_eq!(dead["found_by_probe"], true, "{dead}");
+    assert!(kat
+        .seen
+        .iter()
+        .any(|v| net.is(v, "probe", Side::Client, port)));
+}
+
+/// Closing with unread data, and with SO_LINGER 0.
+pub fn abort_on_close_and_linger(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+
+    let mut client = net.connect(addr(net, port), Box::new(|_| {}));
+    let (unread, _) = listener.accept().expect("accept");
+    client.write_all(b"never read").expect("write");
+    std::thread::sleep(Duration::from_millis(100));
+    drop(unread);
+    let dead = kat.wait_for("abort_on_close", secs(5.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Server, port)
+    });
+    assert_eq!(dead["reason"], "abort_on_close", "{dead}");
+    assert_eq!(
+        dead["pid"],
+        std::process::id(),
+        "the closer is this process"
+    );
+    let peer = kat.wait_for("peer death", secs(5.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(peer["reason"], "peer_reset");
+    assert_eq!(peer["found_by_probe"], false);
+    kat.seen.clear();
+
+    let _client2 = net.connect(addr(net, port), Box::new(|_| {}));
+    let (lingering, _) = listener.accept().expect("accept");
+    net::abort(lingering);
+    let dead = kat.wait_for("abort_on_linger", secs(5.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Server, port)
+    });
+    assert_eq!(dead["reason"], "abort_on_linger", "{dead}");
+    drop(client);
+}
+
+/// TCP_USER_TIMEOUT shorter than the probes decides.
+pub fn user_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let _client = net.connect(
+        addr(net, port),
+        Box::new(|s| {
+            keepalive(s, 1, 1, 10);
+            s.set_tcp_user_timeout(Some(Duration::from_millis(2500)))
+                .expect("user timeout");
+        }),
+    );
+    let connected = now();
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+
+    let dead = kat.wait_for("death", secs(15.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "user_timeout", "{dead}");
+    assert_eq!(dead["errno"], "ETIMEDOUT");
+    assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500);
+    let took = ts(&dead) - connected;
+    assert!(
+        took < 5.0 * net.slack(),
+        "died after {took:.2} s, long before 10 probes"
+    );
+    let probes = kat
+        .seen
+        .iter()
+        .filter(|v| net.is(v, "probe", Side::Client, port))
+        .count();
+    assert!((1..10).contains(&probes), "{probes} probes");
+}
+
+/// Data never acknowledged, tcp_retries2=3: retransmit_timeout.
+pub fn retransmit_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
+    net.client_sysctl("net.ipv4.tcp_retries2", "3");
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let mut client = net.connect(addr(net, port), Box::new(|_| {}));
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+    client.write_all(b"into the void").expect("write");
+
+    let dead = kat.wait_for("death", secs(20.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "retransmit_timeout", "{dead}");
+    assert_eq!(dead["errno"], "ETIMEDOUT");
+    assert!(!kat
+        .seen
+        .iter()
+        .any(|v| net.is(v, "probe", Side::Client, port)));
+}
+
+/// An orderly close is `closed`, shown with --all only.
+pub fn orderly_close_only_with_all(net: &dyn Net, kat_cmd: &KatCmd, port: u16) {
+    let p = port.to_string();
+    let mut all = Kat::trace(kat_cmd, &["--port", &p, "--all"], &[]);
+    let abnormal = Kat::trace(kat_cmd, &["--port", &p], &[]);
+    let listener = net.listen(addr(net, port));
+    let client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 30, 5, 3)));
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(client);
+    assert_eq!(server.read(&mut [0u8; 8]).expect("EOF"), 0);
+    drop(server);
+
+    for side in [Side::Client, Side::Server] {
+        let closed = all.wait_for("closed", secs(5.0 * net.slack()), |v| {
+            net.is(v, "death", side, port)
+        });
+        assert_eq!(closed["reason"], "closed", "{closed}");
+        assert_eq!(closed["errno"], Value::Null);
+        assert!(closed["lifetime_s"]
+            .as_f64()
+            .is_some_and(|l| l < 5.0 * net.slack()));
+    }
+    let (_, hidden, _) = abnormal.stop();
+    assert!(
+        hidden.iter().all(|v| v["type"] != "death"),
+        "without --all an orderly close is not shown: {hidden:#?}"
+    );
+}
+
+/// `--port` keeps other ports out, in the kernel: no record of them is
+/// even handed to userspace (kat logs every record at trace level).
+pub fn port_filter_in_kernel(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let (wanted, other) = (port, port + 1);
+    let mut kat = Kat::trace(
+        kat,
+        &["--port", &wanted.to_string()],
+        &[("RUST_LOG", "kat=trace")],
+    );
+    let l1 = net.listen(addr(net, wanted));
+    let l2 = net.listen(addr(net, other));
+    let _c1 = net.connect(addr(net, wanted), Box::new(|s| keepalive(s, 1, 1, 2)));
+    let _c2 = net.connect(addr(net, other), Box::new(|s| keepalive(s, 1, 1, 2)));
+    let (s1, _) = l1.accept().expect("accept");
+    let (s2, _) = l2.accept().expect("accept");
+    net.blackhole(&s1);
+    net.blackhole(&s2);
+
+    kat.wait_for("death on the wanted port", secs(10.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, wanted)
+    });
+    kat.collect_for(Duration::from_secs(1));
+    let (status, events, stderr) = kat.stop();
+    assert!(status.success());
+    assert!(events
+        .iter()
+        .any(|v| net.is(v, "probe", Side::Client, wanted)));
+    for v in &events {
+        assert!(
+            v["sport"] != other && v["dport"] != other,
+            "event of port {other} leaked: {v}"
+        );
+    }
+    let records: Vec<&String> = stderr
+        .iter()
+        .filter(|l| l.contains("record Record"))
+        .collect();
+    assert!(!records.is_empty(), "no record was logged: {stderr:#?}");
+    for line in records {
+        assert!(
+            !line.contains(&format!("sport: {other},"))
+                && !line.contains(&format!("dport: {other},")),
+            "the kernel passed a record of port {other}: {line}"
+        );
+    }
+}
+
+/// The same over IPv6: an answered probe, then keepalive_timeout.
+pub fn ipv6(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let a = SocketAddr::new(net.server_addr(true), port);
+    let listener = net.listen(a);
+    let _client = net.connect(a, Box::new(|s| keepalive(s, 1, 1, 2)));
+    let (server, _) = listener.accept().expect("accept");
+
+    let answered = kat.wait_for("answer", secs(5.0 * net.slack()), |v| {
+        net.is(v, "probe_answered", Side::Client, port)
+    });
+    assert_eq!(answered["daddr"], net.server_addr(true).to_string());
+    net.blackhole(&server);
+    let dead = kat.wait_for("death", secs(10.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["unanswered_probes"], 2);
+}

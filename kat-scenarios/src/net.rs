@@ -1,0 +1,54 @@
+//! Where a scenario's two hosts live: network namespaces joined by veth
+//! (the host suite) or plain loopback (inside the test VMs, whose cloud
+//! kernels ship veth and nftables only as modules).
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+use socket2::{Socket, TcpKeepalive};
+
+/// Which end of a scenario's connection an event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+pub trait Net {
+    /// The server's address, IPv4 or IPv6.
+    fn server_addr(&self, v6: bool) -> IpAddr;
+    fn listen(&self, addr: SocketAddr) -> TcpListener;
+    /// A client connection, configured by `setup` before it connects.
+    fn connect(&self, addr: SocketAddr, setup: Box<dyn FnOnce(&Socket) + Send>) -> TcpStream;
+    /// The server stops answering: whatever reaches `server` is dropped
+    /// (a dead host, a NAT that forgot the mapping).
+    fn blackhole(&self, server: &TcpStream);
+    /// The server host restarts without a word: its sockets are gone and
+    /// nothing of their end reaches the client; the address answers again
+    /// afterwards, with nothing listening.
+    fn restart_server(&self, server: TcpStream, listener: TcpListener, client: &TcpStream);
+    /// Sets a sysctl where the client's sockets live.
+    fn client_sysctl(&self, key: &str, value: &str);
+    /// An event of this type about this side of a connection to `port`.
+    fn is(&self, v: &Value, ty: &str, side: Side, port: u16) -> bool;
+    /// How much slower than a bare-metal host time runs here (timing bounds
+    /// are multiplied by it).
+    fn slack(&self) -> f64;
+}
+
+/// SO_KEEPALIVE with TCP_KEEPIDLE/INTVL/CNT.
+pub fn keepalive(s: &Socket, idle_s: u64, intvl_s: u64, count: u32) {
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(idle_s))
+        .with_interval(Duration::from_secs(intvl_s))
+        .with_retries(count);
+    s.set_tcp_keepalive(&ka).expect("keepalive");
+}
+
+/// Closes a socket with SO_LINGER 0: a RST instead of a FIN.
+pub fn abort(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+}
