@@ -135,8 +135,10 @@ const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
 pub struct Offsets {
     /// `timer_list.function`
     pub timer_function: u32,
-    /// `sock.sk_timer`
-    pub sk_timer: u32,
+    /// The socket's keepalive timer: `inet_connection_sock.
+    /// icsk_keepalive_timer` where the kernel has it (6.19, and backported
+    /// to stable 6.1 and 6.12 releases), `sock.sk_timer` before.
+    pub keepalive_timer: u32,
     pub skc_family: u32,
     pub skc_state: u32,
     /// `inet_sock.inet_sport`: local port, network order.

@@ -324,7 +324,7 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn timer_sock(timer: u64) -> u64 {
-    timer.wrapping_sub(cfg_u32(&config().offsets.sk_timer) as u64)
+    timer.wrapping_sub(cfg_u32(&config().offsets.keepalive_timer) as u64)
 }
 
 #[fentry(function = "tcp_keepalive_timer")]

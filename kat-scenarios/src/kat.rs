@@ -139,6 +139,12 @@ impl Drop for Kat {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing scenario shows what kat said.
+        if std::thread::panicking() {
+            for line in self.stderr.try_iter() {
+                eprintln!("kat stderr: {line}");
+            }
+        }
     }
 }
 

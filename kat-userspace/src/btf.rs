@@ -109,7 +109,7 @@ impl KernelBtf {
         let i_ino = o("inode", "i_ino", 8)?;
         Ok(Offsets {
             timer_function: o("timer_list", "function", 8)?,
-            sk_timer: self.struct_member_offset("sock", "sk_timer")?,
+            keepalive_timer: self.keepalive_timer()?,
             skc_family: o("sock", "__sk_common.skc_family", 2)?,
             skc_state: o("sock", "__sk_common.skc_state", 1)?,
             inet_sport: o("inet_sock", "inet_sport", 2)?,
@@ -145,6 +145,14 @@ impl KernelBtf {
             tp_ka_intvl: o("tcp_sock", "keepalive_intvl", 4)?,
             tp_ka_probes: o("tcp_sock", "keepalive_probes", 1)?,
         })
+    }
+
+    /// Where the keepalive timer lives in a TCP socket: a timer of its own
+    /// in inet_connection_sock on recent kernels (also stable backports),
+    /// the generic sk_timer before. Layout alone tells which.
+    fn keepalive_timer(&self) -> Result<u32> {
+        self.struct_member_offset("inet_connection_sock", "icsk_keepalive_timer")
+            .or_else(|_| self.struct_member_offset("sock", "sk_timer"))
     }
 
     /// Offset of a member whose size kat does not read (an embedded struct).
@@ -194,6 +202,17 @@ impl KernelBtf {
                 }),
             _ => None,
         })
+    }
+
+    /// How many parameters a kernel function has, per its BTF prototype.
+    pub fn func_params(&self, name: &str) -> Option<usize> {
+        let TypeVariant::Func(f) = self.types.from_id(self.types.id_of(name)?)? else {
+            return None;
+        };
+        match self.types.from_id(*f.prototype_tid())? {
+            TypeVariant::FuncProto(p) => Some(p.parameter_list().len()),
+            _ => None,
+        }
     }
 
     /// Bit number of SOCK_KEEPOPEN in `sk_flags`.
@@ -252,7 +271,10 @@ mod tests {
         let o = btf.offsets().expect("offsets");
         // Struct sock starts with sock_common: family and state are early.
         assert!(o.skc_family < 32 && o.skc_state < 32, "{o:?}");
-        assert!(o.sk_timer > 0 && o.icsk_probes_out > o.sk_timer, "{o:?}");
+        assert!(
+            o.keepalive_timer > 0 && o.tp_ka_time > o.keepalive_timer,
+            "{o:?}"
+        );
         assert!(o.tp_ka_time > o.icsk_probes_out, "{o:?}");
         assert!(btf.keepopen_bit().expect("SOCK_KEEPOPEN") < 64);
         let reasons = btf

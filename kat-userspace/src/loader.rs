@@ -89,9 +89,20 @@ const fn prog(name: &'static str, kind: Kind, target: &'static str) -> Prog {
     Prog { name, kind, target }
 }
 
+/// Which program variants this kernel needs: the RST hooks' arguments
+/// changed when reset reasons came (6.10), and not at once everywhere.
+#[derive(Debug, Clone, Copy)]
+pub struct Variants {
+    /// The tcp_send_reset tracepoint passes a reason.
+    pub tracepoint_reason: bool,
+    /// tcp_send_active_reset takes a reason (its BTF prototype has 3
+    /// parameters; stable kernels may have the enum but not the argument).
+    pub function_reason: bool,
+}
+
 /// The programs that provide `hook` in `lane`; None when the lane has no
 /// way to provide it.
-fn programs(hook: Hook, lane: Lane, reasons: bool) -> Option<Vec<Prog>> {
+fn programs(hook: Hook, lane: Lane, v: Variants) -> Option<Vec<Prog>> {
     use Kind::*;
     let progs = match (hook, lane) {
         (Hook::KeepaliveTimer, Lane::Fentry) => vec![
@@ -120,7 +131,7 @@ fn programs(hook: Hook, lane: Lane, reasons: bool) -> Option<Vec<Prog>> {
         // The tracepoint lane counts probes from icsk_probes_out instead.
         (Hook::ProbeSent, Lane::Tracepoint) => return None,
         (Hook::ResetSent, Lane::Fentry) => vec![prog(
-            if reasons {
+            if v.function_reason {
                 "fentry_tcp_send_active_reset"
             } else {
                 "fentry_tcp_send_active_reset_noreason"
@@ -134,7 +145,7 @@ fn programs(hook: Hook, lane: Lane, reasons: bool) -> Option<Vec<Prog>> {
             "tcp_send_active_reset",
         )],
         (Hook::ResetSent, Lane::Tracepoint) => vec![prog(
-            if reasons {
+            if v.tracepoint_reason {
                 "tcp_send_reset"
             } else {
                 "tcp_send_reset_noreason"
@@ -208,8 +219,8 @@ fn unload(ebpf: &mut Ebpf, progs: &[Prog]) {
 }
 
 /// Attaches `hook` in `lane`: Ok(false) when the lane has no programs for it.
-fn attach_hook(ebpf: &mut Ebpf, btf: &Btf, hook: Hook, lane: Lane, reasons: bool) -> Result<bool> {
-    let Some(progs) = programs(hook, lane, reasons) else {
+fn attach_hook(ebpf: &mut Ebpf, btf: &Btf, hook: Hook, lane: Lane, v: Variants) -> Result<bool> {
+    let Some(progs) = programs(hook, lane, v) else {
         return Ok(false);
     };
     for p in &progs {
@@ -279,6 +290,7 @@ pub struct KernelFacts {
     pub reset_reasons: Option<BTreeMap<u32, String>>,
     /// Where the functions that tell a RST's origin live.
     pub contexts: kernel::ContextRanges,
+    pub variants: Variants,
 }
 
 pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
@@ -291,6 +303,13 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
     let keepalive_timer_fn = kernel::keepalive_timer_address(&kallsyms).map_err(unsupported)?;
     let hz = kernel::hz().map_err(unsupported)?;
     let reset_reasons = btf.reset_reasons();
+    let variants = Variants {
+        tracepoint_reason: reset_reasons.is_some(),
+        function_reason: reset_reasons.is_some()
+            && btf
+                .func_params("tcp_send_active_reset")
+                .is_some_and(|n| n >= 3),
+    };
     let mut config = Config {
         offsets: btf.offsets().map_err(unsupported)?,
         _pad: 0,
@@ -301,7 +320,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
         mib_keepalive: btf.enum_constant("LINUX_MIB_TCPKEEPALIVE").ok_or_else(|| {
             unsupported(anyhow!("this kernel's BTF has no LINUX_MIB_TCPKEEPALIVE"))
         })?,
-        has_reset_reason: u32::from(reset_reasons.is_some()),
+        has_reset_reason: u32::from(variants.function_reason),
     };
     config.ports[..ports.len()].copy_from_slice(ports);
     Ok(KernelFacts {
@@ -310,6 +329,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
         hz,
         reset_reasons,
         contexts: kernel::ContextRanges::from_kallsyms(&kallsyms),
+        variants,
     })
 }
 
@@ -346,11 +366,11 @@ fn attach_best(
     btf: &Btf,
     hook: Hook,
     lanes: &[Lane],
-    reasons: bool,
+    v: Variants,
     attempts: &mut Vec<Attempt>,
 ) -> Option<Lane> {
     for &lane in lanes {
-        match attach_hook(ebpf, btf, hook, lane, reasons) {
+        match attach_hook(ebpf, btf, hook, lane, v) {
             Ok(true) => {
                 attempts.push(Attempt {
                     hook,
@@ -374,14 +394,14 @@ fn attach_best(
 /// the best lane that works.
 pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
     let facts = kernel_facts(ports)?;
-    let reasons = facts.reset_reasons.is_some();
+    let v = facts.variants;
     let (mut ebpf, btf) = open(&facts.config)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();
     let mut lanes = Vec::new();
 
     for hook in [Hook::KeepaliveTimer, Hook::ResetSent] {
-        match attach_best(&mut ebpf, &btf, hook, &order, reasons, &mut attempts) {
+        match attach_best(&mut ebpf, &btf, hook, &order, v, &mut attempts) {
             Some(lane) => lanes.push((hook, lane)),
             None => {
                 let why: Vec<String> = attempts
@@ -406,21 +426,14 @@ pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
             &btf,
             Hook::ProbeSent,
             &[timer_lane],
-            reasons,
+            v,
             &mut attempts,
         )
         .is_some()
     {
         lanes.push((Hook::ProbeSent, timer_lane));
     }
-    attach_hook(
-        &mut ebpf,
-        &btf,
-        Hook::SocketEvents,
-        Lane::Tracepoint,
-        reasons,
-    )
-    .map_err(unsupported)?;
+    attach_hook(&mut ebpf, &btf, Hook::SocketEvents, Lane::Tracepoint, v).map_err(unsupported)?;
     lanes.push((Hook::SocketEvents, Lane::Tracepoint));
     Ok(Loaded {
         ebpf,
@@ -435,12 +448,12 @@ pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
 /// For `kat doctor`: whether each hook loads and attaches in each lane,
 /// each lane tried in a fresh copy of the programs.
 pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
-    let reasons = facts.reset_reasons.is_some();
+    let v = facts.variants;
     let mut attempts = Vec::new();
     for lane in LANES {
         let (mut ebpf, btf) = open(&facts.config)?;
         for hook in HOOKS {
-            match attach_hook(&mut ebpf, &btf, hook, lane, reasons) {
+            match attach_hook(&mut ebpf, &btf, hook, lane, v) {
                 Ok(false) => {}
                 Ok(true) => attempts.push(Attempt {
                     hook,

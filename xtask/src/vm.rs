@@ -35,9 +35,11 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 ip link set lo up
+arg() { sed -n "s/.*kat\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+export KAT_SCENARIO="$(arg scenario)" RUST_LOG="$(arg log)"
 echo "KAT-VM kernel $(uname -r)"
 /kat doctor
-/kat-scenarios /kat $(sed -n 's/.*kat\.lanes=\([a-z,]*\).*/\1/p' /proc/cmdline | tr , ' ')
+/kat-scenarios /kat $(arg lanes | tr , ' ')
 echo "KAT-VM exit $?"
 poweroff -f
 "#;
@@ -149,10 +151,7 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(String, bool)> {
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            &format!("console=ttyS0 quiet panic=-1 kat.lanes={}", LANES.join(",")),
-        ])
+        .args(["-append", &cmdline()])
         .stdin(Stdio::null())
         .stdout(console.try_clone()?)
         .stderr(console)
@@ -173,6 +172,26 @@ fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(String, bool)> {
     let mut out = String::new();
     fs::File::open(log)?.read_to_string(&mut out)?;
     Ok((out, timed_out))
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_default()
+}
+
+fn lanes() -> Vec<String> {
+    match env("KAT_VM_LANES") {
+        l if l.is_empty() => LANES.iter().map(|s| s.to_string()).collect(),
+        l => l.split(',').map(str::to_string).collect(),
+    }
+}
+
+fn cmdline() -> String {
+    format!(
+        "console=ttyS0 quiet panic=-1 kat.lanes={} kat.scenario={} kat.log={}",
+        lanes().join(","),
+        env("KAT_SCENARIO"),
+        env("KAT_VM_LOG")
+    )
 }
 
 /// scenario → lane → result, from the console's RESULT lines.
@@ -208,7 +227,8 @@ pub fn test() -> Result<()> {
     fs::create_dir_all(&work)?;
     let mut failures = Vec::new();
     let mut table: Vec<(String, Results)> = Vec::new();
-    for package in KERNELS {
+    let only = env("KAT_VM_KERNEL");
+    for package in KERNELS.iter().filter(|k| k.contains(&only)) {
         let (vmlinuz, config, release) = kernel(package)?;
         let kwork = work.join(&release);
         fs::create_dir_all(&kwork)?;
@@ -232,9 +252,9 @@ pub fn test() -> Result<()> {
         } else if !done {
             failures.push(format!("{release}: the scenario runner did not finish"));
         }
-        for (scenario, lanes) in &results {
-            for lane in LANES {
-                match lanes.get(lane) {
+        for (scenario, by_lane) in &results {
+            for lane in lanes() {
+                match by_lane.get(&lane) {
                     Some(r) if r == "PASS" => {}
                     Some(r) => failures.push(format!("{release} {lane} {scenario}: {r}")),
                     None => failures.push(format!("{release} {lane} {scenario}: no result")),
@@ -259,7 +279,7 @@ pub fn test() -> Result<()> {
 fn print_matrix(table: &[(String, Results)]) {
     let mut header = format!("{:<34}", "scenario");
     for (release, _) in table {
-        for lane in LANES {
+        for lane in lanes() {
             let short = release.split('-').next().unwrap_or(release);
             header.push_str(&format!("{:<18}", format!("{short} {lane}")));
         }
@@ -272,8 +292,8 @@ fn print_matrix(table: &[(String, Results)]) {
     for s in scenarios {
         let mut row = format!("{s:<34}");
         for (_, results) in table {
-            for lane in LANES {
-                let cell = results.get(s).and_then(|l| l.get(lane));
+            for lane in lanes() {
+                let cell = results.get(s).and_then(|l| l.get(&lane));
                 let mark = match cell {
                     Some(r) if r == "PASS" => {
                         passed += 1;
