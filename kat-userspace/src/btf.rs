@@ -284,23 +284,161 @@ mod tests {
         assert!(reasons.values().all(|n| !n.starts_with("SK_RST_REASON_")));
     }
 
+    /// A minimal BTF blob builder: just the kinds the fixtures need.
+    #[derive(Default)]
+    struct Fixture {
+        types: Vec<u32>,
+        strings: Vec<u8>,
+        count: u32,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                strings: vec![0],
+                ..Self::default()
+            }
+        }
+
+        fn name(&mut self, n: &str) -> u32 {
+            if n.is_empty() {
+                return 0;
+            }
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(n.as_bytes());
+            self.strings.push(0);
+            off
+        }
+
+        fn add(&mut self, words: Vec<u32>) -> u32 {
+            self.types.extend(words);
+            self.count += 1;
+            self.count
+        }
+
+        fn int(&mut self, n: &str, size: u32) -> u32 {
+            let name = self.name(n);
+            self.add(vec![name, 1 << 24, size, size * 8])
+        }
+
+        /// kind 4 (struct) or 5 (union); members: (name, type id, byte offset).
+        fn record(&mut self, kind: u32, n: &str, size: u32, members: &[(&str, u32, u32)]) -> u32 {
+            let name = self.name(n);
+            let mut words = vec![name, kind << 24 | members.len() as u32, size];
+            for &(m, ty, off) in members {
+                let m = self.name(m);
+                words.extend([m, ty, off * 8]);
+            }
+            self.add(words)
+        }
+
+        fn enumeration(&mut self, n: &str, values: &[(&str, u32)]) -> u32 {
+            let name = self.name(n);
+            let mut words = vec![name, 6 << 24 | values.len() as u32, 4];
+            for &(v, val) in values {
+                let v = self.name(v);
+                words.extend([v, val]);
+            }
+            self.add(words)
+        }
+
+        fn func(&mut self, n: &str, params: &[u32]) -> u32 {
+            let mut proto = vec![0, 13 << 24 | params.len() as u32, 0];
+            for &p in params {
+                proto.extend([0, p]);
+            }
+            let proto = self.add(proto);
+            let name = self.name(n);
+            self.add(vec![name, 12 << 24, proto])
+        }
+
+        fn build(self) -> KernelBtf {
+            let type_len = (self.types.len() * 4) as u32;
+            let mut out = Vec::new();
+            out.extend(0xeb9f_u16.to_le_bytes());
+            out.extend([1u8, 0]);
+            for w in [24u32, 0, type_len, type_len, self.strings.len() as u32] {
+                out.extend(w.to_le_bytes());
+            }
+            for w in self.types {
+                out.extend(w.to_le_bytes());
+            }
+            out.extend(self.strings);
+            KernelBtf::from_bytes(out).expect("fixture parses")
+        }
+    }
+
+    /// sock { u32 a; union { u64 skc_flags; u64 other; }; u16 proto; }
+    fn sock_fixture(flags_size: u32) -> KernelBtf {
+        let mut f = Fixture::new();
+        let u16_t = f.int("u16", 2);
+        let u32_t = f.int("u32", 4);
+        let flags_t = f.int("flags_t", flags_size);
+        let u64_t = f.int("u64", 8);
+        let anon = f.record(5, "", 8, &[("skc_flags", flags_t, 0), ("other", u64_t, 0)]);
+        f.record(
+            4,
+            "sock",
+            24,
+            &[("a", u32_t, 0), ("", anon, 8), ("proto", u16_t, 16)],
+        );
+        f.enumeration("sock_flags", &[("SOCK_DEAD", 0), ("SOCK_KEEPOPEN", 3)]);
+        f.func("tcp_send_active_reset", &[u32_t, u32_t, u32_t]);
+        f.build()
+    }
+
     #[test]
-    fn missing_types_and_fields_are_named() {
-        let btf = KernelBtf::from_running_kernel();
-        let Ok(btf) = btf else {
-            return;
-        };
+    fn fixture_fields_resolve_through_anonymous_unions() {
+        let btf = sock_fixture(8);
+        assert_eq!(
+            btf.offset(&field("sock", "skc_flags", 8)).expect("offset"),
+            8
+        );
+        assert_eq!(btf.offset(&field("sock", "proto", 2)).expect("offset"), 16);
+        assert_eq!(btf.keepopen_bit().expect("bit"), 3);
+        assert_eq!(btf.func_params("tcp_send_active_reset"), Some(3));
+        assert_eq!(btf.func_params("no_such_function"), None);
+        assert!(
+            btf.reset_reasons().is_none(),
+            "no sk_rst_reason in the fixture"
+        );
+    }
+
+    #[test]
+    fn fixture_errors_name_what_is_missing_or_changed() {
+        let btf = sock_fixture(4);
         let err = btf
-            .offset(&field("sock", "no_such_field", 4))
-            .expect_err("error");
-        assert!(format!("{err}").contains("sock.no_such_field"), "{err}");
-        let err = btf
-            .offset(&field("no_such_struct", "x", 4))
-            .expect_err("error");
-        assert!(format!("{err}").contains("no_such_struct"), "{err}");
-        let err = btf
-            .offset(&field("sock", "sk_protocol", 8))
-            .expect_err("error");
+            .offset(&field("sock", "skc_flags", 8))
+            .expect_err("size changed");
+        assert!(
+            format!("{err}").contains("sock.skc_flags is 4 bytes"),
+            "{err}"
+        );
         assert!(format!("{err}").contains("type changed"), "{err}");
+        let err = btf
+            .offset(&field("sock", "sk_gone", 4))
+            .expect_err("missing");
+        assert!(format!("{err}").contains("no field sock.sk_gone"), "{err}");
+        let err = btf.offset(&field("tcp_sock", "x", 4)).expect_err("no type");
+        assert!(format!("{err}").contains("no type `tcp_sock`"), "{err}");
+    }
+
+    #[test]
+    fn keepalive_timer_is_found_where_the_kernel_keeps_it() {
+        for own_timer in [true, false] {
+            let mut f = Fixture::new();
+            let timer = f.record(4, "timer_list", 40, &[]);
+            let u32_t = f.int("u32", 4);
+            f.record(4, "sock", 100, &[("a", u32_t, 0), ("sk_timer", timer, 48)]);
+            let icsk: &[(&str, u32, u32)] = if own_timer {
+                &[("b", u32_t, 100), ("icsk_keepalive_timer", timer, 200)]
+            } else {
+                &[("b", u32_t, 100)]
+            };
+            f.record(4, "inet_connection_sock", 300, icsk);
+            let btf = f.build();
+            let want = if own_timer { 200 } else { 48 };
+            assert_eq!(btf.keepalive_timer().expect("timer"), want);
+        }
     }
 }

@@ -409,9 +409,12 @@ pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
                     .filter(|a| a.hook == hook)
                     .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.lane.name())))
                     .collect();
+                let what = match forced {
+                    Some(lane) => format!("--lane {} cannot hook {}", lane.name(), hook.name()),
+                    None => format!("no lane can hook {}", hook.name()),
+                };
                 return Err(unsupported(anyhow!(
-                    "no lane can hook {} on this kernel ({})",
-                    hook.name(),
+                    "{what} on this kernel ({}); `kat doctor` shows every lane",
                     why.join("; ")
                 )));
             }

@@ -52,3 +52,62 @@ fn not_root_names_the_missing_privilege() {
     assert!(err.contains("sudo kat trace"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Root only: under CI=true it must run.
+fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true forbids skipping root tests"
+    );
+    eprintln!("SKIPPED: needs root");
+    false
+}
+
+#[test]
+fn doctor_reports_the_lanes_and_whether_kat_can_run() {
+    if !root_or_skip() {
+        return;
+    }
+    let o = kat(&["doctor", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    assert_eq!(r["can_run"], true);
+    assert_eq!(r["btf"], true);
+    assert!(r["hz"].as_u64().is_some_and(|hz| hz >= 100));
+    let lanes = r["lanes"].as_array().expect("lanes");
+    for hook in ["keepalive_timer", "reset_sent", "socket_events"] {
+        assert!(lanes.iter().any(|l| l[0] == hook), "{hook} has no lane: {r}");
+    }
+    // Every hook was tried in every lane that has programs for it.
+    assert!(r["attempts"].as_array().is_some_and(|a| a.len() >= 8), "{r}");
+    assert!(r["offsets"]["keepalive_timer"].as_u64().is_some_and(|o| o > 0));
+    let text = kat(&["doctor"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("kat can run here."));
+}
+
+#[test]
+fn a_forced_lane_that_cannot_attach_fails_clearly() {
+    if !root_or_skip() {
+        return;
+    }
+    let o = kat(&["doctor", "--json"]);
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+    let attempts = r["attempts"].as_array().expect("attempts");
+    let failing = ["fentry", "kprobe"].into_iter().find(|lane| {
+        attempts
+            .iter()
+            .any(|a| a["lane"] == *lane && a["hook"] == "keepalive_timer" && !a["error"].is_null())
+    });
+    let Some(lane) = failing else {
+        eprintln!("every lane attaches on this kernel: nothing to refuse");
+        return;
+    };
+    let o = kat(&["trace", "--lane", lane]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains(&format!("--lane {lane} cannot hook keepalive_timer")), "{err}");
+    assert!(err.contains("kat doctor"), "{err}");
+}

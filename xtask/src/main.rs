@@ -28,7 +28,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then formatting, lints, unit tests and kernel tests.
+    /// Set up, then formatting, lints, unit tests, kernel tests and the
+    /// QEMU kernel matrix.
     Test,
     /// Set up, then measure the cost of kat's hot hooks (needs root).
     Bench,
@@ -48,9 +49,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `cargo test`, passed through, then one closing line with the totals of
-/// every test binary (cargo's own last line is its doc-test run's).
-fn test_with_total() -> Result<()> {
+/// `cargo test`, passed through; the totals of every test binary (cargo's
+/// own last line is its doc-test run's, so xtask prints the sum).
+fn cargo_test() -> Result<(u64, u64)> {
     let mut child = cargo()
         .arg("test")
         .stdout(Stdio::piped())
@@ -73,11 +74,11 @@ fn test_with_total() -> Result<()> {
         }
     }
     let status = child.wait().context("waiting for cargo test")?;
-    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
+        println!("tests: {passed} passed, {failed} failed");
         bail!("cargo test failed: {status}");
     }
-    Ok(())
+    Ok((passed, failed))
 }
 
 pub fn cargo() -> Command {
@@ -115,11 +116,19 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            test_with_total()
+            let (passed, failed) = cargo_test()?;
+            let vm = vm::test();
+            let (vm_passed, vm_failed) = vm.as_ref().map_or((0, 1), |&counts| counts);
+            println!(
+                "tests: {} passed, {} failed",
+                passed + vm_passed,
+                failed + vm_failed
+            );
+            vm.map(|_| ())
         }
         Cmd::VmTest => {
             setup::all()?;
-            vm::test()
+            vm::test().map(|_| ())
         }
         Cmd::Bench => {
             setup::all()?;
