@@ -8,10 +8,15 @@ use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 
 use anyhow::{anyhow, Context as _, Result};
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_REQUEST};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, SocketId, StateFlags},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -20,6 +25,40 @@ use crate::tracker::Probing;
 
 /// Offset of `tcpi_probes` in `struct tcp_info` (uapi, stable).
 const TCPI_PROBES: usize = 3;
+
+/// A TCP socket whose keepalive timer is pending, as `ss -o` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeepaliveSocket {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub state: u8,
+    pub uid: u32,
+    pub inode: u32,
+    /// Until the keepalive timer's next run.
+    pub expires: Duration,
+    /// Keepalive probes out (tcpi_probes).
+    pub probes_out: u8,
+}
+
+fn probes(resp: &InetResponse) -> u8 {
+    resp.nlas
+        .iter()
+        .find_map(|nla| match nla {
+            Nla::TcpInfo(info) => info.get(TCPI_PROBES).copied(),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+fn unmapped(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
 
 /// One sock_diag socket per network namespace, opened on first use.
 #[derive(Default)]
@@ -78,7 +117,91 @@ fn open_socket_in(netns: OwnedFd) -> Result<Socket> {
     .map_err(|_| anyhow!("sock_diag helper thread panicked"))?
 }
 
+/// The network namespaces kat can see by name or through a process.
+pub fn visible_netns() -> Vec<u32> {
+    let mut all: Vec<u32> = std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| netns_inode(&e.path().to_string_lossy()))
+        .chain(netns_inode("/proc/self/ns/net"))
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
 impl Diag {
+    /// Every TCP socket of a namespace whose keepalive timer is pending.
+    pub fn keepalive_sockets(&mut self, netns: u32) -> Result<Vec<KeepaliveSocket>> {
+        let socket = self
+            .socket(netns)
+            .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
+        let mut out = Vec::new();
+        for family in [AF_INET, AF_INET6] {
+            let mut header = NetlinkHeader::default();
+            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            let mut packet = NetlinkMessage::new(
+                header,
+                SockDiagMessage::InetRequest(InetRequest {
+                    family,
+                    protocol: IPPROTO_TCP,
+                    extensions: ExtensionFlags::INFO,
+                    states: StateFlags::all() & !StateFlags::LISTEN,
+                    socket_id: if family == AF_INET {
+                        SocketId::new_v4()
+                    } else {
+                        SocketId::new_v6()
+                    },
+                })
+                .into(),
+            );
+            packet.finalize();
+            let mut buf = vec![0; packet.buffer_len()];
+            packet.serialize(&mut buf);
+            socket.send(&buf, 0).context("sock_diag send")?;
+            let mut reply = vec![0; 64 * 1024];
+            'dump: loop {
+                let n = socket
+                    .recv(&mut &mut reply[..], 0)
+                    .context("sock_diag recv")?;
+                let mut offset = 0;
+                while offset < n {
+                    let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[offset..n])
+                        .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
+                    let len = msg.header.length as usize;
+                    match msg.payload {
+                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
+                            if let Some(Timer::KeepAlive(expires)) = resp.header.timer {
+                                let id = &resp.header.socket_id;
+                                out.push(KeepaliveSocket {
+                                    netns,
+                                    saddr: unmapped(id.source_address),
+                                    sport: id.source_port,
+                                    daddr: unmapped(id.destination_address),
+                                    dport: id.destination_port,
+                                    state: resp.header.state,
+                                    uid: resp.header.uid,
+                                    inode: resp.header.inode,
+                                    expires,
+                                    probes_out: probes(&resp),
+                                });
+                            }
+                        }
+                        NetlinkPayload::Done(_) => break 'dump,
+                        NetlinkPayload::Error(e) => return Err(anyhow!("sock_diag dump: {e}")),
+                        _ => {}
+                    }
+                    if len == 0 {
+                        break;
+                    }
+                    offset += len;
+                }
+            }
+        }
+        Ok(out)
+    }
+
     fn socket(&mut self, netns: u32) -> Option<&mut Socket> {
         self.by_netns
             .entry(netns)

@@ -2,13 +2,16 @@
 //! The `kat` binary (main.rs) is a thin command-line front over these.
 
 pub mod btf;
+pub mod demo;
 pub mod diag;
 pub mod doctor;
+pub mod engine;
 pub mod event;
 pub mod exit;
 pub mod kernel;
 pub mod loader;
 pub mod owner;
 pub mod source;
+pub mod top;
 pub mod trace;
 pub mod tracker;

@@ -1,6 +1,6 @@
 //! kat — a Linux TCP keepalive tracer.
 
-use kat_userspace::{doctor, exit, trace};
+use kat_userspace::{demo, doctor, exit, top, trace};
 
 use std::process::ExitCode;
 
@@ -21,6 +21,10 @@ struct Cli {
 enum Command {
     /// Print every keepalive probe, answer and connection death as it happens.
     Trace(trace::TraceArgs),
+    /// A lab of network namespaces replaying keepalive stories, under the dashboard.
+    Demo(demo::DemoArgs),
+    /// The live dashboard: connections with keepalive, probes, deaths.
+    Top(top::TopArgs),
     /// What this kernel supports and which hooks kat uses (exit 0 when kat can run).
     Doctor(doctor::DoctorArgs),
 }
@@ -42,6 +46,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Trace(args) => trace::run(args).await,
             Command::Doctor(args) => doctor::run(&args),
+            Command::Top(args) => top::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
         }
     });
     match result {

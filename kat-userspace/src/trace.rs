@@ -1,17 +1,14 @@
 //! `kat trace`: one line (or one JSON object) per event.
 
 use std::io::Write as _;
-use std::time::Duration;
 
 use anyhow::Result;
 use chrono::{DateTime, Local, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::diag::Diag;
+use crate::engine::{Engine, ANSWER_POLL};
 use crate::event::{Event, From, Reason, Settings, What};
-use crate::owner::Owners;
-use crate::tracker::{Msg, Setup, Tracker};
-use crate::{kernel, loader, source::Source};
+use crate::{kernel, loader};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
@@ -163,35 +160,23 @@ struct Lost {
     count: u64,
 }
 
-const DIAG_EVERY: Duration = Duration::from_millis(250);
-
 struct Output {
     args: TraceArgs,
-    owners: Owners,
     lost_shown: u64,
     events: u64,
 }
 
 impl Output {
     /// Writes one event; false when stdout is gone (e.g. `| head`).
-    fn event(&mut self, mut ev: Event) -> bool {
-        if !wanted(&self.args, &ev) {
+    fn event(&mut self, ev: &Event) -> bool {
+        if !wanted(&self.args, ev) {
             return true;
-        }
-        if ev.pid.is_none() {
-            if let Some(owner) = self.owners.lookup(ev.sock_ino) {
-                ev.pid = Some(owner.pid);
-                ev.comm = Some(owner.comm);
-            }
-        }
-        if ev.reason().is_some() {
-            self.owners.forget(ev.sock_ino);
         }
         self.events += 1;
         let text = if self.args.json {
-            serde_json::to_string(&ev).unwrap_or_default()
+            serde_json::to_string(ev).unwrap_or_default()
         } else {
-            line(&ev)
+            line(ev)
         };
         writeln!(std::io::stdout(), "{text}").is_ok()
     }
@@ -222,79 +207,55 @@ impl Output {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
-    let mut loaded = loader::load(&args.ports, args.lane)?;
-    let mut source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
-    let mut tracker = Tracker::new(Setup {
-        hz: loaded.hz,
-        reset_reasons: loaded.reset_reasons.clone(),
-        realtime_offset_ns: kernel::monotonic_to_realtime_ns(),
-    });
-    let mut diag = Diag::default();
+    let mut engine = Engine::start(&args.ports, args.lane)?;
     let mut out = Output {
         args,
-        owners: Owners::default(),
         lost_shown: 0,
         events: 0,
     };
     eprintln!(
         "kat: tracing keepalive probes and connection deaths on Linux {} ({}, reset reasons {}); Ctrl-C to stop",
         kernel::release(),
-        loaded.lanes_text(),
-        if loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
+        engine.loaded.lanes_text(),
+        if engine.loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
     );
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut diag_tick = tokio::time::interval(DIAG_EVERY);
-    let mut open = true;
-    while open {
-        let mut msgs = Vec::new();
-        tokio::select! {
-            batch = source.next_batch() => msgs.extend(batch.into_iter().map(Msg::Record)),
-            _ = diag_tick.tick() => {
-                for p in tracker.probing() {
-                    match diag.probes_out(&p) {
-                        Ok(probes_out) => msgs.push(Msg::Diag {
-                            sk: p.sk,
-                            probes_out,
-                            ts_ns: kernel::monotonic_now_ns(),
-                        }),
-                        Err(e) => log::debug!("sock_diag: {e:#}"),
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => open = false,
-            _ = sigterm.recv() => open = false,
-        }
-        if !open {
-            msgs.extend(source.drain().into_iter().map(Msg::Record));
-            // Report what is still pending rather than lose it.
-            msgs.push(Msg::Tick(u64::MAX));
-        }
-        msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
-        for msg in msgs {
-            for ev in tracker.update(msg) {
-                if !out.event(ev) {
-                    return Ok(());
-                }
+    let mut answers = tokio::time::interval(ANSWER_POLL);
+    loop {
+        let events = tokio::select! {
+            batch = engine.source.next_batch() => engine.records(batch),
+            _ = answers.tick() => engine.poll_answers(),
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        };
+        for ev in &events {
+            if !out.event(ev) {
+                return Ok(());
             }
         }
-        if !out.lost(source.lost()) {
+        if !out.lost(engine.source.lost()) {
+            return Ok(());
+        }
+    }
+    // Report what is still pending rather than lose it.
+    for ev in &engine.finish() {
+        if !out.event(ev) {
             return Ok(());
         }
     }
     eprintln!(
         "kat: {} events shown, {} connections still tracked, {} records lost{}",
         out.events,
-        tracker.tracked(),
-        source.lost(),
-        if source.malformed > 0 {
-            format!(", {} malformed", source.malformed)
+        engine.tracker.tracked(),
+        engine.source.lost(),
+        if engine.source.malformed > 0 {
+            format!(", {} malformed", engine.source.malformed)
         } else {
             String::new()
         }
     );
     Ok(())
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -79,11 +79,19 @@ fn doctor_reports_the_lanes_and_whether_kat_can_run() {
     assert!(r["hz"].as_u64().is_some_and(|hz| hz >= 100));
     let lanes = r["lanes"].as_array().expect("lanes");
     for hook in ["keepalive_timer", "reset_sent", "socket_events"] {
-        assert!(lanes.iter().any(|l| l[0] == hook), "{hook} has no lane: {r}");
+        assert!(
+            lanes.iter().any(|l| l[0] == hook),
+            "{hook} has no lane: {r}"
+        );
     }
     // Every hook was tried in every lane that has programs for it.
-    assert!(r["attempts"].as_array().is_some_and(|a| a.len() >= 8), "{r}");
-    assert!(r["offsets"]["keepalive_timer"].as_u64().is_some_and(|o| o > 0));
+    assert!(
+        r["attempts"].as_array().is_some_and(|a| a.len() >= 8),
+        "{r}"
+    );
+    assert!(r["offsets"]["keepalive_timer"]
+        .as_u64()
+        .is_some_and(|o| o > 0));
     let text = kat(&["doctor"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("kat can run here."));
 }
@@ -108,6 +116,9 @@ fn a_forced_lane_that_cannot_attach_fails_clearly() {
     let o = kat(&["trace", "--lane", lane]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    assert!(err.contains(&format!("--lane {lane} cannot hook keepalive_timer")), "{err}");
+    assert!(
+        err.contains(&format!("--lane {lane} cannot hook keepalive_timer")),
+        "{err}"
+    );
     assert!(err.contains("kat doctor"), "{err}");
 }

@@ -146,7 +146,10 @@ fn initramfs(work: &Path, bins: &Path, config: &Path, release: &str) -> Result<P
 fn boot(vmlinuz: &Path, initrd: &Path, log: &Path) -> Result<(String, bool)> {
     let console = fs::File::create(log)?;
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "1024"])
+        // One vCPU: under TCG, the kernel patching a hot tracepoint's jump
+        // label (kat attaching and detaching, over and over) raced with the
+        // other vCPU executing it and oopsed on the int3 (seen on 6.12).
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(vmlinuz)
         .arg("-initrd")

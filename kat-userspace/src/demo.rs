@@ -1,0 +1,294 @@
+//! `kat demo`: a small lab of network namespaces running the seed
+//! articles' experiments with short timers, over and over, under the
+//! dashboard. Quitting removes every namespace it made; a demo killed hard
+//! is cleaned up on the next start.
+//!
+//! client 198.18.1.1 ── veth ── server 198.18.1.2  (ports 6699, 6700, 6702)
+//!        198.18.2.1 ── veth ── peer   198.18.2.2  (port 6701, "restarts")
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsFd as _;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+
+use crate::kernel;
+use crate::top::{self, TopArgs};
+
+const PREFIX: &str = "kat-demo-";
+const CLIENT: &str = "kat-demo-client";
+const SERVER: &str = "kat-demo-server";
+const PEER: &str = "kat-demo-peer";
+/// Healthy connections: their probes are answered.
+const HEALTHY: u16 = 6699;
+/// Its server stops answering: keepalive_timeout.
+const BLACKHOLE: u16 = 6700;
+/// Its server host restarts: peer_reset found by a probe.
+const RESTART: u16 = 6701;
+/// Closed with unread data: abort_on_close.
+const UNREAD: u16 = 6702;
+pub const PORTS: [u16; 4] = [HEALTHY, BLACKHOLE, RESTART, UNREAD];
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {}
+
+fn command(cmd: &[&str]) -> Result<()> {
+    let out = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .with_context(|| format!("cannot run {} (is iproute2/nftables installed?)", cmd[0]))?;
+    if !out.status.success() {
+        bail!(
+            "`{}` failed: {}",
+            cmd.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip(args: &str) -> Result<()> {
+    let mut cmd = vec!["ip"];
+    cmd.extend(args.split_whitespace());
+    command(&cmd)
+}
+
+/// Namespaces left by an earlier demo (killed hard), or by this one.
+fn remove_all() {
+    let list = Command::new("ip").args(["netns", "list"]).output();
+    let names = list
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    for name in names.lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(PREFIX) {
+            let _ = ip(&format!("netns del {name}"));
+        }
+    }
+}
+
+/// A veth pair `name` between two namespaces with a /24 on each end.
+fn link(a: &str, b: &str, name: &str, net: &str) -> Result<()> {
+    ip(&format!(
+        "-n {a} link add {name} type veth peer name {name} netns {b}"
+    ))?;
+    ip(&format!("-n {a} addr add {net}.1/24 dev {name}"))?;
+    ip(&format!("-n {b} addr add {net}.2/24 dev {name}"))?;
+    ip(&format!("-n {a} link set {name} up"))?;
+    ip(&format!("-n {b} link set {name} up"))
+}
+
+fn namespace(name: &str) -> Result<()> {
+    ip(&format!("netns add {name}"))?;
+    ip(&format!("-n {name} link set lo up"))
+}
+
+/// Runs `f` on a thread inside namespace `ns`: sockets made there live there.
+fn within<T: Send + 'static>(
+    ns: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace thread panicked"))?
+}
+
+fn connect(addr: &str, port: u16, keepalive: Option<(u64, u64, u32)>) -> Result<TcpStream> {
+    let addr: SocketAddr = format!("{addr}:{port}").parse()?;
+    within(CLIENT, move || {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+        if let Some((idle, intvl, count)) = keepalive {
+            s.set_tcp_keepalive(
+                &TcpKeepalive::new()
+                    .with_time(Duration::from_secs(idle))
+                    .with_interval(Duration::from_secs(intvl))
+                    .with_retries(count),
+            )?;
+        }
+        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
+        Ok(s.into())
+    })
+}
+
+fn listen(ns: &str, addr: &str, port: u16) -> Result<TcpListener> {
+    let addr = format!("{addr}:{port}");
+    within(ns, move || Ok(TcpListener::bind(&addr)?))
+}
+
+fn nft(ns: &str, script: &str) -> Result<()> {
+    command(&["ip", "netns", "exec", ns, "nft", script])
+}
+
+fn abort(s: TcpStream) {
+    let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+}
+
+/// Sleeps in small steps; false once the demo is stopping.
+fn pause(stop: &AtomicBool, d: Duration) -> bool {
+    let step = Duration::from_millis(100);
+    let mut left = d;
+    while !left.is_zero() {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let s = left.min(step);
+        std::thread::sleep(s);
+        left -= s;
+    }
+    !stop.load(Ordering::Relaxed)
+}
+
+/// The peer host "restarts": nothing leaves it, its namespace goes away
+/// with its sockets and comes back with the same address.
+fn restart_peer(server: TcpStream, listener: TcpListener) -> Result<TcpListener> {
+    nft(PEER, "add table inet katdemo; add chain inet katdemo out { type filter hook output priority 0; policy drop; }")?;
+    abort(server);
+    drop(listener);
+    ip(&format!("netns del {PEER}"))?;
+    // The namespace is torn down in the background: cut the link now.
+    let _ = ip(&format!("-n {CLIENT} link del to-peer"));
+    namespace(PEER)?;
+    link(CLIENT, PEER, "to-peer", "198.18.2")?;
+    listen(PEER, "198.18.2.2", RESTART)
+}
+
+/// The listeners of the stories that loop.
+struct Stories {
+    blackhole: TcpListener,
+    unread: TcpListener,
+    /// None only while the peer host is being restarted.
+    peer: Option<TcpListener>,
+}
+
+impl Stories {
+    fn run(mut self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            if let Err(e) = self.round(stop) {
+                log::debug!("demo round: {e:#}");
+                if !pause(stop, Duration::from_secs(2)) {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One round of every story; returns when it is over or the demo stops.
+    fn round(&mut self, stop: &AtomicBool) -> Result<()> {
+        // A peer whose packets are dropped: probes 1, 2, 3, then the RST.
+        let lost = connect("198.18.1.2", BLACKHOLE, Some((2, 1, 3)))?;
+        let (lost_peer, _) = self.blackhole.accept()?;
+        nft(
+            SERVER,
+            &format!(
+                "add table inet katdemo; \
+             add chain inet katdemo in {{ type filter hook input priority 0; }}; \
+             add rule inet katdemo in tcp dport {BLACKHOLE} drop"
+            ),
+        )?;
+
+        // A peer that restarts: its first answer is a RST.
+        let listener = match self.peer.take() {
+            Some(l) => l,
+            None => listen(PEER, "198.18.2.2", RESTART)?,
+        };
+        let half_open = connect("198.18.2.2", RESTART, Some((3, 1, 5)))?;
+        let (restarting, _) = listener.accept()?;
+        if !pause(stop, Duration::from_secs(1)) {
+            return Ok(());
+        }
+        self.peer = Some(restart_peer(restarting, listener)?);
+
+        // A client that closes with unread data.
+        let mut talker = connect("198.18.1.2", UNREAD, None)?;
+        let (unread, _) = self.unread.accept()?;
+        talker.write_all(b"a request nobody reads")?;
+        std::thread::sleep(Duration::from_millis(200));
+        drop(unread);
+
+        let over = pause(stop, Duration::from_secs(9));
+        let _ = nft(SERVER, "delete table inet katdemo");
+        drop((lost, lost_peer, half_open, talker));
+        if over {
+            pause(stop, Duration::from_secs(2));
+        }
+        Ok(())
+    }
+}
+
+/// The lab and the thread that drives it; removed on drop.
+struct Lab {
+    stop: Arc<AtomicBool>,
+    driver: Option<JoinHandle<()>>,
+}
+
+impl Lab {
+    /// Builds the lab; nothing is left behind when that fails half way.
+    fn start() -> Result<Self> {
+        Self::build().inspect_err(|_| remove_all())
+    }
+
+    fn build() -> Result<Self> {
+        remove_all();
+        for ns in [CLIENT, SERVER, PEER] {
+            namespace(ns)?;
+        }
+        link(CLIENT, SERVER, "to-server", "198.18.1")?;
+        link(CLIENT, PEER, "to-peer", "198.18.2")?;
+        let healthy_listener = listen(SERVER, "198.18.1.2", HEALTHY)?;
+        let mut healthy = Vec::new();
+        for (idle, intvl, count) in [(2, 1, 3), (3, 1, 4), (5, 2, 3)] {
+            healthy.push(connect("198.18.1.2", HEALTHY, Some((idle, intvl, count)))?);
+            healthy.push(healthy_listener.accept()?.0);
+        }
+        let stories = Stories {
+            blackhole: listen(SERVER, "198.18.1.2", BLACKHOLE)?,
+            unread: listen(SERVER, "198.18.1.2", UNREAD)?,
+            peer: Some(listen(PEER, "198.18.2.2", RESTART)?),
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let driver = std::thread::spawn(move || {
+            let _open = (healthy, healthy_listener);
+            stories.run(&flag);
+        });
+        Ok(Self {
+            stop,
+            driver: Some(driver),
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(d) = self.driver.take() {
+            let _ = d.join();
+        }
+        remove_all();
+    }
+}
+
+pub async fn run(_args: DemoArgs) -> Result<()> {
+    kernel::require_root("demo")?;
+    let lab = Lab::start().context("building the demo lab")?;
+    let result = top::run(TopArgs {
+        ports: PORTS.to_vec(),
+        pid: None,
+        lane: None,
+    })
+    .await;
+    drop(lab);
+    result
+}

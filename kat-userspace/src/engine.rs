@@ -1,0 +1,93 @@
+//! What every live view runs: the loaded programs, the record source, the
+//! tracker, sock_diag for answers, and owners for the events shown.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::diag::Diag;
+use crate::event::Event;
+use crate::kernel;
+use crate::loader::{self, Lane, Loaded};
+use crate::owner::Owners;
+use crate::source::Source;
+use crate::tracker::{Msg, Setup, Tracker};
+
+/// How often sockets with a probe out are asked whether it was answered.
+pub const ANSWER_POLL: Duration = Duration::from_millis(250);
+
+pub struct Engine {
+    pub loaded: Loaded,
+    pub source: Source,
+    pub tracker: Tracker,
+    pub diag: Diag,
+    pub owners: Owners,
+}
+
+impl Engine {
+    pub fn start(ports: &[u16], lane: Option<Lane>) -> Result<Self> {
+        let mut loaded = loader::load(ports, lane)?;
+        let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
+        let tracker = Tracker::new(Setup {
+            hz: loaded.hz,
+            reset_reasons: loaded.reset_reasons.clone(),
+            realtime_offset_ns: kernel::monotonic_to_realtime_ns(),
+        });
+        Ok(Self {
+            loaded,
+            source,
+            tracker,
+            diag: Diag::default(),
+            owners: Owners::default(),
+        })
+    }
+
+    /// Feeds kernel records (and a clock tick) to the tracker.
+    pub fn records(&mut self, records: Vec<kat_common::Record>) -> Vec<Event> {
+        let mut msgs: Vec<Msg> = records.into_iter().map(Msg::Record).collect();
+        msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
+        self.feed(msgs)
+    }
+
+    /// Asks sock_diag about the sockets with a probe out.
+    pub fn poll_answers(&mut self) -> Vec<Event> {
+        let mut msgs = Vec::new();
+        for p in self.tracker.probing() {
+            match self.diag.probes_out(&p) {
+                Ok(probes_out) => msgs.push(Msg::Diag {
+                    sk: p.sk,
+                    probes_out,
+                    ts_ns: kernel::monotonic_now_ns(),
+                }),
+                Err(e) => log::debug!("sock_diag: {e:#}"),
+            }
+        }
+        self.feed(msgs)
+    }
+
+    /// Drains the ring and reports every pending death (on exit).
+    pub fn finish(&mut self) -> Vec<Event> {
+        let mut msgs: Vec<Msg> = self.source.drain().into_iter().map(Msg::Record).collect();
+        msgs.push(Msg::Tick(u64::MAX));
+        self.feed(msgs)
+    }
+
+    fn feed(&mut self, msgs: Vec<Msg>) -> Vec<Event> {
+        let mut out = Vec::new();
+        for msg in msgs {
+            for mut ev in self.tracker.update(msg) {
+                if ev.pid.is_none() {
+                    if let Some(owner) = self.owners.lookup(ev.sock_ino) {
+                        ev.pid = Some(owner.pid);
+                        ev.comm = Some(owner.comm);
+                    }
+                }
+                if ev.reason().is_some() {
+                    self.owners.forget(ev.sock_ino);
+                }
+                out.push(ev);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,202 @@
+//! `kat top`: the live dashboard. This module is the I/O edge: terminal,
+//! keys, timers, kernel records and sock_diag snapshots become messages for
+//! the pure model; the view draws the model.
+
+pub mod model;
+pub mod view;
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use crossterm::event::{
+    Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
+};
+use futures_util::StreamExt as _;
+use ratatui::backend::CrosstermBackend;
+use ratatui::Terminal;
+
+use crate::engine::{Engine, ANSWER_POLL};
+use crate::loader::Lane;
+use crate::tracker::state_name;
+use crate::{diag, kernel};
+use model::{Action, ConnKey, Key, Live, Model, Msg};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopArgs {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Only connections owned by this process.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Use only this lane of hooks (default: the best that works, per hook).
+    #[arg(long, value_enum)]
+    pub lane: Option<Lane>,
+}
+
+/// Raw mode and the alternate screen while it lives; restored on drop,
+/// and by the panic hook, so a crash never leaves a broken terminal.
+struct TerminalGuard;
+
+fn restore() {
+    let _ = crossterm::terminal::disable_raw_mode();
+    let _ = crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::LeaveAlternateScreen,
+        crossterm::cursor::Show
+    );
+}
+
+impl TerminalGuard {
+    fn enter() -> Result<Self> {
+        crossterm::terminal::enable_raw_mode()?;
+        crossterm::execute!(
+            std::io::stdout(),
+            crossterm::terminal::EnterAlternateScreen,
+            crossterm::cursor::Hide
+        )?;
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore();
+            previous(info);
+        }));
+        Ok(Self)
+    }
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore();
+    }
+}
+
+fn key(k: KeyEvent) -> Option<Key> {
+    if k.kind == KeyEventKind::Release {
+        return None;
+    }
+    Some(match k.code {
+        KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => Key::CtrlC,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Up => Key::Up,
+        KeyCode::Down => Key::Down,
+        KeyCode::PageUp => Key::PageUp,
+        KeyCode::PageDown => Key::PageDown,
+        KeyCode::Home => Key::Home,
+        KeyCode::End => Key::End,
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Esc => Key::Esc,
+        KeyCode::Backspace => Key::Backspace,
+        _ => return None,
+    })
+}
+
+/// Every socket with a pending keepalive timer in the namespaces kat sees,
+/// with its owner (looked up once per socket and cached).
+fn snapshot(engine: &mut Engine, ports: &[u16], extra_netns: &[u32]) -> Vec<Live> {
+    let mut all = diag::visible_netns();
+    all.extend_from_slice(extra_netns);
+    all.sort_unstable();
+    all.dedup();
+    let mut live = Vec::new();
+    for netns in all {
+        let sockets = match engine.diag.keepalive_sockets(netns) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("snapshot of netns {netns}: {e:#}");
+                continue;
+            }
+        };
+        for s in sockets {
+            if !ports.is_empty() && !ports.contains(&s.sport) && !ports.contains(&s.dport) {
+                continue;
+            }
+            live.push(Live {
+                key: ConnKey {
+                    netns,
+                    saddr: s.saddr,
+                    sport: s.sport,
+                    daddr: s.daddr,
+                    dport: s.dport,
+                },
+                state: state_name(s.state),
+                uid: s.uid,
+                owner: engine.owners.lookup(u64::from(s.inode)),
+                next_run_s: s.expires.as_secs_f64(),
+                probes_out: s.probes_out,
+            });
+        }
+    }
+    live
+}
+
+pub async fn run(args: TopArgs) -> Result<()> {
+    if !std::io::stdout().is_terminal() {
+        bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
+    }
+    kernel::require_root("top")?;
+    let mut engine = Engine::start(&args.ports, args.lane)?;
+    let mut model = Model::new(
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kernel::release(),
+        engine.loaded.lanes_text(),
+        Utc::now(),
+    );
+    model.pid = args.pid;
+    let mut seen_netns: Vec<u32> = Vec::new();
+    model.update(Msg::Snapshot(snapshot(
+        &mut engine,
+        &args.ports,
+        &seen_netns,
+    )));
+
+    // Nothing may write over the dashboard.
+    log::set_max_level(log::LevelFilter::Off);
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    let mut keys = EventStream::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut second = tokio::time::interval(Duration::from_secs(1));
+    let mut answers = tokio::time::interval(ANSWER_POLL);
+    loop {
+        terminal.draw(|f| view::view(f, &model))?;
+        let mut msgs = Vec::new();
+        tokio::select! {
+            batch = engine.source.next_batch() => {
+                msgs.extend(engine.records(batch).into_iter().map(Msg::Event));
+            }
+            _ = answers.tick() => msgs.extend(engine.poll_answers().into_iter().map(Msg::Event)),
+            _ = second.tick() => {
+                msgs.push(Msg::Tick(Utc::now()));
+                msgs.push(Msg::Lost(engine.source.lost()));
+                msgs.push(Msg::Snapshot(snapshot(&mut engine, &args.ports, &seen_netns)));
+            }
+            term = keys.next() => match term {
+                Some(Ok(TermEvent::Key(k))) => msgs.extend(key(k).map(Msg::Key)),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("reading the terminal: {e}"),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+        for msg in msgs {
+            if let Msg::Event(ev) = &msg {
+                if !seen_netns.contains(&ev.netns) {
+                    seen_netns.push(ev.netns);
+                }
+                if args.pid.is_some() && ev.pid != args.pid {
+                    continue;
+                }
+            }
+            if model.update(msg) == Action::Quit {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

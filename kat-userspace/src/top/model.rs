@@ -1,0 +1,377 @@
+//! The dashboard's state and its pure update (The Elm Architecture):
+//! messages in, state changed, no I/O.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+
+use crate::event::{Event, Reason, Settings, What};
+use crate::owner::Owner;
+
+/// A connection as the socket sees it, in its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl ConnKey {
+    pub fn of(ev: &Event) -> Self {
+        Self {
+            netns: ev.netns,
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+        }
+    }
+}
+
+/// A socket with its keepalive timer pending, from the latest snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub key: ConnKey,
+    pub state: &'static str,
+    pub uid: u32,
+    pub owner: Option<Owner>,
+    /// Seconds until the keepalive timer runs next.
+    pub next_run_s: f64,
+    pub probes_out: u8,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimelineEntry {
+    pub ts: DateTime<Utc>,
+    pub what: What,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Death {
+    pub ts: DateTime<Utc>,
+    pub key: ConnKey,
+    pub reason: Reason,
+    pub errno: Option<String>,
+    pub probes: u8,
+    pub lifetime_s: Option<f64>,
+    pub owner: Option<String>,
+}
+
+/// One row of the connections table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub live: Live,
+    pub settings: Option<Settings>,
+    pub idle_s: Option<f64>,
+    /// Worst case: every remaining probe unanswered.
+    pub dead_in_s: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    Probing,
+    Local,
+    Remote,
+    Owner,
+    NextProbe,
+}
+
+impl Sort {
+    pub fn next(self) -> Self {
+        match self {
+            Sort::Probing => Sort::Local,
+            Sort::Local => Sort::Remote,
+            Sort::Remote => Sort::Owner,
+            Sort::Owner => Sort::NextProbe,
+            Sort::NextProbe => Sort::Probing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Sort::Probing => "probing first",
+            Sort::Local => "local",
+            Sort::Remote => "remote",
+            Sort::Owner => "owner",
+            Sort::NextProbe => "next probe",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Char(char),
+    Up,
+    Down,
+    PageUp,
+    PageDown,
+    Home,
+    End,
+    Enter,
+    Esc,
+    Backspace,
+    CtrlC,
+}
+
+pub enum Msg {
+    Event(Event),
+    /// Every keepalive socket now, from sock_diag.
+    Snapshot(Vec<Live>),
+    /// Records lost by the kernel so far.
+    Lost(u64),
+    /// Once a second: the wall clock, for rates and ages.
+    Tick(DateTime<Utc>),
+    Key(Key),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Continue,
+    Quit,
+}
+
+/// Seconds of rate history kept for the charts.
+pub const HISTORY: usize = 300;
+const DEATHS_KEPT: usize = 500;
+const TIMELINE_KEPT: usize = 50;
+/// Rows a page key moves.
+pub const PAGE: usize = 10;
+
+pub struct Model {
+    pub host: String,
+    pub kernel: String,
+    pub lanes: String,
+    pub now: DateTime<Utc>,
+    pub live: Vec<Live>,
+    pub settings: HashMap<ConnKey, Settings>,
+    pub idle: HashMap<ConnKey, f64>,
+    pub timelines: HashMap<ConnKey, VecDeque<TimelineEntry>>,
+    pub deaths: VecDeque<Death>,
+    pub deaths_by_reason: BTreeMap<Reason, u64>,
+    pub events_total: u64,
+    pub lost: u64,
+    /// (probes, deaths, events) per second, newest last.
+    pub history: VecDeque<(u64, u64, u64)>,
+    current: (u64, u64, u64),
+    pub selected: usize,
+    pub filter: String,
+    pub editing_filter: bool,
+    pub sort: Sort,
+    pub paused: bool,
+    pending: Vec<Msg>,
+    pub help: bool,
+    pub detail: Option<ConnKey>,
+    /// Only connections owned by this pid (`--pid`).
+    pub pid: Option<u32>,
+}
+
+impl Model {
+    pub fn new(host: String, kernel: String, lanes: String, now: DateTime<Utc>) -> Self {
+        Self {
+            host,
+            kernel,
+            lanes,
+            now,
+            live: Vec::new(),
+            settings: HashMap::new(),
+            idle: HashMap::new(),
+            timelines: HashMap::new(),
+            deaths: VecDeque::new(),
+            deaths_by_reason: BTreeMap::new(),
+            events_total: 0,
+            lost: 0,
+            history: VecDeque::new(),
+            current: (0, 0, 0),
+            selected: 0,
+            filter: String::new(),
+            editing_filter: false,
+            sort: Sort::Probing,
+            paused: false,
+            pending: Vec::new(),
+            help: false,
+            detail: None,
+            pid: None,
+        }
+    }
+
+    pub fn update(&mut self, msg: Msg) -> Action {
+        match msg {
+            Msg::Key(k) => return self.key(k),
+            Msg::Tick(now) => {
+                self.now = now;
+                self.history.push_back(self.current);
+                self.current = (0, 0, 0);
+                while self.history.len() > HISTORY {
+                    self.history.pop_front();
+                }
+            }
+            Msg::Lost(n) => self.lost = n,
+            // While paused the screen holds still; nothing is lost.
+            data if self.paused => self.pending.push(data),
+            Msg::Event(ev) => self.event(ev),
+            Msg::Snapshot(live) => self.live = live,
+        }
+        Action::Continue
+    }
+
+    fn event(&mut self, ev: Event) {
+        let key = ConnKey::of(&ev);
+        self.events_total += 1;
+        self.current.2 += 1;
+        if let Some(s) = ev.keepalive {
+            self.settings.insert(key, s);
+        }
+        let timeline = self.timelines.entry(key).or_default();
+        timeline.push_back(TimelineEntry {
+            ts: ev.ts,
+            what: ev.what.clone(),
+        });
+        while timeline.len() > TIMELINE_KEPT {
+            timeline.pop_front();
+        }
+        match &ev.what {
+            What::Probe { idle_s, .. } => {
+                self.current.0 += 1;
+                self.idle.insert(key, *idle_s);
+            }
+            What::ProbeAnswered { .. } => {}
+            What::Death {
+                reason,
+                errno,
+                unanswered_probes,
+                lifetime_s,
+                ..
+            } => {
+                self.current.1 += 1;
+                *self.deaths_by_reason.entry(*reason).or_default() += 1;
+                self.deaths.push_front(Death {
+                    ts: ev.ts,
+                    key,
+                    reason: *reason,
+                    errno: errno.clone(),
+                    probes: *unanswered_probes,
+                    lifetime_s: *lifetime_s,
+                    owner: ev
+                        .comm
+                        .as_ref()
+                        .map(|c| format!("{}/{c}", ev.pid.unwrap_or(0))),
+                });
+                self.deaths.truncate(DEATHS_KEPT);
+                self.live.retain(|l| l.key != key);
+                self.settings.remove(&key);
+                self.idle.remove(&key);
+            }
+        }
+    }
+
+    fn key(&mut self, k: Key) -> Action {
+        if self.editing_filter {
+            match k {
+                Key::Enter | Key::Esc => self.editing_filter = false,
+                Key::Backspace => {
+                    self.filter.pop();
+                }
+                Key::Char(c) => self.filter.push(c),
+                Key::CtrlC => return Action::Quit,
+                _ => {}
+            }
+            self.selected = 0;
+            return Action::Continue;
+        }
+        let last = self.rows().len().saturating_sub(1);
+        match k {
+            Key::Char('q') | Key::CtrlC => return Action::Quit,
+            Key::Char('?') => self.help = !self.help,
+            Key::Esc if self.help => self.help = false,
+            Key::Esc => self.detail = None,
+            Key::Char('/') => {
+                self.editing_filter = true;
+                self.filter.clear();
+            }
+            Key::Char('s') => self.sort = self.sort.next(),
+            Key::Char('p') => {
+                self.paused = !self.paused;
+                if !self.paused {
+                    for msg in std::mem::take(&mut self.pending) {
+                        self.update(msg);
+                    }
+                }
+            }
+            Key::Enter => {
+                self.detail = self.rows().get(self.selected).map(|r| r.live.key);
+            }
+            Key::Up => self.selected = self.selected.saturating_sub(1),
+            Key::Down => self.selected = (self.selected + 1).min(last),
+            Key::PageUp => self.selected = self.selected.saturating_sub(PAGE),
+            Key::PageDown => self.selected = (self.selected + PAGE).min(last),
+            Key::Home => self.selected = 0,
+            Key::End => self.selected = last,
+            _ => {}
+        }
+        Action::Continue
+    }
+
+    fn matches(&self, l: &Live) -> bool {
+        if self.pid.is_some() && l.owner.as_ref().map(|o| o.pid) != self.pid {
+            return false;
+        }
+        let f = self.filter.trim();
+        if f.is_empty() {
+            return true;
+        }
+        let k = &l.key;
+        f == k.sport.to_string()
+            || f == k.dport.to_string()
+            || k.saddr.to_string().contains(f)
+            || k.daddr.to_string().contains(f)
+            || l.owner.as_ref().is_some_and(|o| o.comm.contains(f))
+    }
+
+    /// The connections table, filtered and sorted.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .live
+            .iter()
+            .filter(|l| self.matches(l))
+            .map(|l| {
+                let settings = self.settings.get(&l.key).copied();
+                let dead_in_s = settings.map(|s| {
+                    let left = f64::from(s.probes.saturating_sub(l.probes_out));
+                    l.next_run_s + left * s.intvl_s
+                });
+                Row {
+                    live: l.clone(),
+                    settings,
+                    idle_s: self.idle.get(&l.key).copied(),
+                    dead_in_s,
+                }
+            })
+            .collect();
+        let owner = |r: &Row| r.live.owner.as_ref().map(|o| o.comm.clone());
+        match self.sort {
+            Sort::Probing => rows.sort_by(|a, b| {
+                b.live
+                    .probes_out
+                    .cmp(&a.live.probes_out)
+                    .then(a.live.next_run_s.total_cmp(&b.live.next_run_s))
+            }),
+            Sort::Local => rows.sort_by_key(|r| (r.live.key.saddr, r.live.key.sport)),
+            Sort::Remote => rows.sort_by_key(|r| (r.live.key.daddr, r.live.key.dport)),
+            Sort::Owner => rows.sort_by_key(owner),
+            Sort::NextProbe => rows.sort_by(|a, b| a.live.next_run_s.total_cmp(&b.live.next_run_s)),
+        }
+        rows
+    }
+
+    pub fn probing_now(&self) -> usize {
+        self.live.iter().filter(|l| l.probes_out > 0).count()
+    }
+
+    /// Events in the last complete second.
+    pub fn events_per_s(&self) -> u64 {
+        self.history.back().map_or(0, |h| h.2)
+    }
+}

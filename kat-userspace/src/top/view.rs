@@ -1,0 +1,463 @@
+//! The dashboard drawn from the model: a pure function of its state.
+
+use chrono::{DateTime, Local};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Block, Borders, Cell, Clear, Paragraph, Row as TableRow, Sparkline, Table, TableState, Wrap,
+};
+use ratatui::Frame;
+
+use super::model::{ConnKey, Model, Row};
+use crate::event::{From, Reason, What};
+
+/// Smallest terminal the layout works in.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 15;
+
+pub fn duration(s: f64) -> String {
+    if s < 10.0 {
+        format!("{s:.1}s")
+    } else if s < 120.0 {
+        format!("{s:.0}s")
+    } else if s < 7200.0 {
+        format!("{:.0}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
+
+fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+    match addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+fn conn_text(k: &ConnKey) -> String {
+    format!(
+        "{} → {}",
+        endpoint(&k.saddr, k.sport),
+        endpoint(&k.daddr, k.dport)
+    )
+}
+
+fn mark(f: From) -> &'static str {
+    match f {
+        From::Socket => "",
+        From::Sysctl => "*",
+    }
+}
+
+fn time(ts: &chrono::DateTime<chrono::Utc>) -> String {
+    let local: DateTime<Local> = (*ts).into();
+    local.format("%H:%M:%S").to_string()
+}
+
+fn reason_style(r: Reason) -> Style {
+    match r {
+        Reason::Closed => Style::new(),
+        Reason::KeepaliveTimeout | Reason::UserTimeout | Reason::RetransmitTimeout => {
+            Style::new().fg(Color::Red)
+        }
+        _ => Style::new().fg(Color::Magenta),
+    }
+}
+
+pub fn view(frame: &mut Frame, m: &Model) {
+    let area = frame.area();
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
+        let msg = format!(
+            "kat top needs at least {MIN_WIDTH}×{MIN_HEIGHT} (this terminal is {}×{}); q quits",
+            area.width, area.height
+        );
+        frame.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), area);
+        return;
+    }
+    let [header, charts, body, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(4),
+        Constraint::Min(6),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_header(frame, header, m);
+    draw_charts(frame, charts, m);
+    match m.detail {
+        Some(key) => draw_detail(frame, body, m, &key),
+        None => {
+            let [conns, deaths] =
+                Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)])
+                    .areas(body);
+            draw_connections(frame, conns, m);
+            draw_deaths(frame, deaths, m);
+        }
+    }
+    draw_footer(frame, footer, m);
+    if m.help {
+        draw_help(frame, area);
+    }
+}
+
+fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
+    let mut title = vec![
+        Span::from("kat top ").bold(),
+        Span::from(format!("{}  Linux {}  {}", m.host, m.kernel, m.lanes)),
+    ];
+    if m.paused {
+        title.push(Span::from("  PAUSED").reversed());
+    }
+    let lost_style = if m.lost > 0 {
+        Style::new().fg(Color::Red).bold()
+    } else {
+        Style::new()
+    };
+    let mut stats = vec![
+        Span::from(format!(
+            "conns {}  probing {}  events/s {}  ",
+            m.live.len(),
+            m.probing_now(),
+            m.events_per_s()
+        )),
+        Span::styled(format!("lost {}", m.lost), lost_style),
+        Span::from("  deaths:"),
+    ];
+    if m.deaths_by_reason.is_empty() {
+        stats.push(Span::from(" none"));
+    }
+    for (reason, n) in &m.deaths_by_reason {
+        stats.push(Span::styled(
+            format!(" {} {n}", reason.name()),
+            reason_style(*reason),
+        ));
+    }
+    frame.render_widget(
+        Paragraph::new(vec![Line::from(title), Line::from(stats)]),
+        area,
+    );
+}
+
+fn draw_charts(frame: &mut Frame, area: Rect, m: &Model) {
+    let [left, right] =
+        Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
+    let width = usize::from(left.width.saturating_sub(2));
+    let recent = |pick: fn(&(u64, u64, u64)) -> u64| -> Vec<u64> {
+        let skip = m.history.len().saturating_sub(width);
+        m.history.iter().skip(skip).map(pick).collect()
+    };
+    let probes = recent(|h| h.0);
+    let deaths = recent(|h| h.1);
+    let title = |name: &str, v: &[u64]| {
+        format!(
+            " {name} (max {}/s, {} s) ",
+            v.iter().max().unwrap_or(&0),
+            v.len()
+        )
+    };
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::new()
+                    .borders(Borders::ALL)
+                    .title(title("probes/s", &probes)),
+            )
+            .data(&probes)
+            .style(Style::new().fg(Color::Yellow)),
+        left,
+    );
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::new()
+                    .borders(Borders::ALL)
+                    .title(title("deaths/s", &deaths)),
+            )
+            .data(&deaths)
+            .style(Style::new().fg(Color::Red)),
+        right,
+    );
+}
+
+fn probes_cell(r: &Row) -> Cell<'static> {
+    let out = r.live.probes_out;
+    let max = r.settings.map(|s| s.probes);
+    let text = match max {
+        Some(max) => format!("{out}/{max}"),
+        None => out.to_string(),
+    };
+    let style = match max {
+        _ if out == 0 => Style::new(),
+        Some(max) if out + 1 >= max => Style::new().fg(Color::Red).bold(),
+        _ => Style::new().fg(Color::Yellow).bold(),
+    };
+    Cell::from(text).style(style)
+}
+
+fn keepalive_text(r: &Row) -> String {
+    match r.settings {
+        Some(s) => format!(
+            "{}{}/{}{}/{}{}",
+            duration(s.idle_s),
+            mark(s.idle_from),
+            duration(s.intvl_s),
+            mark(s.intvl_from),
+            s.probes,
+            mark(s.probes_from)
+        ),
+        None => "?".into(),
+    }
+}
+
+fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
+    let rows = m.rows();
+    let header = TableRow::new([
+        "LOCAL → REMOTE",
+        "OWNER",
+        "STATE",
+        "IDLE",
+        "KEEPALIVE",
+        "PROBES",
+        "NEXT",
+        "DEAD IN",
+        "UTO",
+    ])
+    .style(Style::new().bold().reversed());
+    let body: Vec<TableRow> = rows
+        .iter()
+        .map(|r| {
+            let owner = r.live.owner.as_ref().map_or_else(
+                || format!("uid {}", r.live.uid),
+                |o| format!("{}/{}", o.pid, o.comm),
+            );
+            TableRow::new([
+                Cell::from(conn_text(&r.live.key)),
+                Cell::from(owner),
+                Cell::from(r.live.state),
+                Cell::from(r.idle_s.map_or("-".into(), duration)),
+                Cell::from(keepalive_text(r)),
+                probes_cell(r),
+                Cell::from(duration(r.live.next_run_s)),
+                Cell::from(r.dead_in_s.map_or("-".into(), duration)),
+                Cell::from(
+                    r.settings
+                        .and_then(|s| s.user_timeout_ms)
+                        .map_or("-".into(), |ms| duration(f64::from(ms) / 1000.0)),
+                ),
+            ])
+        })
+        .collect();
+    let title = format!(
+        " connections with keepalive: {}{} (sort: {}) ",
+        rows.len(),
+        if m.filter.is_empty() {
+            String::new()
+        } else {
+            format!(" matching “{}”", m.filter)
+        },
+        m.sort.name()
+    );
+    let table = Table::new(
+        body,
+        [
+            Constraint::Min(24),
+            Constraint::Length(14),
+            Constraint::Length(11),
+            Constraint::Length(5),
+            Constraint::Length(11),
+            Constraint::Length(6),
+            Constraint::Length(5),
+            Constraint::Length(7),
+            Constraint::Length(5),
+        ],
+    )
+    .header(header)
+    .block(Block::new().borders(Borders::ALL).title(title))
+    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected((!rows.is_empty()).then_some(m.selected));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
+    let header = TableRow::new([
+        "TIME",
+        "CONNECTION",
+        "REASON",
+        "ERRNO",
+        "PROBES",
+        "LIVED",
+        "OWNER",
+    ])
+    .style(Style::new().bold().reversed());
+    let body: Vec<TableRow> = m
+        .deaths
+        .iter()
+        .map(|d| {
+            TableRow::new([
+                Cell::from(time(&d.ts)),
+                Cell::from(conn_text(&d.key)),
+                Cell::from(d.reason.name()).style(reason_style(d.reason)),
+                Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
+                Cell::from(d.probes.to_string()),
+                Cell::from(d.lifetime_s.map_or("-".into(), duration)),
+                Cell::from(d.owner.clone().unwrap_or_else(|| "-".into())),
+            ])
+        })
+        .collect();
+    let table = Table::new(
+        body,
+        [
+            Constraint::Length(8),
+            Constraint::Min(24),
+            Constraint::Length(18),
+            Constraint::Length(10),
+            Constraint::Length(6),
+            Constraint::Length(6),
+            Constraint::Length(14),
+        ],
+    )
+    .header(header)
+    .block(
+        Block::new()
+            .borders(Borders::ALL)
+            .title(format!(" deaths, newest first: {} ", m.deaths.len())),
+    );
+    frame.render_widget(table, area);
+}
+
+fn timeline_text(what: &What) -> (String, Style) {
+    match what {
+        What::Probe {
+            probe,
+            probes_max,
+            idle_s,
+        } => {
+            let silence = if *probe > 1 {
+                ", previous unanswered"
+            } else {
+                ""
+            };
+            (
+                format!(
+                    "probe {probe}/{probes_max} sent, idle {}{silence}",
+                    duration(*idle_s)
+                ),
+                Style::new().fg(Color::Yellow),
+            )
+        }
+        What::ProbeAnswered { probe } => (
+            format!("probe {probe} answered (ACK)"),
+            Style::new().fg(Color::Green),
+        ),
+        What::Death {
+            reason,
+            errno,
+            state,
+            kernel_reset_reason,
+            ..
+        } => (
+            format!(
+                "DEAD {} from {state}{}{}",
+                reason.name(),
+                errno.as_ref().map_or(String::new(), |e| format!(", {e}")),
+                kernel_reset_reason
+                    .as_ref()
+                    .map_or(String::new(), |k| format!(" (kernel: {k})"))
+            ),
+            reason_style(*reason).bold(),
+        ),
+    }
+}
+
+fn draw_detail(frame: &mut Frame, area: Rect, m: &Model, key: &ConnKey) {
+    let mut lines = Vec::new();
+    if let Some(live) = m.live.iter().find(|l| l.key == *key) {
+        lines.push(Line::from(format!(
+            "now {}; keepalive timer runs in {}; {} probe(s) out",
+            live.state,
+            duration(live.next_run_s),
+            live.probes_out
+        )));
+    }
+    if let Some(s) = m.settings.get(key) {
+        lines.push(Line::from(format!(
+            "keepalive idle {}{} interval {}{} probes {}{}{}   (* = namespace sysctl)",
+            duration(s.idle_s),
+            mark(s.idle_from),
+            duration(s.intvl_s),
+            mark(s.intvl_from),
+            s.probes,
+            mark(s.probes_from),
+            s.user_timeout_ms
+                .map_or(String::new(), |ms| format!(", TCP_USER_TIMEOUT {ms} ms"))
+        )));
+    }
+    lines.push(Line::from(""));
+    match m.timelines.get(key) {
+        Some(t) if !t.is_empty() => {
+            for entry in t {
+                let (text, style) = timeline_text(&entry.what);
+                lines.push(Line::from(vec![
+                    Span::from(format!("{}  ", time(&entry.ts))),
+                    Span::styled(text, style),
+                ]));
+            }
+        }
+        _ => lines.push(Line::from("no probe or death seen since kat started")),
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(format!(
+            " {} (netns {}) — Esc back ",
+            conn_text(key),
+            key.netns
+        ))),
+        area,
+    );
+}
+
+fn draw_footer(frame: &mut Frame, area: Rect, m: &Model) {
+    let filter = if m.editing_filter {
+        format!("/{}▏ (Enter done)", m.filter)
+    } else if m.filter.is_empty() {
+        "/ filter".into()
+    } else {
+        format!("/ filter: {}", m.filter)
+    };
+    let text = format!(
+        " q quit  ? help  ↑↓ move  Enter detail  {filter}  s sort  p {}",
+        if m.paused { "resume" } else { "pause" }
+    );
+    frame.render_widget(Paragraph::new(text).reversed(), area);
+}
+
+fn draw_help(frame: &mut Frame, area: Rect) {
+    let lines = [
+        "q, Ctrl-C        quit",
+        "↑ ↓ PgUp PgDn    move",
+        "Home End         first, last row",
+        "Enter            the connection's timeline",
+        "Esc              back, close help",
+        "/                filter by port, address or command",
+        "s                sort by the next column",
+        "p                pause and resume",
+        "?                this help",
+        "",
+        "PROBES 2/3: probes out of the count that kills;",
+        "* marks a setting from the namespace's sysctl;",
+        "DEAD IN: worst case if no probe is answered.",
+    ];
+    let w = 56.min(area.width);
+    let h = (lines.len() as u16 + 2).min(area.height);
+    let popup = Rect::new(
+        area.x + (area.width - w) / 2,
+        area.y + (area.height - h) / 2,
+        w,
+        h,
+    );
+    frame.render_widget(Clear, popup);
+    frame.render_widget(
+        Paragraph::new(lines.iter().map(|l| Line::from(*l)).collect::<Vec<_>>())
+            .block(Block::new().borders(Borders::ALL).title(" keys ")),
+        popup,
+    );
+}
