@@ -1,1 +1,156 @@
-fn main() {}
+//! The dashboard at scale: building and rendering one frame with 100 000
+//! tracked connections, and the tracker's memory per connection.
+//! `cargo bench --bench top` (no root, no kernel).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use chrono::DateTime;
+use criterion::{criterion_group, criterion_main, Criterion};
+use kat_common::{flag, kind, tcp_state, Record, AF_INET};
+use kat_userspace::event::{Event, From, Settings, What};
+use kat_userspace::owner::Owner;
+use kat_userspace::top::model::{ConnKey, Live, Model, Msg};
+use kat_userspace::top::view::view;
+use kat_userspace::tracker::{Setup, Tracker};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+
+/// Counts live heap bytes, to weigh the tracker.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE_BYTES.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const N: u32 = 100_000;
+
+fn addr(i: u32) -> IpAddr {
+    IpAddr::from([198, 18, (i >> 8) as u8, i as u8])
+}
+
+fn model() -> Model {
+    let t = DateTime::from_timestamp(1_763_700_000, 0).expect("ts");
+    let mut m = Model::new("bench".into(), "6.18".into(), "tracepoint lane".into(), t);
+    let keys: Vec<ConnKey> = (0..N)
+        .map(|i| ConnKey {
+            netns: 1,
+            saddr: addr(i),
+            sport: 30000 + (i % 30000) as u16,
+            daddr: addr(i + 7),
+            dport: 6699,
+        })
+        .collect();
+    m.update(Msg::Snapshot(
+        keys.iter()
+            .enumerate()
+            .map(|(i, &key)| Live {
+                key,
+                state: "ESTABLISHED",
+                uid: 0,
+                owner: Some(Owner {
+                    pid: 1000 + i as u32 % 50,
+                    comm: "svc".into(),
+                }),
+                next_run_s: (i % 7200) as f64,
+                probes_out: (i % 4) as u8,
+            })
+            .collect(),
+    ));
+    for (i, key) in keys.iter().enumerate().step_by(10) {
+        m.update(Msg::Event(Event {
+            what: What::Probe {
+                probe: 1,
+                probes_max: 3,
+                idle_s: 7200.0,
+            },
+            ts: t,
+            saddr: key.saddr,
+            sport: key.sport,
+            daddr: key.daddr,
+            dport: key.dport,
+            netns: key.netns,
+            uid: 0,
+            pid: Some(i as u32),
+            comm: None,
+            keepalive: Some(Settings {
+                idle_s: 7200.0,
+                idle_from: From::Sysctl,
+                intvl_s: 75.0,
+                intvl_from: From::Sysctl,
+                probes: 9,
+                probes_from: From::Sysctl,
+                user_timeout_ms: None,
+            }),
+            sock_ino: 0,
+        }));
+    }
+    m
+}
+
+/// Heap bytes the tracker holds per connection, after an ESTABLISHED and
+/// a keepalive timer run for each.
+fn tracker_bytes_per_connection() -> f64 {
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let mut tracker = Tracker::new(Setup {
+        hz: 250,
+        reset_reasons: None,
+        realtime_offset_ns: 0,
+    });
+    for i in 0..N {
+        let mut rec = Record {
+            sk: 0xffff_8880_0000_0000 + u64::from(i) * 4096,
+            family: AF_INET,
+            sport: 30000 + (i % 30000) as u16,
+            dport: 6699,
+            kind: kind::STATE_CHANGE,
+            state: tcp_state::ESTABLISHED,
+            flags: flag::KEEPOPEN,
+            ..Default::default()
+        };
+        rec.saddr[..4].copy_from_slice(&[198, 18, (i >> 8) as u8, i as u8]);
+        tracker.update(kat_userspace::tracker::Msg::Record(rec));
+        rec.kind = kind::TIMER_RUN;
+        tracker.update(kat_userspace::tracker::Msg::Record(rec));
+    }
+    let bytes = LIVE_BYTES.load(Ordering::Relaxed) - before;
+    assert_eq!(tracker.tracked(), N as usize);
+    bytes as f64 / f64::from(N)
+}
+
+fn bench(c: &mut Criterion) {
+    println!(
+        "tracker memory: {:.0} bytes per connection (heap, {N} connections)",
+        tracker_bytes_per_connection()
+    );
+    let m = model();
+    let mut terminal = Terminal::new(TestBackend::new(160, 45)).expect("terminal");
+    c.bench_function("top frame, 100k connections, 160x45", |b| {
+        b.iter(|| {
+            terminal.draw(|f| view(f, &m)).expect("draw");
+        })
+    });
+    c.bench_function("top rows (filter + sort), 100k connections", |b| {
+        b.iter(|| m.rows().len())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = bench
+}
+criterion_main!(benches);

@@ -7,7 +7,8 @@ use anyhow::Result;
 use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and nftables for the
-/// kernel tests' lab namespaces; QEMU, busybox and cpio for the VM matrix.
+/// kernel tests' lab namespaces; tmux for the dashboard's end-to-end test;
+/// QEMU, busybox and cpio for the VM matrix.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -15,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "iproute2",
     "nftables",
+    "tmux",
     "qemu-system-x86",
     "busybox-static",
     "cpio",

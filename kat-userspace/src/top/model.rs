@@ -62,8 +62,8 @@ pub struct Death {
 
 /// One row of the connections table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub live: Live,
+pub struct Row<'a> {
+    pub live: &'a Live,
     pub settings: Option<Settings>,
     pub idle_s: Option<f64>,
     /// Worst case: every remaining probe unanswered.
@@ -331,7 +331,7 @@ impl Model {
     }
 
     /// The connections table, filtered and sorted.
-    pub fn rows(&self) -> Vec<Row> {
+    pub fn rows(&self) -> Vec<Row<'_>> {
         let mut rows: Vec<Row> = self
             .live
             .iter()
@@ -343,14 +343,13 @@ impl Model {
                     l.next_run_s + left * s.intvl_s
                 });
                 Row {
-                    live: l.clone(),
+                    live: l,
                     settings,
                     idle_s: self.idle.get(&l.key).copied(),
                     dead_in_s,
                 }
             })
             .collect();
-        let owner = |r: &Row| r.live.owner.as_ref().map(|o| o.comm.clone());
         match self.sort {
             Sort::Probing => rows.sort_by(|a, b| {
                 b.live
@@ -360,7 +359,10 @@ impl Model {
             }),
             Sort::Local => rows.sort_by_key(|r| (r.live.key.saddr, r.live.key.sport)),
             Sort::Remote => rows.sort_by_key(|r| (r.live.key.daddr, r.live.key.dport)),
-            Sort::Owner => rows.sort_by_key(owner),
+            Sort::Owner => rows.sort_by(|a, b| {
+                let (x, y) = (a.live.owner.as_ref(), b.live.owner.as_ref());
+                x.map(|o| &o.comm).cmp(&y.map(|o| &o.comm))
+            }),
             Sort::NextProbe => rows.sort_by(|a, b| a.live.next_run_s.total_cmp(&b.live.next_run_s)),
         }
         rows
@@ -375,3 +377,6 @@ impl Model {
         self.history.back().map_or(0, |h| h.2)
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -16,9 +16,17 @@ use crate::event::{From, Reason, What};
 pub const MIN_WIDTH: u16 = 60;
 pub const MIN_HEIGHT: u16 = 15;
 
+/// Below this width columns are dropped and local addresses shortened.
+const WIDE: u16 = 120;
+
 pub fn duration(s: f64) -> String {
     if s < 10.0 {
-        format!("{s:.1}s")
+        let tenths = (s * 10.0).round();
+        if tenths % 10.0 == 0.0 {
+            format!("{}s", tenths / 10.0)
+        } else {
+            format!("{s:.1}s")
+        }
     } else if s < 120.0 {
         format!("{s:.0}s")
     } else if s < 7200.0 {
@@ -41,6 +49,25 @@ fn conn_text(k: &ConnKey) -> String {
         endpoint(&k.saddr, k.sport),
         endpoint(&k.daddr, k.dport)
     )
+}
+
+/// `:local-port → remote` where space is short: the local address is
+/// usually the host's own.
+fn conn_short(k: &ConnKey, wide: bool) -> String {
+    if wide {
+        conn_text(k)
+    } else {
+        format!(":{} → {}", k.sport, endpoint(&k.daddr, k.dport))
+    }
+}
+
+/// Keeps the cells whose column is shown.
+fn pick<T>(cells: impl IntoIterator<Item = T>, shown: &[bool]) -> Vec<T> {
+    cells
+        .into_iter()
+        .zip(shown)
+        .filter_map(|(c, &keep)| keep.then_some(c))
+        .collect()
 }
 
 fn mark(f: From) -> &'static str {
@@ -211,40 +238,54 @@ fn keepalive_text(r: &Row) -> String {
 
 fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
     let rows = m.rows();
-    let header = TableRow::new([
-        "LOCAL → REMOTE",
-        "OWNER",
-        "STATE",
-        "IDLE",
-        "KEEPALIVE",
-        "PROBES",
-        "NEXT",
-        "DEAD IN",
-        "UTO",
-    ])
+    let wide = area.width >= WIDE;
+    // LOCAL → REMOTE, OWNER, STATE, IDLE, KEEPALIVE, PROBES, NEXT, DEAD IN, UTO
+    let shown = [true, true, wide, true, true, true, true, true, wide];
+    let header = TableRow::new(pick(
+        [
+            "LOCAL → REMOTE",
+            "OWNER",
+            "STATE",
+            "IDLE",
+            "KEEPALIVE",
+            "PROBES",
+            "NEXT",
+            "DEAD IN",
+            "UTO",
+        ],
+        &shown,
+    ))
     .style(Style::new().bold().reversed());
+    // Only the rows that fit become widgets: the table may hold 100 000.
+    let visible = usize::from(area.height.saturating_sub(3)).max(1);
+    let first = m.selected.saturating_sub(visible - 1);
     let body: Vec<TableRow> = rows
         .iter()
+        .skip(first)
+        .take(visible)
         .map(|r| {
             let owner = r.live.owner.as_ref().map_or_else(
                 || format!("uid {}", r.live.uid),
                 |o| format!("{}/{}", o.pid, o.comm),
             );
-            TableRow::new([
-                Cell::from(conn_text(&r.live.key)),
-                Cell::from(owner),
-                Cell::from(r.live.state),
-                Cell::from(r.idle_s.map_or("-".into(), duration)),
-                Cell::from(keepalive_text(r)),
-                probes_cell(r),
-                Cell::from(duration(r.live.next_run_s)),
-                Cell::from(r.dead_in_s.map_or("-".into(), duration)),
-                Cell::from(
-                    r.settings
-                        .and_then(|s| s.user_timeout_ms)
-                        .map_or("-".into(), |ms| duration(f64::from(ms) / 1000.0)),
-                ),
-            ])
+            TableRow::new(pick(
+                [
+                    Cell::from(conn_short(&r.live.key, wide)),
+                    Cell::from(owner),
+                    Cell::from(r.live.state),
+                    Cell::from(r.idle_s.map_or("-".into(), duration)),
+                    Cell::from(keepalive_text(r)),
+                    probes_cell(r),
+                    Cell::from(duration(r.live.next_run_s)),
+                    Cell::from(r.dead_in_s.map_or("-".into(), duration)),
+                    Cell::from(
+                        r.settings
+                            .and_then(|s| s.user_timeout_ms)
+                            .map_or("-".into(), |ms| duration(f64::from(ms) / 1000.0)),
+                    ),
+                ],
+                &shown,
+            ))
         })
         .collect();
     let title = format!(
@@ -257,67 +298,77 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
         },
         m.sort.name()
     );
-    let table = Table::new(
-        body,
+    let widths = pick(
         [
-            Constraint::Min(24),
+            Constraint::Min(22),
             Constraint::Length(14),
             Constraint::Length(11),
             Constraint::Length(5),
-            Constraint::Length(11),
+            Constraint::Length(10),
             Constraint::Length(6),
             Constraint::Length(5),
             Constraint::Length(7),
             Constraint::Length(5),
         ],
-    )
-    .header(header)
-    .block(Block::new().borders(Borders::ALL).title(title))
-    .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
-    let mut state = TableState::default().with_selected((!rows.is_empty()).then_some(m.selected));
+        &shown,
+    );
+    let table = Table::new(body, widths)
+        .header(header)
+        .block(Block::new().borders(Borders::ALL).title(title))
+        .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED));
+    let mut state =
+        TableState::default().with_selected((!rows.is_empty()).then_some(m.selected - first));
     frame.render_stateful_widget(table, area, &mut state);
 }
 
 fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
-    let header = TableRow::new([
-        "TIME",
-        "CONNECTION",
-        "REASON",
-        "ERRNO",
-        "PROBES",
-        "LIVED",
-        "OWNER",
-    ])
+    let wide = area.width >= WIDE;
+    // TIME, CONNECTION, REASON, ERRNO, PROBES, LIVED, OWNER
+    let shown = [true, true, true, true, wide, true, wide];
+    let header = TableRow::new(pick(
+        [
+            "TIME",
+            "CONNECTION",
+            "REASON",
+            "ERRNO",
+            "PROBES",
+            "LIVED",
+            "OWNER",
+        ],
+        &shown,
+    ))
     .style(Style::new().bold().reversed());
     let body: Vec<TableRow> = m
         .deaths
         .iter()
         .map(|d| {
-            TableRow::new([
-                Cell::from(time(&d.ts)),
-                Cell::from(conn_text(&d.key)),
-                Cell::from(d.reason.name()).style(reason_style(d.reason)),
-                Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
-                Cell::from(d.probes.to_string()),
-                Cell::from(d.lifetime_s.map_or("-".into(), duration)),
-                Cell::from(d.owner.clone().unwrap_or_else(|| "-".into())),
-            ])
+            TableRow::new(pick(
+                [
+                    Cell::from(time(&d.ts)),
+                    Cell::from(conn_short(&d.key, wide)),
+                    Cell::from(d.reason.name()).style(reason_style(d.reason)),
+                    Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
+                    Cell::from(d.probes.to_string()),
+                    Cell::from(d.lifetime_s.map_or("-".into(), duration)),
+                    Cell::from(d.owner.clone().unwrap_or_else(|| "-".into())),
+                ],
+                &shown,
+            ))
         })
         .collect();
-    let table = Table::new(
-        body,
+    let widths = pick(
         [
             Constraint::Length(8),
-            Constraint::Min(24),
+            Constraint::Min(22),
             Constraint::Length(18),
             Constraint::Length(10),
             Constraint::Length(6),
             Constraint::Length(6),
             Constraint::Length(14),
         ],
-    )
-    .header(header)
-    .block(
+        &shown,
+    );
+    let table = Table::new(body, widths).header(header).block(
         Block::new()
             .borders(Borders::ALL)
             .title(format!(" deaths, newest first: {} ", m.deaths.len())),
@@ -460,4 +511,83 @@ fn draw_help(frame: &mut Frame, area: Rect) {
             .block(Block::new().borders(Borders::ALL).title(" keys ")),
         popup,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    use super::super::model::tests::{at, populated};
+    use super::super::model::{Key, Model, Msg};
+    use super::view;
+
+    fn screen(m: &Model, w: u16, h: u16) -> String {
+        let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
+        t.draw(|f| view(f, m)).expect("draw");
+        let buf = t.backend().buffer().clone();
+        (0..h)
+            .map(|y| {
+                let line: String = (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect();
+                line.trim_end().to_string()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn both(name: &str, m: &Model) {
+        insta::assert_snapshot!(format!("{name}_80x24"), screen(m, 80, 24));
+        insta::assert_snapshot!(format!("{name}_160x45"), screen(m, 160, 45));
+    }
+
+    #[test]
+    fn empty() {
+        both(
+            "empty",
+            &Model::new(
+                "lab-host".into(),
+                "6.18.0".into(),
+                "tracepoint lane".into(),
+                at(0),
+            ),
+        );
+    }
+
+    #[test]
+    fn populated_dashboard() {
+        both("populated", &populated());
+    }
+
+    #[test]
+    fn filtered() {
+        let mut m = populated();
+        for c in "/worker".chars() {
+            m.update(Msg::Key(Key::Char(c)));
+        }
+        both("filtered", &m);
+    }
+
+    #[test]
+    fn detail() {
+        let mut m = populated();
+        m.update(Msg::Key(Key::Enter));
+        both("detail", &m);
+    }
+
+    #[test]
+    fn help() {
+        let mut m = populated();
+        m.update(Msg::Key(Key::Char('?')));
+        both("help", &m);
+    }
+
+    #[test]
+    fn too_small_gets_one_message() {
+        let s = screen(&populated(), 50, 10).replace('\n', " ");
+        assert!(
+            s.starts_with("kat top needs at least 60×15 (this terminal is 50×10)"),
+            "{s}"
+        );
+        assert!(!s.contains("connections"), "no broken layout: {s}");
+    }
 }

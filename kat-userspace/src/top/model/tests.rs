@@ -1,0 +1,228 @@
+use super::*;
+use crate::event::From;
+use crate::owner::Owner;
+
+pub(crate) fn at(s: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp(1_763_700_000 + s, 0).expect("ts")
+}
+
+pub(crate) fn key(sport: u16, dport: u16) -> ConnKey {
+    ConnKey {
+        netns: 4026531840,
+        saddr: "198.18.1.1".parse().expect("addr"),
+        sport,
+        daddr: "198.18.1.2".parse().expect("addr"),
+        dport,
+    }
+}
+
+pub(crate) fn live(k: ConnKey, probes_out: u8, next: f64, comm: &str) -> Live {
+    Live {
+        key: k,
+        state: "ESTABLISHED",
+        uid: 0,
+        owner: Some(Owner {
+            pid: 4242,
+            comm: comm.into(),
+        }),
+        next_run_s: next,
+        probes_out,
+    }
+}
+
+pub(crate) fn settings() -> Settings {
+    Settings {
+        idle_s: 2.0,
+        idle_from: From::Socket,
+        intvl_s: 1.0,
+        intvl_from: From::Socket,
+        probes: 3,
+        probes_from: From::Sysctl,
+        user_timeout_ms: None,
+    }
+}
+
+pub(crate) fn event(k: ConnKey, ts: i64, what: What) -> Event {
+    Event {
+        what,
+        ts: at(ts),
+        saddr: k.saddr,
+        sport: k.sport,
+        daddr: k.daddr,
+        dport: k.dport,
+        netns: k.netns,
+        uid: 0,
+        pid: Some(4242),
+        comm: Some("client".into()),
+        keepalive: Some(settings()),
+        sock_ino: 0,
+    }
+}
+
+pub(crate) fn death(reason: Reason) -> What {
+    What::Death {
+        reason,
+        errno: Some("ETIMEDOUT".into()),
+        unanswered_probes: 3,
+        found_by_probe: false,
+        lifetime_s: Some(5.0),
+        state: "ESTABLISHED",
+        kernel_reset_reason: None,
+    }
+}
+
+/// A model with two healthy connections and one probing, one death.
+pub(crate) fn populated() -> Model {
+    let mut m = Model::new(
+        "lab-host".into(),
+        "6.18.0".into(),
+        "tracepoint lane".into(),
+        at(0),
+    );
+    let (a, b, c, dead) = (
+        key(40001, 6699),
+        key(40002, 6699),
+        key(40003, 6700),
+        key(40004, 6700),
+    );
+    m.update(Msg::Snapshot(vec![
+        live(a, 0, 1.5, "client"),
+        live(b, 0, 0.4, "client"),
+        live(c, 2, 0.8, "worker"),
+        live(dead, 3, 0.1, "worker"),
+    ]));
+    for (i, k) in [a, b, c].into_iter().enumerate() {
+        m.update(Msg::Event(event(
+            k,
+            i as i64,
+            What::Probe {
+                probe: 1,
+                probes_max: 3,
+                idle_s: 2.0,
+            },
+        )));
+    }
+    m.update(Msg::Event(event(a, 3, What::ProbeAnswered { probe: 1 })));
+    m.update(Msg::Event(event(
+        c,
+        4,
+        What::Probe {
+            probe: 2,
+            probes_max: 3,
+            idle_s: 3.0,
+        },
+    )));
+    m.update(Msg::Tick(at(5)));
+    m.update(Msg::Event(event(dead, 6, death(Reason::KeepaliveTimeout))));
+    m.update(Msg::Tick(at(7)));
+    m
+}
+
+#[test]
+fn probing_connections_come_first_with_worst_case_dead_in() {
+    let m = populated();
+    let rows = m.rows();
+    assert_eq!(rows.len(), 3, "the dead connection left the table");
+    assert_eq!(rows[0].live.key.sport, 40003);
+    assert_eq!(rows[0].live.probes_out, 2);
+    // next run 0.8 s, then one more probe 1 s later, then the RST.
+    assert_eq!(rows[0].dead_in_s, Some(0.8 + 1.0));
+    assert_eq!(rows[0].idle_s, Some(3.0));
+    assert_eq!(m.probing_now(), 1);
+}
+
+#[test]
+fn deaths_are_counted_by_reason_newest_first() {
+    let mut m = populated();
+    m.update(Msg::Event(event(key(1, 2), 8, death(Reason::PeerReset))));
+    assert_eq!(m.deaths[0].reason, Reason::PeerReset);
+    assert_eq!(m.deaths[1].reason, Reason::KeepaliveTimeout);
+    assert_eq!(m.deaths_by_reason[&Reason::KeepaliveTimeout], 1);
+    assert_eq!(m.deaths_by_reason[&Reason::PeerReset], 1);
+    assert_eq!(m.deaths[0].owner.as_deref(), Some("4242/client"));
+}
+
+#[test]
+fn history_counts_probes_and_deaths_per_second() {
+    let m = populated();
+    // Second 1: four probes (and one answer); second 2: one death.
+    assert_eq!(m.history.iter().map(|h| h.0).collect::<Vec<_>>(), [4, 0]);
+    assert_eq!(m.history.iter().map(|h| h.1).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(m.events_per_s(), 1);
+}
+
+#[test]
+fn filter_matches_port_address_or_command() {
+    let mut m = populated();
+    for c in "/6700".chars() {
+        m.update(Msg::Key(Key::Char(c)));
+    }
+    assert!(m.editing_filter);
+    m.update(Msg::Key(Key::Enter));
+    assert!(!m.editing_filter);
+    assert_eq!(m.rows().len(), 1);
+    m.update(Msg::Key(Key::Char('/')));
+    for c in "client".chars() {
+        m.update(Msg::Key(Key::Char(c)));
+    }
+    assert_eq!(m.rows().len(), 2);
+    m.update(Msg::Key(Key::Backspace));
+    m.update(Msg::Key(Key::Esc));
+    assert_eq!(m.filter, "clien");
+    m.pid = Some(1);
+    assert!(
+        m.rows().is_empty(),
+        "--pid keeps only that process's sockets"
+    );
+}
+
+#[test]
+fn moving_sorting_and_detail() {
+    let mut m = populated();
+    m.update(Msg::Key(Key::End));
+    assert_eq!(m.selected, 2);
+    m.update(Msg::Key(Key::Down));
+    assert_eq!(m.selected, 2, "stays on the last row");
+    m.update(Msg::Key(Key::PageUp));
+    assert_eq!(m.selected, 0);
+    m.update(Msg::Key(Key::Char('s')));
+    assert_eq!(m.sort, Sort::Local);
+    assert_eq!(m.rows()[0].live.key.sport, 40001);
+    m.update(Msg::Key(Key::Down));
+    m.update(Msg::Key(Key::Enter));
+    assert_eq!(m.detail, Some(key(40002, 6699)));
+    m.update(Msg::Key(Key::Esc));
+    assert_eq!(m.detail, None);
+    m.update(Msg::Key(Key::Char('?')));
+    assert!(m.help);
+    m.update(Msg::Key(Key::Esc));
+    assert!(!m.help);
+}
+
+#[test]
+fn pause_holds_data_and_loses_nothing() {
+    let mut m = populated();
+    m.update(Msg::Key(Key::Char('p')));
+    m.update(Msg::Event(event(key(9, 9), 9, death(Reason::AbortOnClose))));
+    m.update(Msg::Snapshot(Vec::new()));
+    assert_eq!(m.deaths.len(), 1, "paused: the screen holds still");
+    assert_eq!(m.live.len(), 3);
+    m.update(Msg::Key(Key::Char('p')));
+    assert_eq!(m.deaths.len(), 2);
+    assert!(m.live.is_empty());
+}
+
+#[test]
+fn quit_keys() {
+    let mut m = populated();
+    assert_eq!(m.update(Msg::Key(Key::Char('x'))), Action::Continue);
+    assert_eq!(m.update(Msg::Key(Key::Char('q'))), Action::Quit);
+    assert_eq!(m.update(Msg::Key(Key::CtrlC)), Action::Quit);
+    m.update(Msg::Key(Key::Char('/')));
+    assert_eq!(
+        m.update(Msg::Key(Key::Char('q'))),
+        Action::Continue,
+        "q is typed into the filter"
+    );
+    assert_eq!(m.update(Msg::Key(Key::CtrlC)), Action::Quit);
+}
