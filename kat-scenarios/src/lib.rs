@@ -308,7 +308,7 @@ pub fn port_filter_in_kernel(net: &dyn Net, kat: &KatCmd, port: u16) {
     net.blackhole(&s1);
     net.blackhole(&s2);
 
-    kat.wait_for("death on the wanted port", secs(10.0 * net.slack()), |v| {
+    kat.wait_for("death on the wanted port", secs(15.0 * net.slack()), |v| {
         net.is(v, "death", Side::Client, wanted)
     });
     kat.collect_for(Duration::from_secs(1));

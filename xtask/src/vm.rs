@@ -285,7 +285,8 @@ fn print_matrix(table: &[(String, Results)]) -> (u64, u64) {
     let mut header = format!("{:<34}", "scenario");
     for (release, _) in table {
         for lane in lanes() {
-            let short = release.split('-').next().unwrap_or(release);
+            let short: Vec<&str> = release.split(['.', '-', '+']).take(2).collect();
+            let short = short.join(".");
             header.push_str(&format!("{:<18}", format!("{short} {lane}")));
         }
     }
