@@ -122,3 +122,16 @@ fn a_forced_lane_that_cannot_attach_fails_clearly() {
     );
     assert!(err.contains("kat doctor"), "{err}");
 }
+
+#[test]
+fn top_without_a_terminal_points_at_trace() {
+    // Output captured: stdout is a pipe, not a terminal.
+    let o = kat(&["top"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("needs a terminal") && err.contains("kat trace"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
