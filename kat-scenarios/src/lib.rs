@@ -41,6 +41,20 @@ pub const SCENARIOS: [Scenario; 9] = [
     ("ipv6", ipv6),
 ];
 
+/// True when a root-only test may run; without root it is skipped, except
+/// under CI=true, where skipping is a failure.
+pub fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "these tests need root and CI=true forbids skipping them"
+    );
+    eprintln!("SKIPPED: needs root (run the suite with `cargo xtask test`)");
+    false
+}
+
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
 }

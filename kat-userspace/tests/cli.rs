@@ -53,22 +53,9 @@ fn not_root_names_the_missing_privilege() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-/// Root only: under CI=true it must run.
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true forbids skipping root tests"
-    );
-    eprintln!("SKIPPED: needs root");
-    false
-}
-
 #[test]
 fn doctor_reports_the_lanes_and_whether_kat_can_run() {
-    if !root_or_skip() {
+    if !kat_scenarios::root_or_skip() {
         return;
     }
     let o = kat(&["doctor", "--json"]);
@@ -98,7 +85,7 @@ fn doctor_reports_the_lanes_and_whether_kat_can_run() {
 
 #[test]
 fn a_forced_lane_that_cannot_attach_fails_clearly() {
-    if !root_or_skip() {
+    if !kat_scenarios::root_or_skip() {
         return;
     }
     let o = kat(&["doctor", "--json"]);

@@ -5,18 +5,6 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "CI=true forbids skipping root tests"
-    );
-    eprintln!("SKIPPED: needs root");
-    false
-}
-
 fn tmux(args: &[&str]) -> String {
     let out = Command::new("tmux")
         .args(args)
@@ -46,7 +34,7 @@ fn demo_namespaces() -> usize {
 
 #[test]
 fn demo_shows_probes_and_deaths_and_cleans_up() {
-    if !root_or_skip() {
+    if !kat_scenarios::root_or_skip() {
         return;
     }
     let name = format!("kat-e2e-{}", std::process::id());

@@ -4,21 +4,8 @@
 
 use kat_scenarios::{netns::Lab, KatCmd};
 
-/// True when the test may run. Root is needed to load eBPF and make
-/// namespaces; under CI=true its absence is a failure, never a skip.
-fn root_or_skip() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("kernel tests need root and CI=true forbids skipping them");
-    }
-    eprintln!("SKIPPED: kernel tests need root (run them with `cargo xtask test`)");
-    false
-}
-
 fn run(scenario: fn(&dyn kat_scenarios::Net, &KatCmd, u16), port: u16) {
-    if !root_or_skip() {
+    if !kat_scenarios::root_or_skip() {
         return;
     }
     let kat = KatCmd {
