@@ -60,6 +60,35 @@ fn unmapped(a: IpAddr) -> IpAddr {
     }
 }
 
+/// Sends one TCP request (with tcp_info) for `socket_id`; `flags` adds
+/// NLM_F_DUMP for a dump.
+fn send(
+    socket: &Socket,
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) -> Result<()> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::INFO,
+            states,
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    socket.send(&buf, 0).context("sock_diag send")?;
+    Ok(())
+}
+
 /// One sock_diag socket per network namespace, opened on first use.
 #[derive(Default)]
 pub struct Diag {
@@ -139,27 +168,13 @@ impl Diag {
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
         let mut out = Vec::new();
         for family in [AF_INET, AF_INET6] {
-            let mut header = NetlinkHeader::default();
-            header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-            let mut packet = NetlinkMessage::new(
-                header,
-                SockDiagMessage::InetRequest(InetRequest {
-                    family,
-                    protocol: IPPROTO_TCP,
-                    extensions: ExtensionFlags::INFO,
-                    states: StateFlags::all() & !StateFlags::LISTEN,
-                    socket_id: if family == AF_INET {
-                        SocketId::new_v4()
-                    } else {
-                        SocketId::new_v6()
-                    },
-                })
-                .into(),
-            );
-            packet.finalize();
-            let mut buf = vec![0; packet.buffer_len()];
-            packet.serialize(&mut buf);
-            socket.send(&buf, 0).context("sock_diag send")?;
+            let socket_id = if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            };
+            let states = StateFlags::all() & !StateFlags::LISTEN;
+            send(socket, NLM_F_DUMP, family, states, socket_id)?;
             let mut reply = vec![0; 64 * 1024];
             'dump: loop {
                 let n = socket
@@ -227,31 +242,16 @@ impl Diag {
             .socket(p.netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {}", p.netns))?;
         let family = if p.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST;
-        let mut packet = NetlinkMessage::new(
-            header,
-            SockDiagMessage::InetRequest(InetRequest {
-                family,
-                protocol: IPPROTO_TCP,
-                extensions: ExtensionFlags::INFO,
-                states: StateFlags::all(),
-                socket_id: SocketId {
-                    source_port: p.sport,
-                    destination_port: p.dport,
-                    source_address: p.saddr,
-                    destination_address: p.daddr,
-                    interface_id: 0,
-                    // INET_DIAG_NOCOOKIE: match on the tuple alone.
-                    cookie: [0xff; 8],
-                },
-            })
-            .into(),
-        );
-        packet.finalize();
-        let mut buf = vec![0; packet.buffer_len()];
-        packet.serialize(&mut buf);
-        socket.send(&buf, 0).context("sock_diag send")?;
+        let socket_id = SocketId {
+            source_port: p.sport,
+            destination_port: p.dport,
+            source_address: p.saddr,
+            destination_address: p.daddr,
+            interface_id: 0,
+            // INET_DIAG_NOCOOKIE: match on the tuple alone.
+            cookie: [0xff; 8],
+        };
+        send(socket, 0, family, StateFlags::all(), socket_id)?;
         let mut reply = vec![0; 8192];
         let n = socket
             .recv(&mut &mut reply[..], 0)
