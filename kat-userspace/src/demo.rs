@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context as _, Result};
 use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
 
+use crate::engine::Selection;
 use crate::kernel;
 use crate::top::{self, TopArgs};
 
@@ -284,9 +285,11 @@ pub async fn run(_args: DemoArgs) -> Result<()> {
     kernel::require_root("demo")?;
     let lab = Lab::start().context("building the demo lab")?;
     let result = top::run(TopArgs {
-        ports: PORTS.to_vec(),
+        selection: Selection {
+            ports: PORTS.to_vec(),
+            lane: None,
+        },
         pid: None,
-        lane: None,
     })
     .await;
     drop(lab);

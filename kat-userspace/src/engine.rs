@@ -13,6 +13,26 @@ use crate::owner::Owners;
 use crate::source::Source;
 use crate::tracker::{Msg, Setup, Tracker};
 
+/// What every live command traces: `--port` and `--lane`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Selection {
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Use only this lane of hooks; fail if it cannot attach
+    /// (default: the best lane that works, per hook).
+    #[arg(long, value_enum)]
+    pub lane: Option<Lane>,
+}
+
+impl Selection {
+    /// A connection with these ports passes `--port`.
+    pub fn wants(&self, sport: u16, dport: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport)
+    }
+}
+
 /// How often sockets with a probe out are asked whether it was answered.
 pub const ANSWER_POLL: Duration = Duration::from_millis(250);
 
@@ -25,8 +45,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn start(ports: &[u16], lane: Option<Lane>) -> Result<Self> {
-        let mut loaded = loader::load(ports, lane)?;
+    pub fn start(selection: &Selection) -> Result<Self> {
+        let mut loaded = loader::load(&selection.ports, selection.lane)?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,

@@ -6,33 +6,25 @@ use anyhow::Result;
 use chrono::{DateTime, Local, SecondsFormat, Utc};
 use serde::Serialize;
 
-use crate::engine::{Engine, ANSWER_POLL};
+use crate::engine::{Engine, Selection, ANSWER_POLL};
 use crate::event::{Event, From, Reason, Settings, What};
-use crate::{kernel, loader};
+use crate::kernel;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
-    /// Only connections with this local or remote port (repeatable).
-    #[arg(long = "port", value_name = "PORT",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    #[command(flatten)]
+    pub selection: Selection,
     /// One JSON object per line (schema: docs/events.md).
     #[arg(long)]
     pub json: bool,
     /// Include orderly (FIN) closes, not only abnormal deaths.
     #[arg(long)]
     pub all: bool,
-    /// Use only this lane of hooks; fail if it cannot attach
-    /// (default: the best lane that works, per hook).
-    #[arg(long, value_enum)]
-    pub lane: Option<loader::Lane>,
 }
 
 /// Which events the user asked for.
 pub fn wanted(args: &TraceArgs, ev: &Event) -> bool {
-    let port_ok =
-        args.ports.is_empty() || args.ports.contains(&ev.sport) || args.ports.contains(&ev.dport);
-    port_ok && (args.all || ev.reason() != Some(Reason::Closed))
+    args.selection.wants(ev.sport, ev.dport) && (args.all || ev.reason() != Some(Reason::Closed))
 }
 
 fn from(f: From) -> &'static str {
@@ -207,7 +199,7 @@ impl Output {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
-    let mut engine = Engine::start(&args.ports, args.lane)?;
+    let mut engine = Engine::start(&args.selection)?;
     let mut out = Output {
         args,
         lost_shown: 0,
@@ -331,17 +323,16 @@ mod tests {
             kernel_reset_reason: None,
         });
         let mut args = TraceArgs {
-            ports: vec![],
+            selection: Selection::default(),
             json: false,
             all: false,
-            lane: None,
         };
         assert!(!wanted(&args, &closed));
         args.all = true;
         assert!(wanted(&args, &closed));
-        args.ports = vec![22];
+        args.selection.ports = vec![22];
         assert!(!wanted(&args, &closed));
-        args.ports = vec![40000];
+        args.selection.ports = vec![40000];
         assert!(wanted(&args, &closed));
     }
 }

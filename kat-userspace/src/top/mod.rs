@@ -17,24 +17,18 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
-use crate::engine::{Engine, ANSWER_POLL};
-use crate::loader::Lane;
+use crate::engine::{Engine, Selection, ANSWER_POLL};
 use crate::tracker::state_name;
 use crate::{diag, kernel};
 use model::{Action, ConnKey, Key, Live, Model, Msg};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopArgs {
-    /// Only connections with this local or remote port (repeatable).
-    #[arg(long = "port", value_name = "PORT",
-          value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    #[command(flatten)]
+    pub selection: Selection,
     /// Only connections owned by this process.
     #[arg(long)]
     pub pid: Option<u32>,
-    /// Use only this lane of hooks (default: the best that works, per hook).
-    #[arg(long, value_enum)]
-    pub lane: Option<Lane>,
 }
 
 /// Raw mode and the alternate screen while it lives; restored on drop,
@@ -95,7 +89,7 @@ fn key(k: KeyEvent) -> Option<Key> {
 
 /// Every socket with a pending keepalive timer in the namespaces kat sees,
 /// with its owner (looked up once per socket and cached).
-fn snapshot(engine: &mut Engine, ports: &[u16], extra_netns: &[u32]) -> Vec<Live> {
+fn snapshot(engine: &mut Engine, selection: &Selection, extra_netns: &[u32]) -> Vec<Live> {
     let mut all = diag::visible_netns();
     all.extend_from_slice(extra_netns);
     all.sort_unstable();
@@ -110,7 +104,7 @@ fn snapshot(engine: &mut Engine, ports: &[u16], extra_netns: &[u32]) -> Vec<Live
             }
         };
         for s in sockets {
-            if !ports.is_empty() && !ports.contains(&s.sport) && !ports.contains(&s.dport) {
+            if !selection.wants(s.sport, s.dport) {
                 continue;
             }
             live.push(Live {
@@ -137,7 +131,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
         bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
     }
     kernel::require_root("top")?;
-    let mut engine = Engine::start(&args.ports, args.lane)?;
+    let mut engine = Engine::start(&args.selection)?;
     let mut model = Model::new(
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -150,7 +144,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let mut seen_netns: Vec<u32> = Vec::new();
     model.update(Msg::Snapshot(snapshot(
         &mut engine,
-        &args.ports,
+        &args.selection,
         &seen_netns,
     )));
 
@@ -173,7 +167,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
                 msgs.push(Msg::Lost(engine.source.lost()));
-                msgs.push(Msg::Snapshot(snapshot(&mut engine, &args.ports, &seen_netns)));
+                msgs.push(Msg::Snapshot(snapshot(&mut engine, &args.selection, &seen_netns)));
             }
             term = keys.next() => match term {
                 Some(Ok(TermEvent::Key(k))) => msgs.extend(key(k).map(Msg::Key)),
