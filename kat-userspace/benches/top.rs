@@ -71,7 +71,7 @@ fn model() -> Model {
             .collect(),
     ));
     for (i, key) in keys.iter().enumerate().step_by(10) {
-        m.update(Msg::Event(Event {
+        m.update(Msg::Event(Box::new(Event {
             what: What::Probe {
                 probe: 1,
                 probes_max: 3,
@@ -96,7 +96,7 @@ fn model() -> Model {
                 user_timeout_ms: None,
             }),
             sock_ino: 0,
-        }));
+        })));
     }
     m
 }

@@ -4,10 +4,10 @@
 use std::net::IpAddr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// Why a connection died: the names users see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     KeepaliveTimeout,
@@ -40,7 +40,7 @@ impl Reason {
 }
 
 /// Where an effective keepalive setting comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum From {
     /// TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT on the socket.
@@ -50,7 +50,7 @@ pub enum From {
 }
 
 /// The keepalive settings in force for one socket.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub idle_s: f64,
     pub idle_from: From,
@@ -63,7 +63,7 @@ pub struct Settings {
     pub user_timeout_ms: Option<u32>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum What {
     /// A keepalive probe was sent.
@@ -92,20 +92,22 @@ pub enum What {
         /// Seconds from ESTABLISHED to death, when kat saw both.
         lifetime_s: Option<f64>,
         /// The TCP state the socket left.
-        state: &'static str,
+        state: String,
         /// The kernel's own name for the RST it sent, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]
         kernel_reset_reason: Option<String>,
     },
 }
 
-fn rfc3339<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+/// Times are written with milliseconds (the kernel's nanoseconds would
+/// only be noise after the clock conversion) and read in any RFC 3339 form.
+pub fn rfc3339<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
 /// One high-level event about one connection. Addresses are the socket's
 /// own view: s = local, d = remote.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     #[serde(flatten)]
     pub what: What,
@@ -125,7 +127,7 @@ pub struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Settings>,
     /// Socket inode, for finding the owning process; not part of the JSON.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub sock_ino: u64,
 }
 
@@ -136,4 +138,14 @@ impl Event {
             _ => None,
         }
     }
+}
+
+/// Records the kernel could not queue (the ring buffer was full), counted
+/// since kat started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "lost")]
+pub struct Lost {
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: DateTime<Utc>,
+    pub count: u64,
 }

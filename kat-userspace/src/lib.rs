@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod engine;
 pub mod event;
 pub mod exit;
+pub mod journal;
 pub mod kernel;
 pub mod loader;
 pub mod owner;

@@ -3,11 +3,10 @@
 use std::io::Write as _;
 
 use anyhow::Result;
-use chrono::{DateTime, Local, SecondsFormat, Utc};
-use serde::Serialize;
+use chrono::{DateTime, Local, Utc};
 
 use crate::engine::{Engine, Selection, ANSWER_POLL};
-use crate::event::{Event, From, Reason, Settings, What};
+use crate::event::{Event, From, Lost, Reason, Settings, What};
 use crate::kernel;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -60,7 +59,7 @@ pub fn settings_text(k: &Settings) -> String {
     s
 }
 
-fn what_text(what: &What) -> String {
+pub fn what_text(what: &What) -> String {
     match what {
         What::Probe {
             probe,
@@ -115,7 +114,7 @@ fn what_text(what: &What) -> String {
     }
 }
 
-fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
+pub fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
     match addr {
         std::net::IpAddr::V4(a) => format!("{a}:{port}"),
         std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
@@ -141,15 +140,6 @@ pub fn line(ev: &Event) -> String {
         _ => {}
     }
     s
-}
-
-#[derive(Serialize)]
-struct Lost {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    ts: String,
-    /// Records dropped by the kernel since start (the ring buffer was full).
-    count: u64,
 }
 
 struct Output {
@@ -180,8 +170,7 @@ impl Output {
         self.lost_shown = lost;
         if self.args.json {
             let rec = Lost {
-                kind: "lost",
-                ts: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+                ts: Utc::now(),
                 count: lost,
             };
             writeln!(
@@ -302,7 +291,7 @@ mod tests {
             unanswered_probes: 3,
             found_by_probe: false,
             lifetime_s: Some(63.25),
-            state: "ESTABLISHED",
+            state: "ESTABLISHED".into(),
             kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
         }));
         assert!(
@@ -319,7 +308,7 @@ mod tests {
             unanswered_probes: 0,
             found_by_probe: false,
             lifetime_s: None,
-            state: "LAST_ACK",
+            state: "LAST_ACK".into(),
             kernel_reset_reason: None,
         });
         let mut args = TraceArgs {

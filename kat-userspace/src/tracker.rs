@@ -406,7 +406,7 @@ impl Tracker {
                 unanswered_probes: unanswered,
                 found_by_probe,
                 lifetime_s,
-                state: state_name(closing.old_state),
+                state: state_name(closing.old_state).to_string(),
                 kernel_reset_reason,
             },
         );

@@ -161,9 +161,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
         let mut msgs = Vec::new();
         tokio::select! {
             batch = engine.source.next_batch() => {
-                msgs.extend(engine.records(batch).into_iter().map(Msg::Event));
+                msgs.extend(engine.records(batch).into_iter().map(|e| Msg::Event(Box::new(e))));
             }
-            _ = answers.tick() => msgs.extend(engine.poll_answers().into_iter().map(Msg::Event)),
+            _ = answers.tick() => msgs.extend(engine.poll_answers().into_iter().map(|e| Msg::Event(Box::new(e)))),
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
                 msgs.push(Msg::Lost(engine.source.lost()));

@@ -117,7 +117,7 @@ pub enum Key {
 }
 
 pub enum Msg {
-    Event(Event),
+    Event(Box<Event>),
     /// Every keepalive socket now, from sock_diag.
     Snapshot(Vec<Live>),
     /// Records lost by the kernel so far.
@@ -211,7 +211,7 @@ impl Model {
             Msg::Lost(n) => self.lost = n,
             // While paused the screen holds still; nothing is lost.
             data if self.paused => self.pending.push(data),
-            Msg::Event(ev) => self.event(ev),
+            Msg::Event(ev) => self.event(*ev),
             Msg::Snapshot(live) => self.live = live,
         }
         Action::Continue

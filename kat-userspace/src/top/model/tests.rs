@@ -66,7 +66,7 @@ pub(crate) fn death(reason: Reason) -> What {
         unanswered_probes: 3,
         found_by_probe: false,
         lifetime_s: Some(5.0),
-        state: "ESTABLISHED",
+        state: "ESTABLISHED".into(),
         kernel_reset_reason: None,
     }
 }
@@ -92,7 +92,7 @@ pub(crate) fn populated() -> Model {
         live(dead, 3, 0.1, "worker"),
     ]));
     for (i, k) in [a, b, c].into_iter().enumerate() {
-        m.update(Msg::Event(event(
+        m.update(Msg::Event(Box::new(event(
             k,
             i as i64,
             What::Probe {
@@ -100,10 +100,14 @@ pub(crate) fn populated() -> Model {
                 probes_max: 3,
                 idle_s: 2.0,
             },
-        )));
+        ))));
     }
-    m.update(Msg::Event(event(a, 3, What::ProbeAnswered { probe: 1 })));
-    m.update(Msg::Event(event(
+    m.update(Msg::Event(Box::new(event(
+        a,
+        3,
+        What::ProbeAnswered { probe: 1 },
+    ))));
+    m.update(Msg::Event(Box::new(event(
         c,
         4,
         What::Probe {
@@ -111,9 +115,13 @@ pub(crate) fn populated() -> Model {
             probes_max: 3,
             idle_s: 3.0,
         },
-    )));
+    ))));
     m.update(Msg::Tick(at(5)));
-    m.update(Msg::Event(event(dead, 6, death(Reason::KeepaliveTimeout))));
+    m.update(Msg::Event(Box::new(event(
+        dead,
+        6,
+        death(Reason::KeepaliveTimeout),
+    ))));
     m.update(Msg::Tick(at(7)));
     m
 }
@@ -134,7 +142,11 @@ fn probing_connections_come_first_with_worst_case_dead_in() {
 #[test]
 fn deaths_are_counted_by_reason_newest_first() {
     let mut m = populated();
-    m.update(Msg::Event(event(key(1, 2), 8, death(Reason::PeerReset))));
+    m.update(Msg::Event(Box::new(event(
+        key(1, 2),
+        8,
+        death(Reason::PeerReset),
+    ))));
     assert_eq!(m.deaths[0].reason, Reason::PeerReset);
     assert_eq!(m.deaths[1].reason, Reason::KeepaliveTimeout);
     assert_eq!(m.deaths_by_reason[&Reason::KeepaliveTimeout], 1);
@@ -203,7 +215,11 @@ fn moving_sorting_and_detail() {
 fn pause_holds_data_and_loses_nothing() {
     let mut m = populated();
     m.update(Msg::Key(Key::Char('p')));
-    m.update(Msg::Event(event(key(9, 9), 9, death(Reason::AbortOnClose))));
+    m.update(Msg::Event(Box::new(event(
+        key(9, 9),
+        9,
+        death(Reason::AbortOnClose),
+    ))));
     m.update(Msg::Snapshot(Vec::new()));
     assert_eq!(m.deaths.len(), 1, "paused: the screen holds still");
     assert_eq!(m.live.len(), 3);

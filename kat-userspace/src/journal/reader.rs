@@ -1,0 +1,146 @@
+//! Reads a journal back. A line that is not a kat record (corrupt,
+//! truncated by a crash, or someone else's) becomes a `Problem` naming its
+//! file and line, and reading goes on.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::Deserialize;
+
+use super::{writer, Entry, Header};
+use crate::event::{Event, Lost};
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// 1-based; 0 when the whole file could not be read.
+    pub line: usize,
+    pub what: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.what)
+        } else {
+            write!(f, "{}:{}: {}", self.file.display(), self.line, self.what)
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Journal {
+    /// In the order they were written.
+    pub entries: Vec<Entry>,
+    pub files: Vec<PathBuf>,
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Deserialize)]
+struct Kind<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// One line of text as a journal entry, or why it is not one.
+pub fn parse_line(line: &str) -> Result<Entry, String> {
+    let kind: Kind = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
+    let kind = kind.kind.ok_or("not a kat record (no \"type\")")?;
+    let entry = match kind.as_ref() {
+        "journal" => serde_json::from_str::<Header>(line).map(Entry::Header),
+        "lost" => serde_json::from_str::<Lost>(line).map(Entry::Lost),
+        "probe" | "probe_answered" | "death" => {
+            serde_json::from_str::<Event>(line).map(Entry::Event)
+        }
+        other => return Err(format!("not a kat record (type {other:?})")),
+    };
+    entry.map_err(|e| format!("not a valid {kind} record ({e})"))
+}
+
+/// Reads one journal file (or anything line by line: fixtures, pipes).
+pub fn read(input: impl BufRead, file: &Path, journal: &mut Journal) {
+    let mut input = input;
+    let mut buf = Vec::new();
+    let mut line = 0;
+    loop {
+        buf.clear();
+        line += 1;
+        let problem = |what: String| Problem {
+            file: file.to_path_buf(),
+            line,
+            what,
+        };
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                journal.problems.push(problem(format!("read error: {e}")));
+                break;
+            }
+        }
+        let complete = buf.last() == Some(&b'\n');
+        let Ok(text) = std::str::from_utf8(&buf) else {
+            journal.problems.push(problem("not UTF-8 text".into()));
+            continue;
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        match parse_line(text) {
+            Ok(entry) => journal.entries.push(entry),
+            Err(_) if !complete => journal.problems.push(problem(
+                "truncated record (the writer stopped in the middle of it)".into(),
+            )),
+            Err(what) => journal.problems.push(problem(what)),
+        }
+    }
+}
+
+/// Reads every journal file in `dir`, oldest first.
+pub fn read_dir(dir: &Path) -> Result<Journal> {
+    if !dir.is_dir() {
+        bail!(
+            "no journal directory {} (written by `sudo kat record --dir {}`)",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let files = writer::existing(dir)?;
+    if files.is_empty() {
+        bail!("no journal files (kat-*.jsonl) in {}", dir.display());
+    }
+    let mut journal = Journal::default();
+    let mut denied = 0;
+    for (_, path, _) in &files {
+        match File::open(path) {
+            Ok(f) => {
+                read(BufReader::new(f), path, &mut journal);
+                journal.files.push(path.clone());
+            }
+            Err(e) => {
+                if e.kind() == std::io::ErrorKind::PermissionDenied {
+                    denied += 1;
+                }
+                journal.problems.push(Problem {
+                    file: path.clone(),
+                    line: 0,
+                    what: format!("cannot read: {e}"),
+                });
+            }
+        }
+    }
+    if journal.files.is_empty() {
+        if denied > 0 {
+            bail!(
+                "cannot read the journal files in {}: permission denied (kat record writes them 0600; use sudo, or copy them)",
+                dir.display()
+            );
+        }
+        bail!("cannot read any journal file in {}", dir.display());
+    }
+    Ok(journal)
+}

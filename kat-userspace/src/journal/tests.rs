@@ -1,0 +1,240 @@
+use std::io::Cursor;
+use std::os::unix::fs::PermissionsExt as _;
+
+use chrono::{DateTime, Utc};
+
+use super::reader::{self, Journal};
+use super::writer::{existing, Limits, Writer};
+use super::*;
+use crate::event::{Reason, What};
+
+pub(crate) fn at(s: f64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(1_795_000_000_000 + (s * 1000.0) as i64).expect("ts")
+}
+
+pub(crate) fn header() -> Header {
+    Header {
+        format: FORMAT,
+        kat: "0.1.0".into(),
+        host: "web-1".into(),
+        kernel: "6.18.44".into(),
+        lanes: "tracepoint lane".into(),
+        ports: vec![],
+        run_started: at(0.0),
+        file_started: at(0.0),
+    }
+}
+
+pub(crate) fn event(ts: f64, sport: u16, what: What) -> Event {
+    Event {
+        what,
+        ts: at(ts),
+        saddr: "198.18.1.2".parse().expect("addr"),
+        sport,
+        daddr: "198.18.2.2".parse().expect("addr"),
+        dport: 6699,
+        netns: 4026531840,
+        uid: 0,
+        pid: Some(7),
+        comm: Some("client".into()),
+        keepalive: None,
+        sock_ino: 0,
+    }
+}
+
+pub(crate) fn probe(ts: f64, sport: u16, n: u8) -> Event {
+    event(
+        ts,
+        sport,
+        What::Probe {
+            probe: n,
+            probes_max: 3,
+            idle_s: ts,
+        },
+    )
+}
+
+pub(crate) fn death(ts: f64, sport: u16, reason: Reason) -> Event {
+    event(
+        ts,
+        sport,
+        What::Death {
+            reason,
+            errno: Some("ETIMEDOUT".into()),
+            unanswered_probes: 3,
+            found_by_probe: false,
+            lifetime_s: Some(ts),
+            state: "ESTABLISHED".into(),
+            kernel_reset_reason: None,
+        },
+    )
+}
+
+fn events(j: &Journal) -> Vec<&Event> {
+    j.entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Event(ev) => Some(ev),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn what_is_written_reads_back_the_same() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits::new(1 << 20, None).expect("limits");
+    let mut w = Writer::open(dir.path(), limits, header()).expect("open");
+    let written = [probe(1.0, 40000, 1), death(2.5, 40000, Reason::PeerReset)];
+    for ev in &written {
+        w.push(ev).expect("push");
+    }
+    let lost = Lost {
+        ts: at(3.0),
+        count: 12,
+    };
+    w.push(&lost).expect("push");
+    w.flush().expect("flush");
+
+    let j = reader::read_dir(dir.path()).expect("read");
+    assert!(j.problems.is_empty(), "{:?}", j.problems);
+    assert_eq!(j.files.len(), 1);
+    let Entry::Header(h) = &j.entries[0] else {
+        panic!("no header first: {:?}", j.entries[0]);
+    };
+    assert_eq!((h.host.as_str(), h.format), ("web-1", FORMAT));
+    assert_eq!(events(&j), written.iter().collect::<Vec<_>>());
+    assert_eq!(j.entries.last(), Some(&Entry::Lost(lost)));
+    let mode = std::fs::metadata(w.path())
+        .expect("meta")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+}
+
+#[test]
+fn files_rotate_and_the_oldest_go_over_the_cap() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits::new(4 * 4096, Some(4096)).expect("limits");
+    let mut w = Writer::open(dir.path(), limits, header()).expect("open");
+    let mut n = 0;
+    for batch in 0..40 {
+        for _ in 0..10 {
+            n += 1;
+            w.push(&probe(f64::from(batch), n, 1)).expect("push");
+        }
+        w.flush().expect("flush");
+    }
+    let files = existing(dir.path()).expect("files");
+    let total: u64 = files.iter().map(|(_, _, size)| size).sum();
+    assert!(total <= limits.max_size, "{total} bytes in {files:?}");
+    assert!(w.files_removed > 0 && files.len() >= 3, "{files:?}");
+    assert!(files.iter().all(|(_, _, size)| *size <= 4096), "{files:?}");
+    // The newest files are kept, in order, with no gap and no half record.
+    let seqs: Vec<u64> = files.iter().map(|(seq, _, _)| *seq).collect();
+    assert_eq!(*seqs.last().expect("one"), w.files_opened);
+    assert!(seqs.windows(2).all(|p| p[1] == p[0] + 1), "{seqs:?}");
+    let j = reader::read_dir(dir.path()).expect("read");
+    assert!(j.problems.is_empty(), "{:?}", j.problems);
+    let ports: Vec<u16> = events(&j).iter().map(|e| e.sport).collect();
+    assert_eq!(ports.last(), Some(&n));
+    assert!(ports.windows(2).all(|p| p[1] == p[0] + 1));
+    for (_, path, _) in &files {
+        let text = std::fs::read_to_string(path).expect("read");
+        assert!(text.starts_with("{\"type\":\"journal\""), "{text}");
+    }
+}
+
+#[test]
+fn a_new_start_never_appends_to_an_old_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits::new(1 << 20, None).expect("limits");
+    let first = Writer::open(dir.path(), limits, header()).expect("open");
+    let first_path = first.path().to_path_buf();
+    drop(first);
+    // A crash cut the last record short.
+    let mut cut = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&first_path)
+        .expect("open");
+    std::io::Write::write_all(&mut cut, b"{\"type\":\"probe\",\"ts\":\"20").expect("write");
+    let mut second = Writer::open(dir.path(), limits, header()).expect("open");
+    assert_ne!(second.path(), first_path);
+    second.push(&probe(1.0, 1, 1)).expect("push");
+    second.flush().expect("flush");
+    let j = reader::read_dir(dir.path()).expect("read");
+    assert_eq!(j.files.len(), 2);
+    assert_eq!(events(&j).len(), 1);
+    assert_eq!(j.problems.len(), 1, "{:?}", j.problems);
+    assert_eq!(j.problems[0].line, 2);
+    assert!(j.problems[0].what.contains("truncated"), "{:?}", j.problems);
+}
+
+#[test]
+fn corrupt_and_foreign_lines_are_named_and_skipped() {
+    let good = serde_json::to_string(&probe(1.0, 40000, 1)).expect("json");
+    let mut text = Vec::new();
+    for line in [
+        serde_json::to_string(&header()).expect("json").as_bytes(),
+        good.as_bytes(),
+        b"not json at all",
+        b"{\"type\":\"http_request\",\"path\":\"/\"}",
+        b"{\"type\":\"probe\",\"ts\":\"2026-11-21T03:12:00.000Z\"}",
+        b"[1, 2, 3]",
+        b"{\"type\":\"death\",\"reason\":\"\xff\"}",
+        b"",
+        good.as_bytes(),
+    ] {
+        text.extend_from_slice(line);
+        text.push(b'\n');
+    }
+    text.extend_from_slice(&good.as_bytes()[..good.len() / 2]);
+    let mut j = Journal::default();
+    reader::read(Cursor::new(text), Path::new("fixture.jsonl"), &mut j);
+    assert_eq!(events(&j).len(), 2);
+    let problems: Vec<(usize, &str)> = j
+        .problems
+        .iter()
+        .map(|p| (p.line, p.what.as_str()))
+        .collect();
+    let lines: Vec<usize> = problems.iter().map(|p| p.0).collect();
+    assert_eq!(lines, [3, 4, 5, 6, 7, 10], "{problems:#?}");
+    assert!(problems[0].1.starts_with("not JSON"), "{problems:?}");
+    assert!(problems[1].1.contains("\"http_request\""), "{problems:?}");
+    assert!(
+        problems[2].1.contains("not a valid probe record"),
+        "{problems:?}"
+    );
+    assert!(problems[4].1.contains("UTF-8"), "{problems:?}");
+    assert!(problems[5].1.contains("truncated"), "{problems:?}");
+    assert_eq!(
+        j.problems[0].to_string(),
+        format!("fixture.jsonl:3: {}", problems[0].1)
+    );
+}
+
+#[test]
+fn names_sort_by_sequence_and_foreign_files_are_ignored() {
+    assert_eq!(file_name(7, at(0.0)), "kat-000007-20261118T110640Z.jsonl");
+    assert_eq!(
+        seq_of(Path::new("/x/kat-000007-20261118T110640Z.jsonl")),
+        Some(7)
+    );
+    assert_eq!(seq_of(Path::new("/x/kat-1234567-x.jsonl")), Some(1234567));
+    for foreign in [
+        "notes.txt",
+        "kat-x-y.jsonl",
+        "kat-000001.jsonl.gz",
+        "kat.jsonl",
+    ] {
+        assert_eq!(seq_of(Path::new(foreign)), None, "{foreign}");
+    }
+}
+
+#[test]
+fn limits_are_checked() {
+    assert!(Limits::new(100, None).is_err());
+    assert!(Limits::new(1 << 20, Some(2 << 20)).is_err());
+    let l = Limits::new(256 << 20, None).expect("limits");
+    assert_eq!(l.file_size, 32 << 20);
+}
