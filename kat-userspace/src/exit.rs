@@ -7,12 +7,14 @@ use std::fmt;
 pub enum Failure {
     NotRoot(String),
     Unsupported(String),
+    /// Arguments clap accepted but that do not make sense together.
+    Usage(String),
 }
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Failure::NotRoot(m) | Failure::Unsupported(m) => f.write_str(m),
+            Failure::NotRoot(m) | Failure::Unsupported(m) | Failure::Usage(m) => f.write_str(m),
         }
     }
 }
@@ -20,12 +22,14 @@ impl fmt::Display for Failure {
 impl std::error::Error for Failure {}
 
 pub const FAILURE: u8 = 1;
+pub const USAGE: u8 = 2;
 pub const UNSUPPORTED: u8 = 3;
 
 /// The exit code an error ends kat with.
 pub fn code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<Failure>() {
         Some(Failure::Unsupported(_)) => UNSUPPORTED,
+        Some(Failure::Usage(_)) => USAGE,
         Some(Failure::NotRoot(_)) | None => FAILURE,
     }
 }
@@ -41,6 +45,7 @@ mod tests {
         // Context added on the way up keeps the code.
         assert_eq!(code(&unsupported.context("loading")), UNSUPPORTED);
         assert_eq!(code(&Failure::NotRoot("root".into()).into()), FAILURE);
+        assert_eq!(code(&Failure::Usage("--since".into()).into()), USAGE);
         assert_eq!(code(&anyhow::anyhow!("anything else")), FAILURE);
     }
 }

@@ -12,6 +12,8 @@ pub mod journal;
 pub mod kernel;
 pub mod loader;
 pub mod owner;
+pub mod record;
+pub mod report;
 pub mod source;
 pub mod top;
 pub mod trace;

@@ -1,6 +1,6 @@
 //! kat — a Linux TCP keepalive tracer.
 
-use kat_userspace::{demo, doctor, exit, top, trace};
+use kat_userspace::{demo, doctor, exit, record, report, top, trace};
 
 use std::process::ExitCode;
 
@@ -25,6 +25,11 @@ enum Command {
     Demo(demo::DemoArgs),
     /// The live dashboard: connections with keepalive, probes, deaths.
     Top(top::TopArgs),
+    /// Keep a journal of every event on disk, unattended (a systemd service).
+    Record(record::RecordArgs),
+    /// What a journal says happened: deaths by reason, worst peers and ports,
+    /// timelines (no root needed).
+    Report(report::ReportArgs),
     /// What this kernel supports and which hooks kat uses (exit 0 when kat can run).
     Doctor(doctor::DoctorArgs),
 }
@@ -48,6 +53,8 @@ fn main() -> ExitCode {
             Command::Doctor(args) => doctor::run(&args),
             Command::Top(args) => top::run(args).await,
             Command::Demo(args) => demo::run(args).await,
+            Command::Record(args) => record::run(args).await,
+            Command::Report(args) => report::run(&args),
         }
     });
     match result {

@@ -60,4 +60,4 @@ pub fn seq_of(path: &Path) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -1,0 +1,124 @@
+//! `kat record`: the journal of every event, unattended (a systemd
+//! service): messages on stderr, a clean stop on SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytesize::ByteSize;
+use chrono::Utc;
+
+use crate::engine::{Engine, Selection, ANSWER_POLL};
+use crate::event::{Event, Lost};
+use crate::exit::Failure;
+use crate::journal::writer::{Limits, Writer};
+use crate::journal::{Header, FORMAT};
+use crate::kernel;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// The journal's directory (created 0700 when missing).
+    #[arg(long, default_value = "/var/lib/kat")]
+    pub dir: PathBuf,
+    /// The journal's total size; the oldest files go first (e.g. 256MiB, 1G).
+    #[arg(long, default_value = "256MiB", value_parser = size)]
+    pub max_size: u64,
+    /// Start a new file at this size (default: an eighth of --max-size).
+    #[arg(long, value_parser = size)]
+    pub file_size: Option<u64>,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    s.parse::<ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|_| format!("{s:?} is not a size (examples: 64KiB, 256MiB, 1G)"))
+}
+
+/// Records are written and synced at least this often: a crash loses at
+/// most this much.
+pub const BATCH_INTERVAL: Duration = Duration::from_secs(1);
+/// A busier batch is written sooner.
+const BATCH_BYTES: usize = 1 << 20;
+
+pub async fn run(args: RecordArgs) -> Result<()> {
+    // Bad sizes are usage errors, before anything is loaded.
+    let limits =
+        Limits::new(args.max_size, args.file_size).map_err(|e| Failure::Usage(e.to_string()))?;
+    kernel::require_root("record")?;
+    let mut engine = Engine::start(&args.selection)?;
+    let now = Utc::now();
+    let header = Header {
+        format: FORMAT,
+        kat: env!("CARGO_PKG_VERSION").into(),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kernel: kernel::release(),
+        lanes: engine.loaded.lanes_text(),
+        ports: args.selection.ports.clone(),
+        run_started: now,
+        file_started: now,
+    };
+    let mut journal = Writer::open(&args.dir, limits, header)?;
+    eprintln!(
+        "kat: recording to {} (up to {} in files of {}) on Linux {} ({}); SIGTERM or Ctrl-C to stop",
+        journal.path().display(),
+        ByteSize(limits.max_size).display().iec(),
+        ByteSize(limits.file_size).display().iec(),
+        kernel::release(),
+        engine.loaded.lanes_text(),
+    );
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot handle SIGTERM")?;
+    let mut answers = tokio::time::interval(ANSWER_POLL);
+    let mut batches = tokio::time::interval(BATCH_INTERVAL);
+    let mut recorded: u64 = 0;
+    let mut lost_written = 0;
+    loop {
+        let events = tokio::select! {
+            batch = engine.source.next_batch() => engine.records(batch),
+            _ = answers.tick() => engine.poll_answers(),
+            _ = batches.tick() => {
+                journal.flush()?;
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        };
+        recorded += push(&mut journal, &events, &args.selection)?;
+        let lost = engine.source.lost();
+        if lost > lost_written {
+            lost_written = lost;
+            journal.push(&Lost {
+                ts: Utc::now(),
+                count: lost,
+            })?;
+        }
+        if journal.pending() >= BATCH_BYTES {
+            journal.flush()?;
+        }
+    }
+    // Deaths still pending are recorded rather than lost.
+    let events = engine.finish();
+    recorded += push(&mut journal, &events, &args.selection)?;
+    journal.flush()?;
+    eprintln!(
+        "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {} records lost",
+        journal.files_opened,
+        journal.files_removed,
+        engine.source.lost()
+    );
+    Ok(())
+}
+
+/// Adds the events `--port` wants to the batch; returns how many.
+fn push(journal: &mut Writer, events: &[Event], selection: &Selection) -> Result<u64> {
+    let mut n = 0;
+    for ev in events.iter().filter(|e| selection.wants(e.sport, e.dport)) {
+        journal.push(ev)?;
+        n += 1;
+    }
+    Ok(n)
+}

@@ -1,0 +1,169 @@
+//! `kat report`: what a journal says happened, for a terminal, an email or
+//! a script. Reads files only; needs no privilege beyond reading them.
+
+pub mod summary;
+pub mod text;
+
+use std::io::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use chrono::{DateTime, Local, NaiveDate, NaiveDateTime, NaiveTime, TimeZone as _, Utc};
+use serde::Serialize;
+
+use crate::exit::Failure;
+use crate::journal::reader::{self, Problem};
+use summary::{summarize, timelines, Filter, Summary, Timeline};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReportArgs {
+    /// The journal's directory (as given to `kat record`).
+    #[arg(long, default_value = "/var/lib/kat")]
+    pub dir: PathBuf,
+    /// From this time: a duration back from now (2h, 30m, 1d) or a time
+    /// (2026-11-21 03:00, 03:00, RFC 3339).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Up to this time, in the same forms as --since.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+    /// Only connections with this local or remote port (repeatable).
+    #[arg(long = "port", value_name = "PORT",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub ports: Vec<u16>,
+    /// Only connections with this local or remote address (repeatable).
+    #[arg(long = "addr", value_name = "ADDR")]
+    pub addrs: Vec<IpAddr>,
+    /// The full timeline of the connections with this end
+    /// (198.18.2.2:6699, [fd00::2]:6699).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub conn: Option<SocketAddr>,
+    /// One JSON object for scripts.
+    #[arg(long)]
+    pub json: bool,
+    /// How many peers, ports and latest deaths to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+}
+
+/// A `--since`/`--until` value: a duration back from `now`, or a time
+/// (the local zone unless it says otherwise).
+pub fn parse_when(s: &str, now: DateTime<Local>) -> Result<DateTime<Utc>, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        let d = chrono::Duration::from_std(d).map_err(|_| format!("{s:?} is too long ago"))?;
+        return Ok((now - d).with_timezone(&Utc));
+    }
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let local = |naive: NaiveDateTime| {
+        Local
+            .from_local_datetime(&naive)
+            .earliest()
+            .map(|t| t.with_timezone(&Utc))
+            .ok_or_else(|| format!("{s:?} does not exist in the local time zone"))
+    };
+    for f in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(naive) = NaiveDateTime::parse_from_str(s, f) {
+            return local(naive);
+        }
+    }
+    if let Ok(day) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return local(day.and_time(NaiveTime::MIN));
+    }
+    for f in ["%H:%M:%S", "%H:%M"] {
+        if let Ok(time) = NaiveTime::parse_from_str(s, f) {
+            return local(now.date_naive().and_time(time));
+        }
+    }
+    Err(format!(
+        "{s:?} is neither a duration (2h, 30m, 1d) nor a time (2026-11-21 03:00, 03:00, 2026-11-21T03:00:00Z)"
+    ))
+}
+
+fn filter(args: &ReportArgs) -> Result<Filter, Failure> {
+    let now = Local::now();
+    let when = |flag: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| parse_when(s, now))
+            .transpose()
+            .map_err(|e| Failure::Usage(format!("--{flag}: {e}")))
+    };
+    let f = Filter {
+        since: when("since", &args.since)?,
+        until: when("until", &args.until)?,
+        ports: args.ports.clone(),
+        addrs: args.addrs.clone(),
+        conn: args.conn,
+    };
+    if let (Some(a), Some(b)) = (f.since, f.until) {
+        if a > b {
+            return Err(Failure::Usage("--since is after --until".into()));
+        }
+    }
+    Ok(f)
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    dir: &'a std::path::Path,
+    files: usize,
+    #[serde(flatten)]
+    summary: &'a Summary,
+    problems: &'a [Problem],
+}
+
+#[derive(Serialize)]
+struct JsonTimelines<'a> {
+    connections: &'a [Timeline],
+    problems: &'a [Problem],
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let filter = filter(args)?;
+    let journal = reader::read_dir(&args.dir)?;
+    // Bad lines are named and skipped; the report goes on without them.
+    for p in &journal.problems {
+        eprintln!("kat: {p} (skipped)");
+    }
+    let out = if args.conn.is_some() {
+        let events = journal.entries.iter().filter_map(|e| match e {
+            crate::journal::Entry::Event(ev) if filter.wants(ev) => Some(ev),
+            _ => None,
+        });
+        let conns = timelines(events);
+        if args.json {
+            serde_json::to_string_pretty(&JsonTimelines {
+                connections: &conns,
+                problems: &journal.problems,
+            })?
+        } else {
+            text::timelines(&conns)
+        }
+    } else {
+        let summary = summarize(&journal.entries, &filter, args.top);
+        if args.json {
+            serde_json::to_string_pretty(&JsonReport {
+                dir: &args.dir,
+                files: journal.files.len(),
+                summary: &summary,
+                problems: &journal.problems,
+            })?
+        } else {
+            text::summary(&summary, &args.dir, journal.files.len(), args.top)
+        }
+    };
+    // A closed pipe (`| head`) is not an error.
+    let _ = writeln!(std::io::stdout(), "{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+//! The report as plain text: aligned columns that read well in a terminal
+//! and in an email (no colours, no box drawing). Times in the local zone.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use chrono::{DateTime, Local, Utc};
+
+use super::summary::{Conn, Summary, Timeline, Worst};
+use crate::top::view::duration;
+use crate::trace::{endpoint, settings_text, what_text};
+
+fn time(ts: DateTime<Utc>) -> String {
+    let local: DateTime<Local> = ts.into();
+    local.format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+fn time_ms(ts: DateTime<Utc>) -> String {
+    let local: DateTime<Local> = ts.into();
+    local.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
+}
+
+fn conn_text(c: &Conn) -> String {
+    format!(
+        "{} → {}",
+        endpoint(&c.saddr, c.sport),
+        endpoint(&c.daddr, c.dport)
+    )
+}
+
+fn opt_s(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), duration)
+}
+
+fn reasons_text(w: &Worst) -> String {
+    let mut v: Vec<(&crate::event::Reason, &u64)> = w.reasons.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1));
+    v.iter()
+        .map(|(r, n)| format!("{} {n}", r.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn worst_table(out: &mut String, title: &str, column: &str, rows: &[Worst]) {
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "\n{title}");
+    let _ = writeln!(out, "  {column:<40} {:>6}  REASONS", "DEATHS");
+    for w in rows {
+        let _ = writeln!(out, "  {:<40} {:>6}  {}", w.name, w.deaths, reasons_text(w));
+    }
+}
+
+/// The whole report: period, counts, deaths by reason, worst peers and
+/// ports, and the latest deaths.
+pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "kat report of {} ({files} file{})",
+        dir.display(),
+        if files == 1 { "" } else { "s" }
+    );
+    for r in &s.runs {
+        let _ = writeln!(
+            out,
+            "Recorded  on {}, Linux {}, {}, from {}",
+            r.host,
+            r.kernel,
+            r.lanes,
+            time(r.started)
+        );
+    }
+    let (Some(from), Some(to)) = (s.from, s.to) else {
+        let _ = writeln!(out, "\nNo events in this period.");
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "Period    {} to {} ({})",
+        time(from),
+        time(to),
+        duration((to - from).num_milliseconds() as f64 / 1000.0)
+    );
+    let deaths: u64 = s.reasons.iter().map(|r| r.deaths).sum();
+    let _ = writeln!(
+        out,
+        "Events    {}: {} probes ({} answered) on {} of {} connections, {deaths} deaths, {} orderly closes",
+        s.events, s.probes, s.probes_answered, s.probing_connections, s.connections, s.closed
+    );
+    if s.lost > 0 {
+        let _ = writeln!(
+            out,
+            "Lost      {} records (the kernel's ring buffer was full): the counts may be short",
+            s.lost
+        );
+    }
+
+    let _ = writeln!(out, "\nDeaths by reason");
+    if s.reasons.is_empty() {
+        let _ = writeln!(out, "  none");
+    } else {
+        let _ = writeln!(
+            out,
+            "  {:<20} {:>6}  {:<12} {:>8}  {:>11}  {:>12}  {:>10}",
+            "REASON", "DEATHS", "ERRNO", "PROBES", "DETECTED IN", "LIVED MEDIAN", "LIVED MAX"
+        );
+        for r in &s.reasons {
+            let _ = writeln!(
+                out,
+                "  {:<20} {:>6}  {:<12} {:>8}  {:>11}  {:>12}  {:>10}",
+                r.reason.name(),
+                r.deaths,
+                r.errno.as_deref().unwrap_or("-"),
+                r.unanswered_probes_median
+                    .map_or_else(|| "-".into(), |p| format!("{p}")),
+                opt_s(r.detected_in_s_median),
+                opt_s(r.lived_s_median),
+                opt_s(r.lived_s_max),
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  PROBES: unanswered keepalive probes at death (median); DETECTED IN: from the\n  first unanswered probe to the death (median)."
+        );
+    }
+    worst_table(
+        &mut out,
+        "Worst peers",
+        "PEER (REMOTE ADDRESS)",
+        &s.worst_peers,
+    );
+    worst_table(
+        &mut out,
+        "Worst ports",
+        "PORT (THE LOWER OF THE TWO)",
+        &s.worst_ports,
+    );
+
+    if !s.deaths.is_empty() {
+        let shown = &s.deaths[s.deaths.len().saturating_sub(top)..];
+        let _ = writeln!(
+            out,
+            "\nLatest deaths ({} of {})",
+            shown.len(),
+            s.deaths.len()
+        );
+        for d in shown {
+            let mut details: Vec<String> = Vec::new();
+            details.extend(d.errno.clone());
+            if d.unanswered_probes > 0 {
+                let n = d.unanswered_probes;
+                details.push(format!(
+                    "{n} unanswered probe{}",
+                    if n == 1 { "" } else { "s" }
+                ));
+            }
+            if let Some(l) = d.lived_s {
+                details.push(format!("lived {}", duration(l)));
+            }
+            if let Some(pid) = d.pid {
+                let comm = d
+                    .comm
+                    .as_ref()
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
+                details.push(format!("pid {pid}{comm}"));
+            }
+            let line = format!(
+                "  {}  {:<48} {:<18} {}",
+                time(d.ts),
+                conn_text(&d.conn),
+                d.reason.name(),
+                details.join(", ")
+            );
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(
+            out,
+            "\nA connection's whole story: kat report --conn ADDR:PORT"
+        );
+    }
+    out
+}
+
+/// Each connection's timeline, like the dashboard's detail view.
+pub fn timelines(conns: &[Timeline]) -> String {
+    if conns.is_empty() {
+        return "No matching connection in the journal.".into();
+    }
+    let mut out = String::new();
+    for (i, t) in conns.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut head = format!("{}  netns {}", conn_text(&t.conn), t.conn.netns);
+        if let Some(pid) = t.pid {
+            let _ = write!(head, "  pid {pid}");
+            if let Some(c) = &t.comm {
+                let _ = write!(head, " ({c})");
+            }
+        }
+        if let Some(k) = &t.keepalive {
+            let _ = write!(head, "  {}", settings_text(k));
+        }
+        let _ = writeln!(out, "{head}");
+        for ev in &t.events {
+            let _ = writeln!(out, "  {}  {}", time_ms(ev.ts), what_text(&ev.what));
+        }
+        if t.death().is_none() {
+            let _ = writeln!(out, "  (no death recorded: alive when the journal ends)");
+        }
+    }
+    out
+}
