@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::diag::Diag;
 use crate::event::Event;
@@ -109,5 +110,29 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+/// SIGINT and SIGTERM, caught from before kat says it has started: a stop
+/// sent right after that line must end kat cleanly, not kill it.
+pub struct StopSignals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl StopSignals {
+    pub fn catch() -> Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+        })
+    }
+
+    /// Resolves at the first SIGINT or SIGTERM.
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }

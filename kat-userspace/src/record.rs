@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use bytesize::ByteSize;
 use chrono::Utc;
 
-use crate::engine::{Engine, Selection, ANSWER_POLL};
+use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
 use crate::event::{Event, Lost};
 use crate::exit::Failure;
 use crate::journal::writer::{Limits, Writer};
@@ -62,6 +62,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         file_started: now,
     };
     let mut journal = Writer::open(&args.dir, limits, header)?;
+    let mut stop = StopSignals::catch()?;
     eprintln!(
         "kat: recording to {} (up to {} in files of {}) on Linux {} ({}); SIGTERM or Ctrl-C to stop",
         journal.path().display(),
@@ -70,8 +71,6 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         kernel::release(),
         engine.loaded.lanes_text(),
     );
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot handle SIGTERM")?;
     let mut answers = tokio::time::interval(ANSWER_POLL);
     let mut batches = tokio::time::interval(BATCH_INTERVAL);
     let mut recorded: u64 = 0;
@@ -84,8 +83,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
                 journal.flush()?;
                 continue;
             }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            () = stop.recv() => break,
         };
         recorded += push(&mut journal, &events, &args.selection)?;
         let lost = engine.source.lost();

@@ -5,7 +5,7 @@ use std::io::Write as _;
 use anyhow::Result;
 use chrono::{DateTime, Local, Utc};
 
-use crate::engine::{Engine, Selection, ANSWER_POLL};
+use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
 use crate::event::{Event, From, Lost, Reason, Settings, What};
 use crate::kernel;
 
@@ -189,6 +189,7 @@ impl Output {
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
     let mut engine = Engine::start(&args.selection)?;
+    let mut stop = StopSignals::catch()?;
     let mut out = Output {
         args,
         lost_shown: 0,
@@ -200,14 +201,12 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         engine.loaded.lanes_text(),
         if engine.loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
     );
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut answers = tokio::time::interval(ANSWER_POLL);
     loop {
         let events = tokio::select! {
             batch = engine.source.next_batch() => engine.records(batch),
             _ = answers.tick() => engine.poll_answers(),
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            () = stop.recv() => break,
         };
         for ev in &events {
             if !out.event(ev) {

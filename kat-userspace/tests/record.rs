@@ -1,0 +1,381 @@
+//! `kat record` on the running kernel, read back by `kat report`: while
+//! the scenario suite of `kat trace` runs, after SIGTERM and after kill -9,
+//! and with a size cap small enough to rotate every second.
+
+use std::io::{BufRead as _, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use kat_scenarios::{keepalive, netns::Lab, Kat, KatCmd, Net as _};
+use kat_userspace::journal::reader::read_dir;
+use kat_userspace::journal::Entry;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+const KAT: &str = env!("CARGO_BIN_EXE_kat");
+
+struct Recorder {
+    child: Child,
+    stderr: Receiver<String>,
+}
+
+impl Recorder {
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(KAT)
+            .arg("record")
+            .arg("--dir")
+            .arg(dir)
+            .args(args)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kat record");
+        let (tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        match stderr.recv_timeout(Duration::from_secs(60)) {
+            Ok(l) if l.starts_with("kat: recording to ") => {}
+            other => panic!("kat record did not start: {other:?}"),
+        }
+        Self { child, stderr }
+    }
+
+    fn stop(mut self, signal: Signal) -> (ExitStatus, Vec<String>) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal");
+        let status = self.child.wait().expect("wait");
+        std::thread::sleep(Duration::from_millis(100));
+        (status, self.stderr.try_iter().collect())
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn report(dir: &Path, args: &[&str]) -> Value {
+    let o = Command::new(KAT)
+        .arg("report")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("kat report");
+    assert!(
+        o.status.success(),
+        "kat report {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("report JSON")
+}
+
+fn ts(v: &Value) -> f64 {
+    let t = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().expect("ts")).expect("RFC 3339");
+    t.timestamp_millis() as f64 / 1000.0
+}
+
+fn same_socket(a: &Value, b: &Value) -> bool {
+    ["saddr", "sport", "daddr", "dport", "netns"]
+        .iter()
+        .all(|k| a[k] == b[k])
+}
+
+/// What an event says, without its timing: sock_diag answers are noticed
+/// by each kat on its own poll.
+fn story(v: &Value) -> String {
+    match v["type"].as_str() {
+        Some("death") => format!("death {} {}", v["reason"], v["errno"]),
+        Some(t) => format!("{t} {}", v["probe"]),
+        None => format!("? {v}"),
+    }
+}
+
+const SUITE_PORT: u16 = 6801;
+
+#[test]
+fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = Recorder::start(dir.path(), &[]);
+    // A second kat traces everything alongside: the journal must say what it said.
+    let cmd = KatCmd {
+        binary: KAT.to_string(),
+        lane: None,
+    };
+    let reference = Kat::trace(&cmd, &["--all"], &[]);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = kat_scenarios::SCENARIOS
+            .iter()
+            .enumerate()
+            .map(|(i, (name, scenario))| {
+                let cmd = &cmd;
+                let port = SUITE_PORT + 2 * i as u16;
+                (name, s.spawn(move || scenario(&Lab::new(), cmd, port)))
+            })
+            .collect();
+        for (name, run) in runs {
+            assert!(run.join().is_ok(), "scenario {name} failed");
+        }
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, traced, _) = reference.stop();
+    let (status, stderr) = recorder.stop(Signal::SIGTERM);
+    assert!(status.success(), "kat record: {status} {stderr:#?}");
+    assert!(
+        stderr.iter().any(|l| l.starts_with("kat: recorded ")),
+        "{stderr:#?}"
+    );
+
+    let suite_ports = SUITE_PORT..SUITE_PORT + 2 * kat_scenarios::SCENARIOS.len() as u16;
+    let in_suite = |v: &Value| {
+        [&v["sport"], &v["dport"]].iter().any(|p| {
+            p.as_u64()
+                .is_some_and(|p| suite_ports.contains(&(p as u16)))
+        })
+    };
+    let traced: Vec<&Value> = traced.iter().filter(|v| in_suite(v)).collect();
+    let deaths: Vec<&Value> = traced
+        .iter()
+        .copied()
+        .filter(|v| v["type"] == "death" && v["reason"] != "closed")
+        .collect();
+
+    assert!(deaths.len() >= 6, "{traced:#?}");
+    let r = report(dir.path(), &[]);
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(0), "{r}");
+    let reported = r["deaths"].as_array().expect("deaths");
+    for d in &deaths {
+        assert!(
+            reported.iter().any(|x| same_socket(x, d)
+                && x["reason"] == d["reason"]
+                && (ts(x) - ts(d)).abs() < 0.01),
+            "the report lacks {d}"
+        );
+    }
+    let reasons: Vec<&str> = r["reasons"]
+        .as_array()
+        .expect("reasons")
+        .iter()
+        .filter_map(|x| x["reason"].as_str())
+        .collect();
+    for want in [
+        "keepalive_timeout",
+        "peer_reset",
+        "abort_on_close",
+        "abort_on_linger",
+        "user_timeout",
+        "retransmit_timeout",
+    ] {
+        assert!(reasons.contains(&want), "no {want} in {reasons:?}");
+    }
+
+    // Each dead connection's timeline tells the story kat trace told.
+    for d in &deaths {
+        let end = format!("{}:{}", d["saddr"].as_str().expect("saddr"), d["sport"]);
+        let end = if d["saddr"].as_str().is_some_and(|a| a.contains(':')) {
+            format!("[{}]:{}", d["saddr"].as_str().expect("saddr"), d["sport"])
+        } else {
+            end
+        };
+        let t = report(dir.path(), &["--conn", &end]);
+        let timeline = t["connections"]
+            .as_array()
+            .expect("connections")
+            .iter()
+            .find(|c| {
+                same_socket(c, d)
+                    && c["events"]
+                        .as_array()
+                        .and_then(|e| e.last())
+                        .is_some_and(|l| l["type"] == "death")
+            })
+            .unwrap_or_else(|| panic!("no timeline for {end}: {t}"));
+        let recorded: Vec<String> = timeline["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(story)
+            .collect();
+        let expected: Vec<String> = traced
+            .iter()
+            .filter(|v| same_socket(v, d) && ts(v) <= ts(d))
+            .map(|v| story(v))
+            .collect();
+        assert!(
+            recorded.ends_with(&expected),
+            "timeline of {end}: recorded {recorded:#?}, traced {expected:#?}"
+        );
+    }
+
+    // --port keeps to one port.
+    let one = report(dir.path(), &["--port", &(SUITE_PORT + 2).to_string()]);
+    for x in one["deaths"].as_array().expect("deaths") {
+        assert!(
+            x["sport"] == SUITE_PORT + 2 || x["dport"] == SUITE_PORT + 2,
+            "{x}"
+        );
+    }
+    assert!(one["events"].as_u64() < r["events"].as_u64());
+}
+
+/// Probing connections to `port` in a fresh lab: about two events a
+/// second each (a probe and its answer).
+fn probing(lab: &Lab, port: u16, n: usize) -> Vec<std::net::TcpStream> {
+    let addr = std::net::SocketAddr::new(lab.server_addr(false), port);
+    let listener = lab.listen(addr);
+    let mut keep = Vec::new();
+    for _ in 0..n {
+        keep.push(lab.connect(addr, Box::new(|s| keepalive(s, 1, 1, 3))));
+        keep.push(listener.accept().expect("accept").0);
+    }
+    keep
+}
+
+#[test]
+fn kill_9_keeps_every_record_written_before_it() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let port = 6831;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = Recorder::start(dir.path(), &["--port", &port.to_string()]);
+    let cmd = KatCmd {
+        binary: KAT.to_string(),
+        lane: None,
+    };
+    let mut reference = Kat::trace(&cmd, &["--port", &port.to_string()], &[]);
+    let lab = Lab::new();
+    let _conns = probing(&lab, port, 6);
+    reference.collect_for(Duration::from_secs(6));
+    let (status, _) = recorder.stop(Signal::SIGKILL);
+    let killed = kat_scenarios::kat::now();
+    assert_eq!(status.code(), None, "killed by a signal");
+    let (_, traced, _) = reference.stop();
+
+    let journal = read_dir(dir.path()).expect("journal");
+    // Only the very last record may be cut short.
+    for p in &journal.problems {
+        assert!(
+            p.what.contains("truncated") && p.line > 1,
+            "{p} in {:?}",
+            journal.files
+        );
+    }
+    let recorded: Vec<Value> = journal
+        .entries
+        .iter()
+        .filter_map(|e| match e {
+            Entry::Event(ev) => Some(serde_json::to_value(ev).expect("JSON")),
+            _ => None,
+        })
+        .collect();
+    // A batch is written every second: anything older than that is on disk.
+    let written = traced
+        .iter()
+        .filter(|v| v["type"] == "probe" && ts(v) < killed - 1.5)
+        .collect::<Vec<_>>();
+    assert!(written.len() >= 10, "{traced:#?}");
+    for v in written {
+        assert!(
+            recorded
+                .iter()
+                .any(|r| same_socket(r, v) && r["type"] == "probe" && (ts(r) - ts(v)).abs() < 0.01),
+            "lost by kill -9: {v}"
+        );
+    }
+
+    // The next start carries on in a new file, and the report reads both.
+    let first = journal.files.clone();
+    let again = Recorder::start(dir.path(), &["--port", &port.to_string()]);
+    let (status, _) = again.stop(Signal::SIGINT);
+    assert!(status.success());
+    let journal = read_dir(dir.path()).expect("journal");
+    assert_eq!(journal.files.len(), first.len() + 1);
+    assert_eq!(&journal.files[..first.len()], &first[..]);
+    let r = report(dir.path(), &[]);
+    assert!(r["probes"].as_u64().is_some_and(|p| p >= 8), "{r}");
+    assert_eq!(r["runs"].as_array().map(Vec::len), Some(2), "{r}");
+}
+
+#[test]
+fn a_small_max_size_rotates_files_and_drops_the_oldest() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let port = 6833;
+    let (max, file) = (16 * 1024, 4 * 1024);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let recorder = Recorder::start(
+        dir.path(),
+        &[
+            "--port",
+            &port.to_string(),
+            "--max-size",
+            "16KiB",
+            "--file-size",
+            "4KiB",
+        ],
+    );
+    let lab = Lab::new();
+    let conns = probing(&lab, port, 20);
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, stderr) = recorder.stop(Signal::SIGTERM);
+    drop(conns);
+    assert!(status.success(), "{stderr:#?}");
+
+    let mut files: Vec<(String, u64, u32)> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| {
+            let e = e.expect("entry");
+            let m = e.metadata().expect("metadata");
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                m.len(),
+                m.permissions().mode() & 0o777,
+            )
+        })
+        .collect();
+    files.sort();
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    assert!(total <= max, "{total} bytes: {files:#?}");
+    assert!(
+        files.iter().all(|f| f.1 <= file && f.2 == 0o600),
+        "{files:#?}"
+    );
+    assert!(
+        !files[0].0.starts_with("kat-000001-"),
+        "the oldest file was not dropped: {files:#?}"
+    );
+    assert!(files.len() >= 3, "{files:#?}");
+    let removed = stderr
+        .iter()
+        .find(|l| l.starts_with("kat: recorded "))
+        .expect("summary line");
+    assert!(!removed.contains(" 0 removed"), "{removed}");
+
+    let journal = read_dir(dir.path()).expect("journal");
+    assert!(journal.problems.is_empty(), "{:?}", journal.problems);
+    for path in &journal.files {
+        let text = std::fs::read_to_string(path).expect("read");
+        assert!(text.starts_with("{\"type\":\"journal\""), "{text}");
+    }
+    let r = report(dir.path(), &[]);
+    assert!(r["probes"].as_u64().is_some_and(|p| p > 10), "{r}");
+}
