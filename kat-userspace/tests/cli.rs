@@ -122,3 +122,108 @@ fn top_without_a_terminal_points_at_trace() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// A journal as `kat record` writes it, with one corrupt and one foreign line.
+const JOURNAL: &str = concat!(
+    r#"{"type":"journal","format":1,"kat":"0.1.0","host":"web-1","kernel":"6.18.44","lanes":"tracepoint lane","ports":[],"run_started":"2026-11-21T03:00:00.000Z","file_started":"2026-11-21T03:00:00.000Z"}"#,
+    "\n",
+    r#"{"type":"probe","probe":1,"probes_max":2,"idle_s":55.0,"ts":"2026-11-21T03:12:01.000Z","saddr":"198.18.1.2","sport":41000,"daddr":"198.18.2.2","dport":6699,"netns":4026531840,"uid":0}"#,
+    "\n",
+    r#"{"type":"probe","probe":2,"probes_max":2,"idle_s":61.0,"ts":"2026-11-21T03:12:07.0"#,
+    "\n",
+    "GET / HTTP/1.1\n",
+    r#"{"type":"death","reason":"keepalive_timeout","errno":"ETIMEDOUT","unanswered_probes":2,"found_by_probe":false,"lifetime_s":70.5,"state":"ESTABLISHED","ts":"2026-11-21T03:12:13.000Z","saddr":"198.18.1.2","sport":41000,"daddr":"198.18.2.2","dport":6699,"netns":4026531840,"uid":0}"#,
+    "\n",
+);
+
+#[test]
+fn report_reads_a_journal_without_root_and_names_bad_lines() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("kat-000001-20261121T030000Z.jsonl");
+    std::fs::write(&file, JOURNAL).expect("write");
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    let o = if nix::unistd::geteuid().is_root() {
+        // As an ordinary user who owns the files.
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        for p in [dir.path(), file.as_path()] {
+            nix::unistd::chown(p, nobody, None).expect("chown");
+        }
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_kat"))
+            .args(["report", "--dir", &dir_arg])
+            .output()
+            .expect("setpriv")
+    } else {
+        kat(&["report", "--dir", &dir_arg])
+    };
+    let err = stderr(&o);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    for line in [3, 4] {
+        assert!(
+            err.contains(&format!("kat-000001-20261121T030000Z.jsonl:{line}: ")),
+            "line {line} not named: {err}"
+        );
+    }
+    assert!(
+        out.contains("keepalive_timeout         1  ETIMEDOUT"),
+        "{out}"
+    );
+    assert!(out.contains("on web-1, Linux 6.18.44"), "{out}");
+
+    let conn = kat(&["report", "--dir", &dir_arg, "--conn", "198.18.2.2:6699"]);
+    let out = String::from_utf8_lossy(&conn.stdout);
+    assert!(out.contains("probe 1/2, idle 55.0 s"), "{out}");
+    assert!(
+        out.contains("DEAD keepalive_timeout after 2 unanswered probes"),
+        "{out}"
+    );
+}
+
+#[test]
+fn report_and_record_refuse_bad_arguments_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("kat-000001-20261121T030000Z.jsonl"),
+        JOURNAL,
+    )
+    .expect("write");
+    let d = dir.path().to_string_lossy().into_owned();
+    for (args, code, says) in [
+        (
+            vec!["report", "--dir", &d, "--since", "yesterday"],
+            2,
+            "--since",
+        ),
+        (
+            vec!["report", "--dir", &d, "--since", "1h", "--until", "2h"],
+            2,
+            "--since is after --until",
+        ),
+        (vec!["report", "--dir", &d, "--conn", "6699"], 2, "--conn"),
+        (
+            vec!["report", "--dir", "/nonexistent/kat"],
+            1,
+            "no journal directory",
+        ),
+        (vec!["report", "--dir", "/etc"], 1, "no journal files"),
+        (
+            vec!["record", "--max-size", "1KiB"],
+            2,
+            "at least 4096 bytes",
+        ),
+        (vec!["record", "--max-size", "banana"], 2, "not a size"),
+        (
+            vec!["record", "--max-size", "1MiB", "--file-size", "2MiB"],
+            2,
+            "smaller than one file",
+        ),
+    ] {
+        let o = kat(&args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
