@@ -238,3 +238,18 @@ fn limits_are_checked() {
     let l = Limits::new(256 << 20, None).expect("limits");
     assert_eq!(l.file_size, 32 << 20);
 }
+
+#[test]
+fn one_writer_at_a_time_per_directory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = Limits::new(1 << 20, None).expect("limits");
+    let first = Writer::open(dir.path(), limits, header()).expect("open");
+    let second = Writer::open(dir.path(), limits, header()).map(|_| ());
+    let err = second.expect_err("a second writer");
+    assert!(
+        err.to_string().contains("another kat record is writing to"),
+        "{err}"
+    );
+    drop(first);
+    assert!(Writer::open(dir.path(), limits, header()).is_ok());
+}

@@ -10,8 +10,10 @@ use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use chrono::Utc;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
 use super::{file_name, seq_of, Header};
@@ -53,6 +55,9 @@ struct Current {
 }
 
 pub struct Writer {
+    /// Held while writing: a second recorder on the directory would remove
+    /// this one's files for the cap.
+    _lock: Flock<File>,
     dir: PathBuf,
     limits: Limits,
     header: Header,
@@ -79,6 +84,15 @@ fn make_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot create the journal directory {}", dir.display()))
 }
 
+fn lock(dir: &Path) -> Result<Flock<File>> {
+    let handle =
+        File::open(dir).with_context(|| format!("cannot open the directory {}", dir.display()))?;
+    Flock::lock(handle, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        Errno::EWOULDBLOCK => anyhow!("another kat record is writing to {}", dir.display()),
+        e => anyhow!("cannot lock {}: {e}", dir.display()),
+    })
+}
+
 /// The journal files already in `dir`, oldest first, with their sizes.
 pub fn existing(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>> {
     let mut files = Vec::new();
@@ -101,11 +115,13 @@ impl Writer {
     /// line may be the one a crash cut short).
     pub fn open(dir: &Path, limits: Limits, header: Header) -> Result<Self> {
         make_dir(dir)?;
+        let lock = lock(dir)?;
         let files = existing(dir)?;
         let next_seq = files.last().map_or(1, |(seq, _, _)| seq + 1);
         let older = files.into_iter().map(|(_, p, size)| (p, size)).collect();
         let current = Self::create(dir, next_seq, &header)?;
         let mut w = Self {
+            _lock: lock,
             dir: dir.to_path_buf(),
             limits,
             header,
