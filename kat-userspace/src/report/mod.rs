@@ -122,7 +122,7 @@ struct JsonReport<'a> {
 
 #[derive(Serialize)]
 struct JsonTimelines<'a> {
-    connections: &'a [Timeline],
+    connections: &'a [Timeline<'a>],
     problems: &'a [Problem],
 }
 

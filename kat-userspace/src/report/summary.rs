@@ -73,19 +73,20 @@ impl Conn {
 
 /// One connection's life as recorded, from its first event to its death.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Timeline {
+pub struct Timeline<'a> {
     #[serde(flatten)]
     pub conn: Conn,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// The latest settings seen.
     pub keepalive: Option<Settings>,
-    pub events: Vec<Event>,
+    /// Borrowed from the journal: a report may hold a whole journal.
+    pub events: Vec<&'a Event>,
 }
 
-impl Timeline {
+impl Timeline<'_> {
     pub fn death(&self) -> Option<&Event> {
-        self.events.last().filter(|e| e.reason().is_some())
+        self.events.last().copied().filter(|e| e.reason().is_some())
     }
 
     /// Seconds from the first probe of the final unanswered run to the
@@ -110,8 +111,8 @@ fn secs(d: chrono::TimeDelta) -> f64 {
 
 /// The connections' timelines in the order they started: a death ends a
 /// timeline, and the same addresses later start a new one.
-pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timeline> {
-    let mut all: Vec<Timeline> = Vec::new();
+pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timeline<'a>> {
+    let mut all: Vec<Timeline<'a>> = Vec::new();
     let mut open: HashMap<Conn, usize> = HashMap::new();
     for ev in events {
         let conn = Conn::of(ev);
@@ -133,7 +134,7 @@ pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timelin
         if ev.keepalive.is_some() {
             t.keepalive = ev.keepalive;
         }
-        t.events.push(ev.clone());
+        t.events.push(ev);
         if ev.reason().is_some() {
             open.remove(&conn);
         }
