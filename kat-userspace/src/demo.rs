@@ -290,6 +290,8 @@ pub async fn run(_args: DemoArgs) -> Result<()> {
             lane: None,
         },
         pid: None,
+        replay: None,
+        speed: 1.0,
     })
     .await;
     drop(lab);

@@ -1,14 +1,17 @@
 //! `kat top`: the live dashboard. This module is the I/O edge: terminal,
 //! keys, timers, kernel records and sock_diag snapshots become messages for
-//! the pure model; the view draws the model.
+//! the pure model; the view draws the model. With `--replay` a journal
+//! takes the kernel's place.
 
 pub mod model;
+pub mod replay;
 pub mod view;
 
 use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 use chrono::Utc;
 use crossterm::event::{
     Event as TermEvent, EventStream, KeyCode, KeyEvent, KeyEventKind, KeyModifiers,
@@ -18,9 +21,11 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
 use crate::engine::{Engine, Selection, ANSWER_POLL};
+use crate::journal::{reader, Entry};
 use crate::tracker::state_name;
 use crate::{diag, kernel};
 use model::{Action, ConnKey, Key, Live, Model, Msg};
+use replay::{Replay, MAX_SPEED, MIN_SPEED};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TopArgs {
@@ -29,6 +34,22 @@ pub struct TopArgs {
     /// Only connections owned by this process.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Open the dashboard on a journal written by `kat record`, for the
+    /// post-mortem (no root needed).
+    #[arg(long, value_name = "DIR", conflicts_with = "lane")]
+    pub replay: Option<PathBuf>,
+    /// Journal seconds played per second with --replay (1/16 to 4096).
+    #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = speed, requires = "replay")]
+    pub speed: f64,
+}
+
+fn speed(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(n) if (MIN_SPEED..=MAX_SPEED).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a speed: a number from {MIN_SPEED} to {MAX_SPEED} (2 plays twice as fast)"
+        )),
+    }
 }
 
 /// Raw mode and the alternate screen while it lives; restored on drop,
@@ -130,6 +151,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
     }
+    if let Some(dir) = &args.replay {
+        return run_replay(dir, &args).await;
+    }
     kernel::require_root("top")?;
     let mut engine = Engine::start(&args.selection)?;
     let mut model = Model::new(
@@ -190,6 +214,77 @@ pub async fn run(args: TopArgs) -> Result<()> {
             if model.update(msg) == Action::Quit {
                 return Ok(());
             }
+        }
+    }
+    Ok(())
+}
+
+/// The dashboard on a journal: no kernel, no root.
+async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
+    let journal = reader::read_dir(dir)?;
+    // Said before the dashboard hides the terminal: they stay readable after.
+    for p in &journal.problems {
+        eprintln!("kat: {p} (skipped)");
+    }
+    let (host, kernel, lanes) = journal
+        .entries
+        .iter()
+        .find_map(|e| match e {
+            Entry::Header(h) => Some((h.host.clone(), h.kernel.clone(), h.lanes.clone())),
+            _ => None,
+        })
+        .unwrap_or_else(|| ("?".into(), "?".into(), "lanes unknown".into()));
+    let filtered = !args.selection.ports.is_empty() || args.pid.is_some();
+    let keep = |ev: &crate::event::Event| {
+        args.selection.wants(ev.sport, ev.dport) && (args.pid.is_none() || ev.pid == args.pid)
+    };
+    let mut replay = Replay::new(journal.entries, keep, args.speed, journal.problems.len())
+        .ok_or_else(|| {
+            let which = if filtered {
+                " for this --port/--pid"
+            } else {
+                ""
+            };
+            anyhow!("the journal in {} has no events{which}", dir.display())
+        })?;
+    let mut model = Model::new(host, kernel, lanes, replay.clock());
+    model.pid = args.pid;
+
+    log::set_max_level(log::LevelFilter::Off);
+    let _guard = TerminalGuard::enter()?;
+    let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
+    let mut keys = EventStream::new();
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut frame = tokio::time::interval(Duration::from_millis(100));
+    // The real time passed is measured: a late frame moves the clock as far.
+    frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = tokio::time::Instant::now();
+    let mut msgs = replay.advance(Duration::ZERO);
+    loop {
+        for msg in msgs.drain(..) {
+            if model.update(msg) == Action::Quit {
+                return Ok(());
+            }
+        }
+        terminal.draw(|f| view::view(f, &model))?;
+        tokio::select! {
+            now = frame.tick() => {
+                msgs = replay.advance(now - last);
+                last = now;
+            }
+            term = keys.next() => match term {
+                Some(Ok(TermEvent::Key(k))) => {
+                    let Some(k) = key(k) else { continue };
+                    // While a filter is typed every key is text.
+                    let played = if model.editing_filter { None } else { replay.key(k) };
+                    msgs = played.unwrap_or_else(|| vec![Msg::Key(k)]);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => bail!("reading the terminal: {e}"),
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
         }
     }
     Ok(())

@@ -125,6 +125,22 @@ pub enum Msg {
     /// Once a second: the wall clock, for rates and ages.
     Tick(DateTime<Utc>),
     Key(Key),
+    /// Where a replay of a journal stands (`kat top --replay`).
+    Replay(ReplayStatus),
+}
+
+/// A replay's clock and controls, for the header and the footer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayStatus {
+    /// The journal's time being shown.
+    pub clock: DateTime<Utc>,
+    /// Journal seconds per real second.
+    pub speed: f64,
+    pub paused: bool,
+    /// Every event has been played.
+    pub at_end: bool,
+    /// Journal lines that could not be read and were skipped.
+    pub problems: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +182,8 @@ pub struct Model {
     pub detail: Option<ConnKey>,
     /// Only connections owned by this pid (`--pid`).
     pub pid: Option<u32>,
+    /// Set when a journal is replayed rather than the kernel watched.
+    pub replay: Option<ReplayStatus>,
 }
 
 impl Model {
@@ -194,6 +212,7 @@ impl Model {
             help: false,
             detail: None,
             pid: None,
+            replay: None,
         }
     }
 
@@ -209,6 +228,7 @@ impl Model {
                 }
             }
             Msg::Lost(n) => self.lost = n,
+            Msg::Replay(status) => self.replay = Some(status),
             // While paused the screen holds still; nothing is lost.
             data if self.paused => self.pending.push(data),
             Msg::Event(ev) => self.event(*ev),

@@ -9,7 +9,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::model::{ConnKey, Model, Row};
+use super::model::{ConnKey, Model, ReplayStatus, Row};
 use crate::event::{From, Reason, What};
 
 /// Smallest terminal the layout works in.
@@ -123,15 +123,19 @@ pub fn view(frame: &mut Frame, m: &Model) {
     }
     draw_footer(frame, footer, m);
     if m.help {
-        draw_help(frame, area);
+        draw_help(frame, area, m.replay.is_some());
     }
 }
 
 fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
-    let mut title = vec![
-        Span::from("kat top ").bold(),
-        Span::from(format!("{}  Linux {}  {}", m.host, m.kernel, m.lanes)),
-    ];
+    let mut title = match &m.replay {
+        Some(r) => replay_title(r),
+        None => vec![Span::from("kat top ").bold()],
+    };
+    title.push(Span::from(format!(
+        "{}  Linux {}  {}",
+        m.host, m.kernel, m.lanes
+    )));
     if m.paused {
         title.push(Span::from("  PAUSED").reversed());
     }
@@ -163,6 +167,34 @@ fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
         Paragraph::new(vec![Line::from(title), Line::from(stats)]),
         area,
     );
+}
+
+/// Where the replay stands, first: the clock is the one thing that must
+/// never be mistaken for the present.
+fn replay_title(r: &ReplayStatus) -> Vec<Span<'static>> {
+    let local: DateTime<Local> = r.clock.into();
+    let state = if r.at_end {
+        " end of journal"
+    } else if r.paused {
+        " paused"
+    } else {
+        ""
+    };
+    let mut title = vec![Span::from(format!(
+        "REPLAY {} ×{}{state}",
+        local.format("%Y-%m-%d %H:%M:%S"),
+        r.speed
+    ))
+    .bold()
+    .reversed()];
+    if r.problems > 0 {
+        title.push(Span::styled(
+            format!("  {} bad lines skipped", r.problems),
+            Style::new().fg(Color::Red).bold(),
+        ));
+    }
+    title.push(Span::from("  "));
+    title
 }
 
 fn draw_charts(frame: &mut Frame, area: Rect, m: &Model) {
@@ -474,15 +506,32 @@ fn draw_footer(frame: &mut Frame, area: Rect, m: &Model) {
     } else {
         format!("/ filter: {}", m.filter)
     };
-    let text = format!(
-        " q quit  ? help  ↑↓ move  Enter detail  {filter}  s sort  p {}",
-        if m.paused { "resume" } else { "pause" }
-    );
+    let text = match &m.replay {
+        Some(r) => format!(
+            // Sorting gives way to the replay keys (it stays in the help).
+            " q quit  ? help  Enter detail  {filter}  p {}  n next  +- speed  ] skip",
+            if r.paused { "play" } else { "pause" }
+        ),
+        None => format!(
+            " q quit  ? help  ↑↓ move  Enter detail  {filter}  s sort  p {}",
+            if m.paused { "resume" } else { "pause" }
+        ),
+    };
     frame.render_widget(Paragraph::new(text).reversed(), area);
 }
 
-fn draw_help(frame: &mut Frame, area: Rect) {
-    let lines = [
+fn draw_help(frame: &mut Frame, area: Rect, replay: bool) {
+    let pause: &[&str] = if replay {
+        &[
+            "p, space         pause and play the journal",
+            "n                the next event (also when paused)",
+            "+ -              twice as fast, half as fast",
+            "]                skip to just before the next event",
+        ]
+    } else {
+        &["p                pause and resume"]
+    };
+    let lines: Vec<&str> = [
         "q, Ctrl-C        quit",
         "↑ ↓ PgUp PgDn    move",
         "Home End         first, last row",
@@ -490,13 +539,17 @@ fn draw_help(frame: &mut Frame, area: Rect) {
         "Esc              back, close help",
         "/                filter by port, address or command",
         "s                sort by the next column",
-        "p                pause and resume",
+    ]
+    .into_iter()
+    .chain(pause.iter().copied())
+    .chain([
         "?                this help",
         "",
         "PROBES 2/3: probes out of the count that kills;",
         "* marks a setting from the namespace's sysctl;",
         "DEAD IN: worst case if no probe is answered.",
-    ];
+    ])
+    .collect();
     let w = 56.min(area.width);
     let h = (lines.len() as u16 + 2).min(area.height);
     let popup = Rect::new(
@@ -579,6 +632,79 @@ mod tests {
         let mut m = populated();
         m.update(Msg::Key(Key::Char('?')));
         both("help", &m);
+    }
+
+    /// A journal with two connections probing, one answered and one dead,
+    /// replayed at 4× up to its 5th second, with two bad lines skipped.
+    fn replayed() -> Model {
+        use crate::event::{Event, Reason, What};
+        use crate::journal::tests::{death, event, header, probe};
+        use crate::journal::Entry;
+        use crate::top::model::tests::settings;
+        use crate::top::replay::Replay;
+
+        let known = |mut ev: Event| {
+            ev.keepalive = Some(settings());
+            ev
+        };
+        let entries = [
+            known(probe(1.0, 40001, 1)),
+            known(probe(1.5, 40002, 1)),
+            known(event(2.0, 40001, What::ProbeAnswered { probe: 1 })),
+            known(probe(2.5, 40002, 2)),
+            probe(3.0, 40003, 1),
+            death(4.0, 40003, Reason::KeepaliveTimeout),
+            known(probe(60.0, 40002, 3)),
+        ]
+        .map(Entry::Event);
+        let journal = std::iter::once(Entry::Header(header())).chain(entries);
+        let mut r = Replay::new(journal.collect(), |_| true, 4.0, 2).expect("events");
+        let h = header();
+        let mut m = Model::new(h.host, h.kernel, h.lanes, r.clock());
+        for msg in r.advance(std::time::Duration::from_millis(1250)) {
+            m.update(msg);
+        }
+        m
+    }
+
+    #[test]
+    fn replay() {
+        both("replay", &replayed());
+    }
+
+    #[test]
+    fn replay_help() {
+        let mut m = replayed();
+        m.update(Msg::Key(Key::Char('?')));
+        insta::assert_snapshot!("replay_help_80x24", screen(&m, 80, 24));
+    }
+
+    #[test]
+    fn replay_states_in_the_header() {
+        use crate::top::model::ReplayStatus;
+
+        let mut m = replayed();
+        let status = m.replay.expect("replaying");
+        let first_line = |m: &Model| screen(m, 100, 24).lines().next().map(str::to_owned);
+        m.update(Msg::Replay(ReplayStatus {
+            paused: true,
+            problems: 0,
+            ..status
+        }));
+        let line = first_line(&m).expect("a header");
+        assert!(line.contains(" ×4 paused  web-1  Linux 6.18.44"), "{line}");
+        assert!(!line.contains("bad lines"), "{line}");
+        m.update(Msg::Replay(ReplayStatus {
+            at_end: true,
+            paused: true,
+            speed: 0.25,
+            ..status
+        }));
+        let line = first_line(&m).expect("a header");
+        assert!(
+            line.contains(" ×0.25 end of journal  2 bad lines"),
+            "{line}"
+        );
     }
 
     #[test]

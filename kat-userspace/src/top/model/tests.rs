@@ -242,3 +242,21 @@ fn quit_keys() {
     );
     assert_eq!(m.update(Msg::Key(Key::CtrlC)), Action::Quit);
 }
+
+#[test]
+fn a_replay_sets_its_status_and_the_clock_follows_its_ticks() {
+    let mut m = populated();
+    assert_eq!(m.replay, None, "live by default");
+    let status = ReplayStatus {
+        clock: at(9),
+        speed: 2.0,
+        paused: true,
+        at_end: false,
+        problems: 1,
+    };
+    m.update(Msg::Replay(status));
+    m.update(Msg::Tick(at(9)));
+    assert_eq!(m.replay, Some(status));
+    assert_eq!(m.now, at(9));
+    assert!(!m.paused, "the replay's pause is not the live one");
+}
