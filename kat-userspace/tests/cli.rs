@@ -219,6 +219,17 @@ fn report_and_record_refuse_bad_arguments_clearly() {
             2,
             "smaller than one file",
         ),
+        (
+            vec!["top", "--replay", &d, "--speed", "0"],
+            2,
+            "not a speed",
+        ),
+        (vec!["top", "--speed", "2"], 2, "--replay"),
+        (
+            vec!["top", "--replay", &d, "--lane", "kprobe"],
+            2,
+            "cannot be used with",
+        ),
     ] {
         let o = kat(&args);
         let err = stderr(&o);
