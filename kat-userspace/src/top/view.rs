@@ -507,8 +507,9 @@ fn draw_footer(frame: &mut Frame, area: Rect, m: &Model) {
         format!("/ filter: {}", m.filter)
     };
     let text = match &m.replay {
+        // Sorting gives way to the replay keys (it stays in the help).
+        Some(r) if r.at_end => format!(" q quit  ? help  Enter detail  {filter}  end of journal"),
         Some(r) => format!(
-            // Sorting gives way to the replay keys (it stays in the help).
             " q quit  ? help  Enter detail  {filter}  p {}  n next  +- speed  ] skip",
             if r.paused { "play" } else { "pause" }
         ),
@@ -704,6 +705,12 @@ mod tests {
         assert!(
             line.contains(" ×0.25 end of journal  2 bad lines"),
             "{line}"
+        );
+        let footer = screen(&m, 100, 24).lines().last().map(str::to_owned);
+        let footer = footer.expect("a footer");
+        assert!(
+            footer.contains("end of journal") && !footer.contains("p play"),
+            "nothing is left to play: {footer}"
         );
     }
 
