@@ -238,3 +238,18 @@ fn report_and_record_refuse_bad_arguments_clearly() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+#[test]
+fn record_fails_clearly_when_it_cannot_write() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let o = kat(&["record", "--dir", "/proc/kat-journal"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot create the journal directory /proc/kat-journal"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
