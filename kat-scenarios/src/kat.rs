@@ -1,10 +1,13 @@
-//! A running `kat trace --json`, its events collected as they come.
+//! A running `kat trace --json` (its events collected as they come) or
+//! `kat record`, and `kat report` over what it recorded.
 
 use std::io::{BufRead as _, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 /// How to start kat: which binary, which lane.
@@ -26,9 +29,30 @@ pub struct Kat {
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Kat {
+    /// `kat trace --json ARGS`, once its programs are attached.
     pub fn trace(cmd: &KatCmd, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        Self::start(cmd, "trace", &all, env, "kat: tracing")
+    }
+
+    /// `kat record --dir DIR ARGS`, once it records.
+    pub fn record(cmd: &KatCmd, dir: &Path, args: &[&str]) -> Self {
+        let dir = dir.to_string_lossy();
+        let mut all = vec!["--dir", dir.as_ref()];
+        all.extend_from_slice(args);
+        Self::start(cmd, "record", &all, &[], "kat: recording to ")
+    }
+
+    fn start(
+        cmd: &KatCmd,
+        subcommand: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready: &str,
+    ) -> Self {
         let mut command = Command::new(&cmd.binary);
-        command.arg("trace").arg("--json").args(args);
+        command.arg(subcommand).args(args);
         if let Some(lane) = &cmd.lane {
             command.args(["--lane", lane]);
         }
@@ -69,9 +93,9 @@ impl Kat {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match kat.stderr.recv_timeout(left) {
-                Ok(l) if l.starts_with("kat: tracing") => break,
+                Ok(l) if l.starts_with(ready) => break,
                 Ok(l) => eprintln!("kat stderr: {l}"),
-                Err(_) => panic!("kat trace did not start within {START_TIMEOUT:?}"),
+                Err(_) => panic!("kat {subcommand} did not start within {START_TIMEOUT:?}"),
             }
         }
         kat
@@ -123,9 +147,14 @@ impl Kat {
 
     /// Stops kat with SIGINT; returns its exit status, all events and
     /// what it printed on stderr after starting.
-    pub fn stop(mut self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+    pub fn stop(self) -> (ExitStatus, Vec<Value>, Vec<String>) {
+        self.stop_with(Signal::SIGINT)
+    }
+
+    /// Stops kat with `signal` (SIGKILL: a crash).
+    pub fn stop_with(mut self, signal: Signal) -> (ExitStatus, Vec<Value>, Vec<String>) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = nix::sys::signal::kill(pid, signal);
         let status = self.child.wait().expect("wait kat");
         while let Ok(v) = self.events.recv_timeout(Duration::from_secs(2)) {
             self.seen.push(v);
@@ -133,6 +162,24 @@ impl Kat {
         let stderr = self.stderr.try_iter().collect();
         (status, std::mem::take(&mut self.seen), stderr)
     }
+}
+
+/// `kat report --dir DIR --json ARGS`, which must succeed.
+pub fn report(cmd: &KatCmd, dir: &Path, args: &[&str]) -> Value {
+    let o = Command::new(&cmd.binary)
+        .arg("report")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("kat report");
+    assert!(
+        o.status.success(),
+        "kat report {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("report JSON")
 }
 
 impl Drop for Kat {

@@ -13,6 +13,7 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 use kat::{now, ts};
@@ -23,7 +24,7 @@ pub use net::{keepalive, Net, Side};
 /// `port` (and `port + 1` where it needs a second one).
 pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
 
-pub const SCENARIOS: [Scenario; 9] = [
+pub const SCENARIOS: [Scenario; 10] = [
     ("healthy_probes_answered", healthy_probes_answered),
     (
         "vanished_peer_keepalive_timeout",
@@ -39,6 +40,10 @@ pub const SCENARIOS: [Scenario; 9] = [
     ("orderly_close_only_with_all", orderly_close_only_with_all),
     ("port_filter_in_kernel", port_filter_in_kernel),
     ("ipv6", ipv6),
+    (
+        "recorded_death_in_the_journal",
+        recorded_death_in_the_journal,
+    ),
 ];
 
 /// True when a root-only test may run; without root it is skipped, except
@@ -369,4 +374,64 @@ pub fn ipv6(net: &dyn Net, kat: &KatCmd, port: u16) {
     });
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["unanswered_probes"], 2);
+}
+
+/// `kat record` (in the lane under test) keeps a vanished peer's death,
+/// and `kat report` names it, with the probes before it.
+pub fn recorded_death_in_the_journal(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let dir = std::env::temp_dir().join(format!("kat-journal-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let recorder = Kat::record(kat, &dir, &["--port", &port.to_string()]);
+    let listener = net.listen(addr(net, port));
+    let _client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 1, 1, 2)));
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+
+    // Dead at idle + count × interval = 3 s; in the file a batch later.
+    let deadline = std::time::Instant::now() + secs(15.0 * net.slack());
+    let death = loop {
+        let r = kat::report(kat, &dir, &[]);
+        let mine = r["deaths"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["dport"] == port).cloned());
+        if let Some(d) = mine {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no death in the journal: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "kat record: {status} {stderr:#?}");
+    assert_eq!(death["reason"], "keepalive_timeout", "{death}");
+    assert_eq!(death["errno"], "ETIMEDOUT");
+    assert_eq!(death["unanswered_probes"], 2);
+
+    let end = format!("{}:{}", death["daddr"].as_str().unwrap_or("?"), port);
+    let t = kat::report(kat, &dir, &["--conn", &end]);
+    let timeline = t["connections"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["sport"] == death["sport"]))
+        .unwrap_or_else(|| panic!("no timeline for {end}: {t}"));
+    let story: Vec<String> = timeline["events"]
+        .as_array()
+        .map(|es| {
+            es.iter()
+                .map(|e| format!("{} {}", e["type"], e["probe"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(
+        story,
+        ["\"probe\" 1", "\"probe\" 2", "\"death\" null"],
+        "{t}"
+    );
+    let r = kat::report(kat, &dir, &[]);
+    let lanes = r["runs"][0]["lanes"].as_str().unwrap_or_default();
+    if let Some(lane) = &kat.lane {
+        assert!(lanes.contains(lane.as_str()), "recorded lanes {lanes:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

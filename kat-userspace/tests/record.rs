@@ -2,83 +2,27 @@
 //! the scenario suite of `kat trace` runs, after SIGTERM and after kill -9,
 //! and with a size cap small enough to rotate every second.
 
-use std::io::{BufRead as _, BufReader};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use kat_scenarios::{keepalive, netns::Lab, Kat, KatCmd, Net as _};
 use kat_userspace::journal::reader::read_dir;
 use kat_userspace::journal::Entry;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const KAT: &str = env!("CARGO_BIN_EXE_kat");
 
-struct Recorder {
-    child: Child,
-    stderr: Receiver<String>,
-}
-
-impl Recorder {
-    fn start(dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(KAT)
-            .arg("record")
-            .arg("--dir")
-            .arg(dir)
-            .args(args)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kat record");
-        let (tx, stderr) = mpsc::channel();
-        let err = child.stderr.take().expect("stderr");
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        match stderr.recv_timeout(Duration::from_secs(60)) {
-            Ok(l) if l.starts_with("kat: recording to ") => {}
-            other => panic!("kat record did not start: {other:?}"),
-        }
-        Self { child, stderr }
-    }
-
-    fn stop(mut self, signal: Signal) -> (ExitStatus, Vec<String>) {
-        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal");
-        let status = self.child.wait().expect("wait");
-        std::thread::sleep(Duration::from_millis(100));
-        (status, self.stderr.try_iter().collect())
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+fn kat_cmd() -> KatCmd {
+    KatCmd {
+        binary: KAT.to_string(),
+        lane: None,
     }
 }
 
 fn report(dir: &Path, args: &[&str]) -> Value {
-    let o = Command::new(KAT)
-        .arg("report")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("kat report");
-    assert!(
-        o.status.success(),
-        "kat report {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    serde_json::from_slice(&o.stdout).expect("report JSON")
+    kat_scenarios::kat::report(&kat_cmd(), dir, args)
 }
 
 fn ts(v: &Value) -> f64 {
@@ -110,12 +54,9 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = Recorder::start(dir.path(), &[]);
+    let recorder = Kat::record(&kat_cmd(), dir.path(), &[]);
     // A second kat traces everything alongside: the journal must say what it said.
-    let cmd = KatCmd {
-        binary: KAT.to_string(),
-        lane: None,
-    };
+    let cmd = kat_cmd();
     let reference = Kat::trace(&cmd, &["--all"], &[]);
     std::thread::scope(|s| {
         let runs: Vec<_> = kat_scenarios::SCENARIOS
@@ -133,7 +74,7 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
     });
     std::thread::sleep(Duration::from_secs(1));
     let (_, traced, _) = reference.stop();
-    let (status, stderr) = recorder.stop(Signal::SIGTERM);
+    let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
     assert!(status.success(), "kat record: {status} {stderr:#?}");
     assert!(
         stderr.iter().any(|l| l.starts_with("kat: recorded ")),
@@ -252,16 +193,13 @@ fn kill_9_keeps_every_record_written_before_it() {
     }
     let port = 6831;
     let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = Recorder::start(dir.path(), &["--port", &port.to_string()]);
-    let cmd = KatCmd {
-        binary: KAT.to_string(),
-        lane: None,
-    };
+    let recorder = Kat::record(&kat_cmd(), dir.path(), &["--port", &port.to_string()]);
+    let cmd = kat_cmd();
     let mut reference = Kat::trace(&cmd, &["--port", &port.to_string()], &[]);
     let lab = Lab::new();
     let _conns = probing(&lab, port, 6);
     reference.collect_for(Duration::from_secs(6));
-    let (status, _) = recorder.stop(Signal::SIGKILL);
+    let (status, _, _) = recorder.stop_with(Signal::SIGKILL);
     let killed = kat_scenarios::kat::now();
     assert_eq!(status.code(), None, "killed by a signal");
     let (_, traced, _) = reference.stop();
@@ -300,8 +238,8 @@ fn kill_9_keeps_every_record_written_before_it() {
 
     // The next start carries on in a new file, and the report reads both.
     let first = journal.files.clone();
-    let again = Recorder::start(dir.path(), &["--port", &port.to_string()]);
-    let (status, _) = again.stop(Signal::SIGINT);
+    let again = Kat::record(&kat_cmd(), dir.path(), &["--port", &port.to_string()]);
+    let (status, _, _) = again.stop();
     assert!(status.success());
     let journal = read_dir(dir.path()).expect("journal");
     assert_eq!(journal.files.len(), first.len() + 1);
@@ -319,7 +257,8 @@ fn a_small_max_size_rotates_files_and_drops_the_oldest() {
     let port = 6833;
     let (max, file) = (16 * 1024, 4 * 1024);
     let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = Recorder::start(
+    let recorder = Kat::record(
+        &kat_cmd(),
         dir.path(),
         &[
             "--port",
@@ -336,7 +275,7 @@ fn a_small_max_size_rotates_files_and_drops_the_oldest() {
     while Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
-    let (status, stderr) = recorder.stop(Signal::SIGTERM);
+    let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
     drop(conns);
     assert!(status.success(), "{stderr:#?}");
 

@@ -60,8 +60,13 @@ fn ipv6_connections_are_traced_too() {
     run(kat_scenarios::ipv6, 6717);
 }
 
+#[test]
+fn kat_record_keeps_the_death_and_kat_report_names_it() {
+    run(kat_scenarios::recorded_death_in_the_journal, 6719);
+}
+
 /// Every scenario of the suite has a test above.
 #[test]
 fn the_suite_is_covered() {
-    assert_eq!(kat_scenarios::SCENARIOS.len(), 9);
+    assert_eq!(kat_scenarios::SCENARIOS.len(), 10);
 }
