@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
+use crate::spawn::spawn;
+
 /// How to start kat: which binary, which lane.
 #[derive(Debug, Clone)]
 pub struct KatCmd {
@@ -56,12 +58,13 @@ impl Kat {
         if let Some(lane) = &cmd.lane {
             command.args(["--lane", lane]);
         }
-        let mut child = command
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn kat");
+        let mut child = spawn(
+            command
+                .envs(env.iter().copied())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        )
+        .expect("spawn kat");
         let (tx, events) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -166,14 +169,18 @@ impl Kat {
 
 /// `kat report --dir DIR --json ARGS`, which must succeed.
 pub fn report(cmd: &KatCmd, dir: &Path, args: &[&str]) -> Value {
-    let o = Command::new(&cmd.binary)
-        .arg("report")
-        .arg("--dir")
-        .arg(dir)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("kat report");
+    let o = spawn(
+        Command::new(&cmd.binary)
+            .arg("report")
+            .arg("--dir")
+            .arg(dir)
+            .arg("--json")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    )
+    .and_then(|c| c.wait_with_output())
+    .expect("kat report");
     assert!(
         o.status.success(),
         "kat report {args:?}: {}",

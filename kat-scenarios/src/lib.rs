@@ -8,6 +8,7 @@ pub mod kat;
 pub mod loopback;
 pub mod net;
 pub mod netns;
+pub mod spawn;
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
@@ -197,7 +198,8 @@ pub fn abort_on_close_and_linger(net: &dyn Net, kat: &KatCmd, port: u16) {
     let (unread, _) = listener.accept().expect("accept");
     client.write_all(b"never read").expect("write");
     std::thread::sleep(Duration::from_millis(100));
-    drop(unread);
+    // This process must be the closer, not a child being started.
+    spawn::alone(|| drop(unread));
     let dead = kat.wait_for("abort_on_close", secs(5.0 * net.slack()), |v| {
         net.is(v, "death", Side::Server, port)
     });

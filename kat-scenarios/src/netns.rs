@@ -13,6 +13,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
 use crate::net::{abort, Net, Side};
+use crate::spawn::spawn;
 
 pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const SERVER_ADDR: &str = "198.18.0.2";
@@ -20,9 +21,8 @@ pub const CLIENT_ADDR6: &str = "fd00:6b61:74::1";
 pub const SERVER_ADDR6: &str = "fd00:6b61:74::2";
 
 fn run(cmd: &[&str]) {
-    let status = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .status()
+    let status = spawn(Command::new(cmd[0]).args(&cmd[1..]))
+        .and_then(|mut c| c.wait())
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
@@ -146,12 +146,14 @@ impl Net for Lab {
         ip(&format!("netns del {}", self.server));
         let deadline = Instant::now() + Duration::from_secs(10);
         // The veth pair goes away with the namespace, once its last socket is freed.
-        while Command::new("ip")
-            .args(["-n", &self.client, "link", "show", "veth0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        while spawn(
+            Command::new("ip")
+                .args(["-n", &self.client, "link", "show", "veth0"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )
+        .and_then(|mut c| c.wait())
+        .is_ok_and(|s| s.success())
         {
             assert!(
                 Instant::now() < deadline,
@@ -188,10 +190,12 @@ impl Net for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in [&self.client, &self.server] {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            let _ = spawn(
+                Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .stderr(Stdio::null()),
+            )
+            .and_then(|mut c| c.wait());
         }
     }
 }
