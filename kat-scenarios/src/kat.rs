@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-use crate::spawn::spawn;
+use crate::spawn::starting;
 
 /// How to start kat: which binary, which lane.
 #[derive(Debug, Clone)]
@@ -58,13 +58,14 @@ impl Kat {
         if let Some(lane) = &cmd.lane {
             command.args(["--lane", lane]);
         }
-        let mut child = spawn(
-            command
-                .envs(env.iter().copied())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped()),
-        )
-        .expect("spawn kat");
+        // Until kat says it is ready: see crate::spawn.
+        let starting = starting();
+        let mut child = command
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kat");
         let (tx, events) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -101,6 +102,7 @@ impl Kat {
                 Err(_) => panic!("kat {subcommand} did not start within {START_TIMEOUT:?}"),
             }
         }
+        drop(starting);
         kat
     }
 
@@ -169,18 +171,17 @@ impl Kat {
 
 /// `kat report --dir DIR --json ARGS`, which must succeed.
 pub fn report(cmd: &KatCmd, dir: &Path, args: &[&str]) -> Value {
-    let o = spawn(
+    let o = {
+        let _starting = starting();
         Command::new(&cmd.binary)
             .arg("report")
             .arg("--dir")
             .arg(dir)
             .arg("--json")
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped()),
-    )
-    .and_then(|c| c.wait_with_output())
-    .expect("kat report");
+            .output()
+            .expect("kat report")
+    };
     assert!(
         o.status.success(),
         "kat report {args:?}: {}",

@@ -13,7 +13,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
 use crate::net::{abort, Net, Side};
-use crate::spawn::spawn;
+use crate::spawn::starting;
 
 pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const SERVER_ADDR: &str = "198.18.0.2";
@@ -21,8 +21,10 @@ pub const CLIENT_ADDR6: &str = "fd00:6b61:74::1";
 pub const SERVER_ADDR6: &str = "fd00:6b61:74::2";
 
 fn run(cmd: &[&str]) {
-    let status = spawn(Command::new(cmd[0]).args(&cmd[1..]))
-        .and_then(|mut c| c.wait())
+    let _starting = starting();
+    let status = Command::new(cmd[0])
+        .args(&cmd[1..])
+        .status()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed: {status}");
 }
@@ -146,15 +148,15 @@ impl Net for Lab {
         ip(&format!("netns del {}", self.server));
         let deadline = Instant::now() + Duration::from_secs(10);
         // The veth pair goes away with the namespace, once its last socket is freed.
-        while spawn(
+        while {
+            let _starting = starting();
             Command::new("ip")
                 .args(["-n", &self.client, "link", "show", "veth0"])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        )
-        .and_then(|mut c| c.wait())
-        .is_ok_and(|s| s.success())
-        {
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        } {
             assert!(
                 Instant::now() < deadline,
                 "old server namespace did not go away"
@@ -190,12 +192,11 @@ impl Net for Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in [&self.client, &self.server] {
-            let _ = spawn(
-                Command::new("ip")
-                    .args(["netns", "del", ns])
-                    .stderr(Stdio::null()),
-            )
-            .and_then(|mut c| c.wait());
+            let _starting = starting();
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
