@@ -1,6 +1,7 @@
 //! The high-level events every view reads, and their JSON form (the
 //! contract documented in docs/events.md).
 
+use std::fmt;
 use std::net::IpAddr;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -148,4 +149,46 @@ pub struct Lost {
     #[serde(serialize_with = "rfc3339")]
     pub ts: DateTime<Utc>,
     pub count: u64,
+}
+
+/// `198.18.0.1:6699`, `[fd00::1]:6699`.
+pub fn endpoint(addr: &IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// A connection as the socket sees it, in its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ConnKey {
+    pub netns: u32,
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+}
+
+impl ConnKey {
+    pub fn of(ev: &Event) -> Self {
+        Self {
+            netns: ev.netns,
+            saddr: ev.saddr,
+            sport: ev.sport,
+            daddr: ev.daddr,
+            dport: ev.dport,
+        }
+    }
+}
+
+/// `local → remote`.
+impl fmt::Display for ConnKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} → {}",
+            endpoint(&self.saddr, self.sport),
+            endpoint(&self.daddr, self.dport)
+        )
+    }
 }

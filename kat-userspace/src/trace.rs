@@ -6,7 +6,7 @@ use anyhow::Result;
 use chrono::{DateTime, Local, Utc};
 
 use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
-use crate::event::{Event, From, Lost, Reason, Settings, What};
+use crate::event::{ConnKey, Event, From, Lost, Reason, Settings, What};
 use crate::kernel;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -114,21 +114,13 @@ pub fn what_text(what: &What) -> String {
     }
 }
 
-pub fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 /// The text line for an event (time in the local zone, like bcc tools).
 pub fn line(ev: &Event) -> String {
     let local: DateTime<Local> = ev.ts.into();
     let mut s = format!(
-        "{} {} → {} {}",
+        "{} {} {}",
         local.format("%H:%M:%S%.3f"),
-        endpoint(&ev.saddr, ev.sport),
-        endpoint(&ev.daddr, ev.dport),
+        ConnKey::of(ev),
         what_text(&ev.what)
     );
     if let Some(k) = &ev.keepalive {

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::event::{rfc3339, Event, Reason, Settings, What};
+use crate::event::{rfc3339, ConnKey, Event, Reason, Settings, What};
 use crate::journal::{Entry, Header};
 
 /// Which events the report looks at.
@@ -43,39 +43,17 @@ impl Filter {
     }
 }
 
-/// A connection as its socket sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct Conn {
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub netns: u32,
-}
-
-impl Conn {
-    pub fn of(ev: &Event) -> Self {
-        Self {
-            saddr: ev.saddr,
-            sport: ev.sport,
-            daddr: ev.daddr,
-            dport: ev.dport,
-            netns: ev.netns,
-        }
-    }
-
-    /// The port a peer or service is known by: the lower one, which is the
-    /// service's when the other is ephemeral.
-    pub fn service_port(&self) -> u16 {
-        self.sport.min(self.dport)
-    }
+/// The port a peer or service is known by: the lower one, which is the
+/// service's when the other is ephemeral.
+pub fn service_port(c: &ConnKey) -> u16 {
+    c.sport.min(c.dport)
 }
 
 /// One connection's life as recorded, from its first event to its death.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Timeline<'a> {
     #[serde(flatten)]
-    pub conn: Conn,
+    pub conn: ConnKey,
     pub pid: Option<u32>,
     pub comm: Option<String>,
     /// The latest settings seen.
@@ -113,9 +91,9 @@ fn secs(d: chrono::TimeDelta) -> f64 {
 /// timeline, and the same addresses later start a new one.
 pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timeline<'a>> {
     let mut all: Vec<Timeline<'a>> = Vec::new();
-    let mut open: HashMap<Conn, usize> = HashMap::new();
+    let mut open: HashMap<ConnKey, usize> = HashMap::new();
     for ev in events {
-        let conn = Conn::of(ev);
+        let conn = ConnKey::of(ev);
         let i = *open.entry(conn).or_insert_with(|| {
             all.push(Timeline {
                 conn,
@@ -167,7 +145,7 @@ pub struct DeathRow {
     #[serde(serialize_with = "rfc3339")]
     pub ts: DateTime<Utc>,
     #[serde(flatten)]
-    pub conn: Conn,
+    pub conn: ConnKey,
     pub reason: Reason,
     pub errno: Option<String>,
     pub unanswered_probes: u8,
@@ -364,7 +342,7 @@ pub fn summarize(entries: &[Entry], filter: &Filter, top: usize) -> Summary {
         reasons,
         closed,
         worst_peers: worst(&deaths, top, |d| d.conn.daddr.to_string()),
-        worst_ports: worst(&deaths, top, |d| d.conn.service_port().to_string()),
+        worst_ports: worst(&deaths, top, |d| service_port(&d.conn).to_string()),
         deaths,
         lost: lost_by_run.iter().sum(),
     }

@@ -6,9 +6,9 @@ use std::path::Path;
 
 use chrono::{DateTime, Local, Utc};
 
-use super::summary::{Conn, Summary, Timeline, Worst};
+use super::summary::{Summary, Timeline, Worst};
 use crate::top::view::duration;
-use crate::trace::{endpoint, settings_text, what_text};
+use crate::trace::{settings_text, what_text};
 
 fn time(ts: DateTime<Utc>) -> String {
     let local: DateTime<Local> = ts.into();
@@ -18,14 +18,6 @@ fn time(ts: DateTime<Utc>) -> String {
 fn time_ms(ts: DateTime<Utc>) -> String {
     let local: DateTime<Local> = ts.into();
     local.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
-}
-
-fn conn_text(c: &Conn) -> String {
-    format!(
-        "{} → {}",
-        endpoint(&c.saddr, c.sport),
-        endpoint(&c.daddr, c.dport)
-    )
 }
 
 fn opt_s(v: Option<f64>) -> String {
@@ -170,7 +162,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
             let line = format!(
                 "  {}  {:<48} {:<18} {}",
                 time(d.ts),
-                conn_text(&d.conn),
+                d.conn.to_string(),
                 d.reason.name(),
                 details.join(", ")
             );
@@ -194,7 +186,7 @@ pub fn timelines(conns: &[Timeline]) -> String {
         if i > 0 {
             out.push('\n');
         }
-        let mut head = format!("{}  netns {}", conn_text(&t.conn), t.conn.netns);
+        let mut head = format!("{}  netns {}", t.conn, t.conn.netns);
         if let Some(pid) = t.pid {
             let _ = write!(head, "  pid {pid}");
             if let Some(c) = &t.comm {

@@ -2,34 +2,12 @@
 //! messages in, state changed, no I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 
+pub use crate::event::ConnKey;
 use crate::event::{Event, Reason, Settings, What};
 use crate::owner::Owner;
-
-/// A connection as the socket sees it, in its namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ConnKey {
-    pub netns: u32,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-}
-
-impl ConnKey {
-    pub fn of(ev: &Event) -> Self {
-        Self {
-            netns: ev.netns,
-            saddr: ev.saddr,
-            sport: ev.sport,
-            daddr: ev.daddr,
-            dport: ev.dport,
-        }
-    }
-}
 
 /// A socket with its keepalive timer pending, from the latest snapshot.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,7 +10,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::model::{ConnKey, Model, ReplayStatus, Row};
-use crate::event::{From, Reason, What};
+use crate::event::{endpoint, From, Reason, What};
 
 /// Smallest terminal the layout works in.
 pub const MIN_WIDTH: u16 = 60;
@@ -36,26 +36,11 @@ pub fn duration(s: f64) -> String {
     }
 }
 
-fn endpoint(addr: &std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
-fn conn_text(k: &ConnKey) -> String {
-    format!(
-        "{} → {}",
-        endpoint(&k.saddr, k.sport),
-        endpoint(&k.daddr, k.dport)
-    )
-}
-
 /// `:local-port → remote` where space is short: the local address is
 /// usually the host's own.
 fn conn_short(k: &ConnKey, wide: bool) -> String {
     if wide {
-        conn_text(k)
+        k.to_string()
     } else {
         format!(":{} → {}", k.sport, endpoint(&k.daddr, k.dport))
     }
@@ -489,11 +474,11 @@ fn draw_detail(frame: &mut Frame, area: Rect, m: &Model, key: &ConnKey) {
         _ => lines.push(Line::from("no probe or death seen since kat started")),
     }
     frame.render_widget(
-        Paragraph::new(lines).block(Block::new().borders(Borders::ALL).title(format!(
-            " {} (netns {}) — Esc back ",
-            conn_text(key),
-            key.netns
-        ))),
+        Paragraph::new(lines).block(
+            Block::new()
+                .borders(Borders::ALL)
+                .title(format!(" {} (netns {}) — Esc back ", key, key.netns)),
+        ),
         area,
     );
 }
