@@ -85,7 +85,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             }
             () = stop.recv() => break,
         };
-        recorded += push(&mut journal, &events, &args.selection)?;
+        recorded += push(&mut journal, &events)?;
         let lost = engine.source.lost();
         if lost > lost_written {
             lost_written = lost;
@@ -100,7 +100,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     }
     // Deaths still pending are recorded rather than lost.
     let events = engine.finish();
-    recorded += push(&mut journal, &events, &args.selection)?;
+    recorded += push(&mut journal, &events)?;
     journal.flush()?;
     eprintln!(
         "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {} records lost",
@@ -111,12 +111,11 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     Ok(())
 }
 
-/// Adds the events `--port` wants to the batch; returns how many.
-fn push(journal: &mut Writer, events: &[Event], selection: &Selection) -> Result<u64> {
-    let mut n = 0;
-    for ev in events.iter().filter(|e| selection.wants(e.sport, e.dport)) {
+/// Adds the events to the batch (`--port` was applied in the kernel);
+/// returns how many.
+fn push(journal: &mut Writer, events: &[Event]) -> Result<u64> {
+    for ev in events {
         journal.push(ev)?;
-        n += 1;
     }
-    Ok(n)
+    Ok(events.len() as u64)
 }
