@@ -6,8 +6,10 @@
 pub mod reader;
 pub mod writer;
 
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +59,23 @@ pub fn seq_of(path: &Path) -> Option<u64> {
     let rest = name.strip_prefix("kat-")?.strip_suffix(".jsonl")?;
     let (seq, _opened) = rest.split_once('-')?;
     seq.parse().ok()
+}
+
+/// The journal files already in `dir`, oldest first, with their sizes.
+pub fn files(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>> {
+    let mut files = Vec::new();
+    let entries = fs::read_dir(dir)
+        .with_context(|| format!("cannot read the directory {}", dir.display()))?;
+    for entry in entries {
+        let entry =
+            entry.with_context(|| format!("cannot read the directory {}", dir.display()))?;
+        let path = entry.path();
+        let Some(seq) = seq_of(&path) else { continue };
+        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+        files.push((seq, path, size));
+    }
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]

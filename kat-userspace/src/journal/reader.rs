@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
-use super::{writer, Entry, Header};
+use super::{Entry, Header};
 use crate::event::{Event, Lost};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -109,7 +109,7 @@ pub fn read_dir(dir: &Path) -> Result<Journal> {
             dir.display()
         );
     }
-    let files = writer::existing(dir)?;
+    let files = super::files(dir)?;
     if files.is_empty() {
         bail!("no journal files (kat-*.jsonl) in {}", dir.display());
     }

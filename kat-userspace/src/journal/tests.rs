@@ -4,7 +4,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use chrono::{DateTime, Utc};
 
 use super::reader::{self, Journal};
-use super::writer::{existing, Limits, Writer};
+use super::writer::{Limits, Writer};
 use super::*;
 use crate::event::{Reason, What};
 
@@ -125,7 +125,7 @@ fn files_rotate_and_the_oldest_go_over_the_cap() {
         }
         w.flush().expect("flush");
     }
-    let files = existing(dir.path()).expect("files");
+    let files = files(dir.path()).expect("files");
     let total: u64 = files.iter().map(|(_, _, size)| size).sum();
     assert!(total <= limits.max_size, "{total} bytes in {files:?}");
     assert!(w.files_removed > 0 && files.len() >= 3, "{files:?}");

@@ -16,7 +16,7 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 
-use super::{file_name, seq_of, Header};
+use super::{file_name, files, Header};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -93,30 +93,13 @@ fn lock(dir: &Path) -> Result<Flock<File>> {
     })
 }
 
-/// The journal files already in `dir`, oldest first, with their sizes.
-pub fn existing(dir: &Path) -> Result<Vec<(u64, PathBuf, u64)>> {
-    let mut files = Vec::new();
-    let entries = fs::read_dir(dir)
-        .with_context(|| format!("cannot read the directory {}", dir.display()))?;
-    for entry in entries {
-        let entry =
-            entry.with_context(|| format!("cannot read the directory {}", dir.display()))?;
-        let path = entry.path();
-        let Some(seq) = seq_of(&path) else { continue };
-        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-        files.push((seq, path, size));
-    }
-    files.sort();
-    Ok(files)
-}
-
 impl Writer {
     /// Opens a new file in `dir` (never appending to an old one: its last
     /// line may be the one a crash cut short).
     pub fn open(dir: &Path, limits: Limits, header: Header) -> Result<Self> {
         make_dir(dir)?;
         let lock = lock(dir)?;
-        let files = existing(dir)?;
+        let files = files(dir)?;
         let next_seq = files.last().map_or(1, |(seq, _, _)| seq + 1);
         let older = files.into_iter().map(|(_, p, size)| (p, size)).collect();
         let current = Self::create(dir, next_seq, &header)?;
