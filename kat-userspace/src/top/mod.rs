@@ -20,7 +20,7 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
-use crate::engine::{Engine, Selection, ANSWER_POLL};
+use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
 use crate::journal::{reader, Entry};
 use crate::tracker::state_name;
 use crate::{diag, kernel};
@@ -177,7 +177,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut keys = EventStream::new();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = StopSignals::catch()?;
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut answers = tokio::time::interval(ANSWER_POLL);
     loop {
@@ -199,8 +199,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 Some(Err(e)) => bail!("reading the terminal: {e}"),
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            () = stop.recv() => break,
         }
         for msg in msgs {
             if let Msg::Event(ev) = &msg {
@@ -254,7 +253,7 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut keys = EventStream::new();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop = StopSignals::catch()?;
     let mut frame = tokio::time::interval(Duration::from_millis(100));
     // The real time passed is measured: a late frame moves the clock as far.
     frame.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -283,8 +282,7 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
                 Some(Err(e)) => bail!("reading the terminal: {e}"),
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
+            () = stop.recv() => break,
         }
     }
     Ok(())
