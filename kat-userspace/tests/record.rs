@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kat_scenarios::kat::ts;
 use kat_scenarios::{keepalive, netns::Lab, Kat, KatCmd, Net as _};
 use kat_userspace::journal::reader::read_dir;
 use kat_userspace::journal::Entry;
@@ -23,11 +24,6 @@ fn kat_cmd() -> KatCmd {
 
 fn report(dir: &Path, args: &[&str]) -> Value {
     kat_scenarios::kat::report(&kat_cmd(), dir, args)
-}
-
-fn ts(v: &Value) -> f64 {
-    let t = chrono::DateTime::parse_from_rfc3339(v["ts"].as_str().expect("ts")).expect("RFC 3339");
-    t.timestamp_millis() as f64 / 1000.0
 }
 
 fn same_socket(a: &Value, b: &Value) -> bool {
