@@ -9,6 +9,7 @@ pub mod loopback;
 pub mod net;
 pub mod netns;
 pub mod spawn;
+pub mod tmux;
 
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;

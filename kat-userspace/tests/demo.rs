@@ -5,21 +5,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux (Debian package tmux)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Session(String);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        tmux(&["kill-session", "-t", &self.0]);
-    }
-}
+use kat_scenarios::tmux::Terminal;
 
 fn demo_namespaces() -> usize {
     let out = Command::new("ip")
@@ -37,26 +23,8 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
     if !kat_scenarios::root_or_skip() {
         return;
     }
-    let name = format!("kat-e2e-{}", std::process::id());
-    let exit_file = std::env::temp_dir().join(format!("{name}.exit"));
-    let _ = std::fs::remove_file(&exit_file);
-    let command = format!(
-        "{} demo; echo $? > {}; sleep 30",
-        env!("CARGO_BIN_EXE_kat"),
-        exit_file.display()
-    );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    let session = Session(name);
+    let command = format!("{} demo", env!("CARGO_BIN_EXE_kat"));
+    let term = Terminal::start("kat-e2e", &command, 120, 40);
 
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut probing, mut timeout) = (false, false);
@@ -67,7 +35,7 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
             "the demo never showed both a probing connection and a keepalive_timeout:\n{screen}"
         );
         std::thread::sleep(Duration::from_millis(500));
-        screen = tmux(&["capture-pane", "-p", "-t", &session.0]);
+        screen = term.screen();
         // A row whose PROBES column reads n/m with n > 0.
         probing |= screen
             .lines()
@@ -75,16 +43,11 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
         timeout |= screen.contains("keepalive_timeout");
     }
     assert!(screen.contains("kat top"), "{screen}");
-    tmux(&["send-keys", "-t", &session.0, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Ok(code) = std::fs::read_to_string(&exit_file) {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "kat demo did not exit after q");
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(code.trim(), "0", "kat demo's exit code");
+    term.keys("q");
+    assert_eq!(
+        term.exit_code(Duration::from_secs(30)),
+        "0",
+        "kat demo's exit code"
+    );
     assert_eq!(demo_namespaces(), 0, "the demo left namespaces behind");
-    let _ = std::fs::remove_file(&exit_file);
 }

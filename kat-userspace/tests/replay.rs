@@ -2,24 +2,9 @@
 //! with one bad line: no root, the bad line named before the dashboard
 //! opens, pause and stepping through the events to the death, q quits with 0.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux (Debian package tmux)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-struct Session(String);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        tmux(&["kill-session", "-t", &self.0]);
-    }
-}
+use kat_scenarios::tmux::Terminal;
 
 const JOURNAL: &str = concat!(
     r#"{"type":"journal","format":1,"kat":"0.1.0","host":"db-7","kernel":"6.12.117","lanes":"kprobe lane","ports":[],"run_started":"2026-11-21T03:00:00.000Z","file_started":"2026-11-21T03:00:00.000Z"}"#,
@@ -33,18 +18,7 @@ const JOURNAL: &str = concat!(
     "\n",
 );
 
-/// Waits until the screen satisfies `pred`.
-fn screen_until(session: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if pred(&screen) {
-            return screen;
-        }
-        assert!(Instant::now() < deadline, "never {what}:\n{screen}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
+const WAIT: Duration = Duration::from_secs(20);
 
 #[test]
 fn replay_steps_through_a_journal_to_the_death() {
@@ -54,61 +28,36 @@ fn replay_steps_through_a_journal_to_the_death() {
         JOURNAL,
     )
     .expect("write");
-    let name = format!("kat-replay-{}", std::process::id());
-    let exit_file = dir.path().join("exit");
     let command = format!(
-        "{} top --replay {} --speed 0.0625; echo $? > {}; sleep 30",
+        "{} top --replay {} --speed 0.0625",
         env!("CARGO_BIN_EXE_kat"),
-        dir.path().display(),
-        exit_file.display()
+        dir.path().display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    let session = Session(name);
+    let term = Terminal::start("kat-replay", &command, 120, 40);
 
-    screen_until(&session.0, "the replay header", |s| {
+    term.wait_for("the replay header", WAIT, |s| {
         s.contains("REPLAY 2026-11-21") && s.contains("db-7") && s.contains("1 bad line")
     });
-    tmux(&["send-keys", "-t", &session.0, "p"]);
-    screen_until(&session.0, "paused", |s| s.contains("paused"));
+    term.keys("p");
+    term.wait_for("paused", WAIT, |s| s.contains("paused"));
     // Step: the first probe, then the second, each exactly one event.
-    tmux(&["send-keys", "-t", &session.0, "n"]);
-    screen_until(&session.0, "the first probe", |s| {
+    term.keys("n");
+    term.wait_for("the first probe", WAIT, |s| {
         s.lines().any(|l| l.contains("41000") && l.contains("1/2"))
     });
-    tmux(&["send-keys", "-t", &session.0, "n"]);
-    let second = screen_until(&session.0, "the second probe", |s| {
+    term.keys("n");
+    let second = term.wait_for("the second probe", WAIT, |s| {
         s.lines().any(|l| l.contains("41000") && l.contains("2/2"))
     });
     assert!(!second.contains("keepalive_timeout"), "{second}");
-    tmux(&["send-keys", "-t", &session.0, "n"]);
-    screen_until(&session.0, "the death", |s| {
+    term.keys("n");
+    term.wait_for("the death", WAIT, |s| {
         s.contains("keepalive_timeout") && s.contains("end of journal")
     });
-    tmux(&["send-keys", "-t", &session.0, "q"]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let code = loop {
-        if let Ok(code) = std::fs::read_to_string(&exit_file) {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kat top --replay did not exit after q"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    assert_eq!(code.trim(), "0");
+    term.keys("q");
+    assert_eq!(term.exit_code(WAIT), "0");
     // The bad line was named where it stays readable: before the dashboard.
-    let after = tmux(&["capture-pane", "-p", "-t", &session.0]);
+    let after = term.screen();
     assert!(
         after.contains("kat-000001-20261121T030000Z.jsonl:3: not JSON"),
         "{after}"

@@ -1,0 +1,73 @@
+//! A program in a real terminal: a detached tmux session of a given size,
+//! its screen, keys sent to it, and its exit code once it ends.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn tmux(args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .args(args)
+        .output()
+        .expect("tmux (Debian package tmux)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub struct Terminal {
+    name: String,
+    exit_file: PathBuf,
+}
+
+impl Terminal {
+    /// Runs the shell `command` in a `width`×`height` terminal. The session
+    /// outlives the command a little, so its last screen can be read.
+    pub fn start(name: &str, command: &str, width: u16, height: u16) -> Self {
+        let name = format!("{name}-{}", std::process::id());
+        let exit_file = std::env::temp_dir().join(format!("{name}.exit"));
+        let _ = std::fs::remove_file(&exit_file);
+        let shell = format!("{command}; echo $? > {}; sleep 30", exit_file.display());
+        let (w, h) = (width.to_string(), height.to_string());
+        tmux(&["new-session", "-d", "-s", &name, "-x", &w, "-y", &h, &shell]);
+        Self { name, exit_file }
+    }
+
+    pub fn screen(&self) -> String {
+        tmux(&["capture-pane", "-p", "-t", &self.name])
+    }
+
+    pub fn keys(&self, keys: &str) {
+        tmux(&["send-keys", "-t", &self.name, keys]);
+    }
+
+    /// Waits until the screen satisfies `pred`, and returns it.
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "never {what}:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The command's exit code, once it has ended.
+    pub fn exit_code(&self, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(code) = std::fs::read_to_string(&self.exit_file) {
+                return code.trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "the program did not exit");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        tmux(&["kill-session", "-t", &self.name]);
+        let _ = std::fs::remove_file(&self.exit_file);
+    }
+}
