@@ -27,8 +27,7 @@ impl Filter {
     pub fn wants(&self, ev: &Event) -> bool {
         let local = SocketAddr::new(ev.saddr, ev.sport);
         let remote = SocketAddr::new(ev.daddr, ev.dport);
-        self.since.is_none_or(|t| ev.ts >= t)
-            && self.until.is_none_or(|t| ev.ts <= t)
+        self.wants_time(ev.ts)
             && (self.ports.is_empty()
                 || self.ports.contains(&ev.sport)
                 || self.ports.contains(&ev.dport))
