@@ -1,6 +1,7 @@
 //! The high-level events every view reads, and their JSON form (the
 //! contract documented in docs/events.md).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -141,14 +142,58 @@ impl Event {
     }
 }
 
-/// Records the kernel could not queue (the ring buffer was full), counted
-/// since kat started.
+/// Records the kernel could not queue (their ring buffer was full),
+/// counted since kat started.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename = "lost")]
 pub struct Lost {
     #[serde(serialize_with = "rfc3339")]
     pub ts: DateTime<Utc>,
+    /// All kinds together.
     pub count: u64,
+    /// By kind of record (`timer_run`, `reset_sent`, `reset_received`,
+    /// `death`, `destroy`, `closed`); journals before kat 0.2 have none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// Which end opened a connection, seen from the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Accepted here: the service port is the local port.
+    In,
+    /// Connected from here: the service port is the remote port.
+    Out,
+    /// Established before kat started: kat cannot tell.
+    Unknown,
+}
+
+/// Orderly (FIN) closes of one service and peer, counted in the kernel
+/// over one interval rather than sent one by one (`kat trace --all` sends
+/// them one by one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename = "closes")]
+pub struct Closes {
+    /// The end of the interval.
+    #[serde(serialize_with = "rfc3339")]
+    pub ts: DateTime<Utc>,
+    /// Its length in seconds.
+    pub interval_s: f64,
+    pub netns: u32,
+    /// The service's port: local for `in`, remote for `out` (for
+    /// `unknown`, the lower of the two).
+    pub port: u16,
+    pub direction: Direction,
+    /// The remote address.
+    pub peer: IpAddr,
+    /// Orderly closes in the interval.
+    pub count: u64,
+    /// How many of them kat saw established (so their lifetime is known).
+    pub timed: u64,
+    /// Sum and maximum of the known lifetimes, seconds.
+    pub lifetime_sum_s: f64,
+    pub lifetime_max_s: f64,
 }
 
 /// `198.18.0.1:6699`, `[fd00::1]:6699`.

@@ -92,6 +92,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             journal.push(&Lost {
                 ts: Utc::now(),
                 count: lost,
+                by_kind: Default::default(),
             })?;
         }
         if journal.pending() >= BATCH_BYTES {

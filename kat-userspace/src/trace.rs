@@ -164,6 +164,7 @@ impl Output {
             let rec = Lost {
                 ts: Utc::now(),
                 count: lost,
+                by_kind: Default::default(),
             };
             writeln!(
                 std::io::stdout(),

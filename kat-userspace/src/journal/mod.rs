@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{rfc3339, Event, Lost};
+use crate::event::{rfc3339, Closes, Event, Lost};
 
 /// The version of the journal's layout; the events keep their own contract.
 pub const FORMAT: u32 = 1;
@@ -46,6 +46,8 @@ pub enum Entry {
     Header(Header),
     Event(Event),
     Lost(Lost),
+    /// Orderly closes counted in the kernel over an interval.
+    Closes(Closes),
 }
 
 /// The journal's file name for sequence number `seq`.

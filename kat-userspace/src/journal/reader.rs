@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 
 use super::{Entry, Header};
-use crate::event::{Event, Lost};
+use crate::event::{Closes, Event, Lost};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Problem {
@@ -52,6 +52,7 @@ pub fn parse_line(line: &str) -> Result<Entry, String> {
     let entry = match kind.as_ref() {
         "journal" => serde_json::from_str::<Header>(line).map(Entry::Header),
         "lost" => serde_json::from_str::<Lost>(line).map(Entry::Lost),
+        "closes" => serde_json::from_str::<Closes>(line).map(Entry::Closes),
         "probe" | "probe_answered" | "death" => {
             serde_json::from_str::<Event>(line).map(Entry::Event)
         }

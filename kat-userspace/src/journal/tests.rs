@@ -92,6 +92,7 @@ fn what_is_written_reads_back_the_same() {
     let lost = Lost {
         ts: at(3.0),
         count: 12,
+        by_kind: [("closed".to_string(), 12)].into(),
     };
     w.push(&lost).expect("push");
     w.flush().expect("flush");

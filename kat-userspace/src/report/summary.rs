@@ -252,6 +252,7 @@ pub fn summarize(entries: &[Entry], filter: &Filter, top: usize) -> Summary {
                 }
             }
             Entry::Lost(_) => {}
+            Entry::Closes(_) => {}
         }
     }
     events.sort_by_key(|e| e.ts);

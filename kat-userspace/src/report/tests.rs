@@ -50,10 +50,12 @@ fn journal() -> Vec<Entry> {
         Entry::Lost(Lost {
             ts: at(5.0),
             count: 2,
+            by_kind: Default::default(),
         }),
         Entry::Lost(Lost {
             ts: at(23.0),
             count: 5,
+            by_kind: Default::default(),
         }),
     ]
 }
@@ -185,6 +187,7 @@ fn restarts_sum_their_lost_counts() {
     j.push(Entry::Lost(Lost {
         ts: at(31.0),
         count: 3,
+        by_kind: Default::default(),
     }));
     let s = summarize(&j, &Filter::default(), 10);
     assert_eq!(s.lost, 8);

@@ -209,7 +209,13 @@ fn a_restart_of_kat_record_empties_the_table_and_lost_adds_up() {
         file_started: at(5.0),
         ..header()
     };
-    let lost = |ts, count| Entry::Lost(Lost { ts: at(ts), count });
+    let lost = |ts, count| {
+        Entry::Lost(Lost {
+            ts: at(ts),
+            count,
+            by_kind: Default::default(),
+        })
+    };
     let mut entries = journal([probe(1.0, 1, 1)]);
     entries.extend([
         lost(2.0, 3),
