@@ -14,8 +14,28 @@ pub mod kind {
     pub const RESET_RECEIVED: u8 = 3;
     /// The socket changed state to ESTABLISHED or CLOSE.
     pub const STATE_CHANGE: u8 = 4;
-    /// The kernel is freeing the socket (tcp_destroy_sock).
+    /// The kernel is freeing the socket (tcp_destroy_sock): sent only for
+    /// sockets userspace already heard of.
     pub const DESTROY: u8 = 5;
+    /// An orderly close (no error, no RST), sent one by one only when
+    /// [`Config::emit_closed`] asks (`kat trace --all`), through the bulk
+    /// ring; otherwise only counted in `CLOSES`.
+    pub const CLOSED: u8 = 6;
+    /// Kinds are below this (the per-kind lost counters' length).
+    pub const COUNT: usize = 7;
+
+    /// The name loss counts are shown under.
+    pub fn name(kind: usize) -> &'static str {
+        match kind as u8 {
+            TIMER_RUN => "timer_run",
+            RESET_SENT => "reset_sent",
+            RESET_RECEIVED => "reset_received",
+            STATE_CHANGE => "death",
+            DESTROY => "destroy",
+            CLOSED => "closed",
+            _ => "other",
+        }
+    }
 }
 
 /// Bits of [`Record::flags`].
@@ -31,6 +51,10 @@ pub mod flag {
     /// tcp_write_wakeup sent a keepalive probe in this timer run
     /// (fentry and kprobe lanes).
     pub const PROBE_SENT: u8 = 16;
+    /// The connection was opened from here (SYN_SENT → ESTABLISHED).
+    pub const ACTIVE_OPEN: u8 = 32;
+    /// The connection was accepted here (SYN_RECV → ESTABLISHED).
+    pub const PASSIVE_OPEN: u8 = 64;
 }
 
 /// Bits of [`Record::context`]: kernel functions on the stack when a RST
@@ -120,9 +144,12 @@ pub struct Record {
     pub comm: [u8; 16],
     /// RESET_SENT: the kernel stack's id in the STACKS map; -1 if none.
     pub stack_id: i32,
+    /// When kat saw the socket reach ESTABLISHED (ts_ns clock); 0 if it
+    /// did not. Kept in the kernel's `SOCKS` map and sent with deaths.
+    pub established_ns: u64,
 }
 
-pub const RECORD_SIZE: usize = 144;
+pub const RECORD_SIZE: usize = 152;
 const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
 
 /// Offsets of kernel struct fields, resolved from the running kernel's BTF.
@@ -192,14 +219,84 @@ pub struct Config {
     pub mib_keepalive: u32,
     /// Non-zero when tcp_send_active_reset takes a reason (6.10+).
     pub has_reset_reason: u32,
+    /// Non-zero: send each orderly close as a [`kind::CLOSED`] record.
+    pub emit_closed: u32,
+    pub _pad1: u32,
+}
+
+/// What the kernel remembers about a socket between its records
+/// (`SOCKS`, an LRU map keyed by the socket's address): what is needed
+/// only at its death travels once, with the death.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockState {
+    pub established_ns: u64,
+    /// A CLOSE not sent yet: it may turn out orderly (counted, not sent)
+    /// or be followed by a RST (then sent with it).
+    pub close_ns: u64,
+    pub close_old_state: u8,
+    /// [`sock_flag`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Bits of [`SockState::flags`].
+pub mod sock_flag {
+    /// Userspace has had a record of this socket: it hears of its end too.
+    pub const REPORTED: u8 = 1;
+    /// A RST was sent or received: its close is not orderly.
+    pub const RESET: u8 = 2;
+    /// A CLOSE is held in `close_ns`.
+    pub const CLOSING: u8 = 4;
+    /// Direction, as in [`super::flag`].
+    pub const ACTIVE_OPEN: u8 = super::flag::ACTIVE_OPEN;
+    pub const PASSIVE_OPEN: u8 = super::flag::PASSIVE_OPEN;
+}
+
+/// `CLOSES` key: orderly closes of one service and peer. The epoch lets
+/// userspace read one half while the kernel counts into the other.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CloseKey {
+    /// The remote address (IPv4 in the first four bytes).
+    pub peer: [u8; 16],
+    pub netns: u32,
+    /// The service port: local when accepted, remote when connected.
+    pub port: u16,
+    /// [`flag::ACTIVE_OPEN`], [`flag::PASSIVE_OPEN`] or 0 (unknown).
+    pub direction: u8,
+    /// 0 or 1: the half of `CLOSES` this was counted in.
+    pub epoch: u8,
+    pub family: u16,
+    pub _pad: [u8; 6],
+}
+
+/// The key every close goes to once `CLOSES` is full (never a real
+/// service: port 0), inserted by userspace at start for both epochs.
+pub const CLOSES_OVERFLOW_PORT: u16 = 0;
+
+/// `CLOSES` value, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseStats {
+    pub count: u64,
+    /// Closes whose ESTABLISHED kat saw (their lifetime is known).
+    pub timed: u64,
+    pub lifetime_sum_ns: u64,
+    pub lifetime_max_ns: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 8);
+const _: () = assert!(core::mem::size_of::<SockState>() == 24);
+const _: () = assert!(core::mem::size_of::<CloseKey>() == 32);
+const _: () = assert!(core::mem::size_of::<CloseStats>() == 32);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain old data, repr(C), no implicit padding (sizes asserted above).
     unsafe impl aya::Pod for super::Record {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::CloseKey {}
+    unsafe impl aya::Pod for super::CloseStats {}
 }

@@ -14,27 +14,51 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map},
-    maps::{PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
     programs::{
         tracing::StackIdContext, BtfTracePointContext, FEntryContext, FExitContext, ProbeContext,
         RetProbeContext,
     },
 };
-use kat_common::{flag, kind, tcp_state, Config, Record, AF_INET, MAX_PORTS};
+use kat_common::{
+    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Record, SockState, AF_INET,
+    CLOSES_OVERFLOW_PORT, MAX_PORTS,
+};
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
 /// its values as constants.
 #[no_mangle]
 static CONFIG: Config = unsafe { core::mem::zeroed() };
 
-const RING_BYTES: u32 = 1 << 20;
+/// Default ring sizes; the loader sets the real ones (`--ring-size`).
+const RING_BYTES: u32 = 1 << 22;
 
+/// Probes, resets and abnormal deaths: what a view must never miss.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+static PRECIOUS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 
-/// Records that did not fit in EVENTS.
+/// Orderly closes, sent one by one only for `kat trace --all`: a flood of
+/// them fills this ring, never PRECIOUS.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static BULK: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+
+/// Records that did not fit in their ring, by `kind`.
+#[map]
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(kind::COUNT as u32, 0);
+
+/// What a socket's death needs that earlier moments knew (bounded: the
+/// least recently used entry goes first).
+#[map]
+static SOCKS: LruHashMap<u64, SockState> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Orderly closes by service and peer, counted here instead of sent.
+#[map]
+static CLOSES: PerCpuHashMap<CloseKey, CloseStats> = PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Which half of CLOSES counts now (userspace flips it, then reads and
+/// empties the other half).
+#[map]
+static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The socket whose keepalive timer runs on this CPU right now, and its
 /// probe count before the run. Timer callbacks do not nest on one CPU.
@@ -175,21 +199,24 @@ fn fill_task(rec: &mut Record) {
     rec.comm = bpf_get_current_comm().unwrap_or_default();
 }
 
-/// Reserves a record, lets `fill` write it and submits it; counts it lost
-/// when the ring is full. The reader is woken only when the ring fills up:
-/// it drains on its own clock otherwise.
+/// Reserves a record in `ring`, lets `fill` write it and submits it;
+/// counts it lost by `kind` when the ring is full. The reader is woken
+/// only when the ring is a quarter full: it drains on its own clock
+/// otherwise.
 #[inline(always)]
-fn emit(fill: impl FnOnce(&mut Record)) {
-    match EVENTS.reserve::<Record>(0) {
+fn emit_to(ring: &RingBuf, record_kind: u8, fill: impl FnOnce(&mut Record)) {
+    match ring.reserve::<Record>(0) {
         Some(mut entry) => {
             let rec = entry.as_mut_ptr();
             // SAFETY: the entry is exactly one Record, zeroed before use.
             unsafe {
                 core::ptr::write_bytes(rec, 0, 1);
+                (*rec).kind = record_kind;
                 fill(&mut *rec);
             }
-            let pending = EVENTS.query(0); // BPF_RB_AVAIL_DATA
-            let wake = if pending > (RING_BYTES / 4) as u64 {
+            let pending = ring.query(0); // BPF_RB_AVAIL_DATA
+            let size = ring.query(1); // BPF_RB_RING_SIZE
+            let wake = if pending > size / 4 {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP
@@ -197,11 +224,41 @@ fn emit(fill: impl FnOnce(&mut Record)) {
             entry.submit(wake as u64);
         }
         None => {
-            if let Some(lost) = LOST.get_ptr_mut(0) {
+            if let Some(lost) = LOST.get_ptr_mut(record_kind as u32) {
                 unsafe { *lost += 1 };
             }
         }
     }
+}
+
+/// A precious record about `sk`; the socket is marked as known to
+/// userspace, so that its end is sent too.
+#[inline(always)]
+fn emit(sk: u64, record_kind: u8, fill: impl FnOnce(&mut Record)) {
+    let state = sock_state(sk);
+    let established_ns = match state {
+        Some(st) => unsafe {
+            (*st).flags |= sock_flag::REPORTED;
+            (*st).established_ns
+        },
+        None => 0,
+    };
+    emit_to(&PRECIOUS, record_kind, |rec| {
+        rec.established_ns = established_ns;
+        fill(rec);
+    });
+}
+
+/// The socket's entry in SOCKS, created when missing.
+#[inline(always)]
+fn sock_state(sk: u64) -> Option<*mut SockState> {
+    if let Some(st) = SOCKS.get_ptr_mut(sk) {
+        return Some(st);
+    }
+    let fresh = SockState::default();
+    // BPF_NOEXIST: another CPU may have just created it; either is fine.
+    let _ = SOCKS.insert(sk, fresh, 1);
+    SOCKS.get_ptr_mut(sk)
 }
 
 /// The keepalive timer's socket, or None for any other timer. This runs
@@ -267,9 +324,8 @@ fn keepalive_exit(sk: Option<u64>) {
     let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
     let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
     let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
-    emit(|rec| {
+    emit(sk, kind::TIMER_RUN, |rec| {
         fill_socket(rec, sk, sport, dport);
-        rec.kind = kind::TIMER_RUN;
         rec.probes_before = probes_before;
         rec.idle_jiffies = idle;
         if probe_sent != 0 {
@@ -423,17 +479,43 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
         return 0;
     }
     let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    emit(|rec| {
+    let held = mark_reset(sk);
+    emit(sk, kind::RESET_SENT, |rec| {
         fill_socket(rec, sk, sport, dport);
         fill_task(rec);
-        rec.kind = kind::RESET_SENT;
         rec.stack_id = stack_id;
         if let Some(reason) = reason {
             rec.reset_reason = reason;
             rec.flags |= flag::HAS_RESET_REASON;
         }
     });
+    // tcp_close and tcp_disconnect set CLOSE before they send their RST:
+    // the CLOSE held back then goes now, after the RST that explains it.
+    if let Some((close_ns, old_state)) = held {
+        emit(sk, kind::STATE_CHANGE, |rec| {
+            fill_socket(rec, sk, sport, dport);
+            fill_task(rec);
+            rec.ts_ns = close_ns;
+            rec.state = tcp_state::CLOSE;
+            rec.old_state = old_state;
+        });
+    }
     0
+}
+
+/// A RST went or came: the socket's end is not orderly. Returns the CLOSE
+/// held back for it, if any (its time and the state it left).
+#[inline(always)]
+fn mark_reset(sk: u64) -> Option<(u64, u8)> {
+    let st = sock_state(sk)?;
+    unsafe {
+        (*st).flags |= sock_flag::RESET;
+        if (*st).flags & sock_flag::CLOSING == 0 {
+            return None;
+        }
+        (*st).flags &= !sock_flag::CLOSING;
+        Some(((*st).close_ns, (*st).close_old_state))
+    }
 }
 
 /// Kernels with `enum sk_rst_reason` (6.10+): (sk, skb, reason).
@@ -455,9 +537,9 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     if !port_wanted(sport, dport) {
         return 0;
     }
-    emit(|rec| {
-        fill_socket(rec, sk, sport, dport);
-        rec.kind = kind::RESET_RECEIVED;
+    mark_reset(sk);
+    emit(sk, kind::RESET_RECEIVED, |rec| {
+        fill_socket(rec, sk, sport, dport)
     });
     0
 }
@@ -468,12 +550,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     let (old, new) = (old as u8, new as u8);
-    let interesting = new == tcp_state::ESTABLISHED
-        || (new == tcp_state::CLOSE
-            && old != tcp_state::LISTEN
-            && old != tcp_state::SYN_SENT
-            && old != tcp_state::SYN_RECV);
-    if !interesting {
+    let established = new == tcp_state::ESTABLISHED;
+    let closed = new == tcp_state::CLOSE
+        && old != tcp_state::LISTEN
+        && old != tcp_state::SYN_SENT
+        && old != tcp_state::SYN_RECV;
+    if !established && !closed {
         return 0;
     }
     let protocol: u16 = read(sk, &config().offsets.sk_protocol);
@@ -484,28 +566,146 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !port_wanted(sport, dport) {
         return 0;
     }
-    emit(|rec| {
-        fill_socket(rec, sk, sport, dport);
-        fill_task(rec);
-        rec.kind = kind::STATE_CHANGE;
-        rec.state = new;
-        rec.old_state = old;
-    });
+    let Some(st) = sock_state(sk) else {
+        return 0;
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if established {
+        // Remembered, not sent: the lifetime travels with the death.
+        let direction = match old {
+            tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
+            tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
+            _ => 0,
+        };
+        unsafe {
+            (*st).established_ns = now;
+            (*st).flags |= direction;
+        }
+        return 0;
+    }
+    let sk_err: i32 = read(sk, &config().offsets.sk_err);
+    let flags = unsafe { (*st).flags };
+    if sk_err != 0 || flags & (sock_flag::RESET | sock_flag::REPORTED) != 0 {
+        emit(sk, kind::STATE_CHANGE, |rec| {
+            fill_socket(rec, sk, sport, dport);
+            fill_task(rec);
+            rec.state = new;
+            rec.old_state = old;
+        });
+    } else {
+        // Probably orderly: held until the socket is freed, or until a
+        // RST shows it was not.
+        unsafe {
+            (*st).close_ns = now;
+            (*st).close_old_state = old;
+            (*st).flags |= sock_flag::CLOSING;
+        }
+    }
     0
 }
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
 pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
-    let (sport, dport) = ports(sk);
-    if !port_wanted(sport, dport) {
+    let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return 0;
+    };
+    let (sport, dport) = ports(sk);
+    if port_wanted(sport, dport) {
+        let st = unsafe { *st };
+        if st.flags & sock_flag::REPORTED != 0 {
+            emit_to(&PRECIOUS, kind::DESTROY, |rec| {
+                fill_socket(rec, sk, sport, dport);
+                rec.established_ns = st.established_ns;
+            });
+        } else if st.flags & sock_flag::CLOSING != 0 {
+            orderly_close(sk, &st, sport, dport);
+        }
     }
-    emit(|rec| {
-        fill_socket(rec, sk, sport, dport);
-        rec.kind = kind::DESTROY;
-    });
+    let _ = SOCKS.remove(sk);
     0
+}
+
+/// An orderly close: counted by service and peer, and sent one by one
+/// only when asked.
+#[inline(always)]
+fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
+    let o = &config().offsets;
+    let mut key = CloseKey {
+        family: read::<u16>(sk, &o.skc_family),
+        ..CloseKey::default()
+    };
+    if key.family == AF_INET {
+        let d: [u8; 4] = read(sk, &o.skc_daddr);
+        key.peer[..4].copy_from_slice(&d);
+    } else {
+        key.peer = read(sk, &o.skc_v6_daddr);
+    }
+    let net: u64 = read(sk, &o.skc_net);
+    if net != 0 {
+        key.netns = read(net, &o.net_inum);
+    }
+    key.direction = st.flags & (sock_flag::ACTIVE_OPEN | sock_flag::PASSIVE_OPEN);
+    key.port = match key.direction {
+        sock_flag::ACTIVE_OPEN => dport,
+        sock_flag::PASSIVE_OPEN => sport,
+        _ => core::cmp::min(sport, dport),
+    };
+    key.epoch = (EPOCH.get(0).copied().unwrap_or(0) & 1) as u8;
+    let lifetime = if st.established_ns != 0 {
+        Some(st.close_ns.saturating_sub(st.established_ns))
+    } else {
+        None
+    };
+    count_close(&key, lifetime);
+    if cfg_u32(&config().emit_closed) != 0 {
+        emit_to(&BULK, kind::CLOSED, |rec| {
+            fill_socket(rec, sk, sport, dport);
+            rec.ts_ns = st.close_ns;
+            rec.state = tcp_state::CLOSE;
+            rec.old_state = st.close_old_state;
+            rec.established_ns = st.established_ns;
+            rec.flags |= key.direction;
+        });
+    }
+}
+
+#[inline(always)]
+fn count_close(key: &CloseKey, lifetime: Option<u64>) {
+    let stats = match CLOSES.get_ptr_mut(key) {
+        Some(s) => s,
+        None => {
+            // BPF_NOEXIST; when the map is full the overflow key (put there
+            // by userspace for both epochs) takes the count.
+            if CLOSES.insert(key, CloseStats::default(), 1).is_err() {
+                let overflow = CloseKey {
+                    port: CLOSES_OVERFLOW_PORT,
+                    epoch: key.epoch,
+                    ..CloseKey::default()
+                };
+                match CLOSES.get_ptr_mut(overflow) {
+                    Some(s) => s,
+                    None => return,
+                }
+            } else {
+                match CLOSES.get_ptr_mut(key) {
+                    Some(s) => s,
+                    None => return,
+                }
+            }
+        }
+    };
+    // SAFETY: a per-CPU value: no other CPU writes it.
+    unsafe {
+        (*stats).count += 1;
+        if let Some(l) = lifetime {
+            (*stats).timed += 1;
+            (*stats).lifetime_sum_ns += l;
+            if l > (*stats).lifetime_max_ns {
+                (*stats).lifetime_max_ns = l;
+            }
+        }
+    }
 }
 
 #[cfg(not(test))]

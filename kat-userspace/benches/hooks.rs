@@ -64,7 +64,12 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let mut loaded = loader::load(&[], Some(loader::Lane::Tracepoint))?;
+    let mut loaded = loader::load(&loader::Options {
+        ports: &[],
+        lane: Some(loader::Lane::Tracepoint),
+        ring_bytes: loader::RING_BYTES,
+        emit_closed: false,
+    })?;
     let btf = aya::Btf::from_sys_fs()?;
     let baseline: &mut BtfTracePoint = loaded
         .ebpf

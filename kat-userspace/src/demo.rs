@@ -287,7 +287,7 @@ pub async fn run(_args: DemoArgs) -> Result<()> {
     let result = top::run(TopArgs {
         selection: Selection {
             ports: PORTS.to_vec(),
-            lane: None,
+            ..Selection::default()
         },
         pid: None,
         replay: None,

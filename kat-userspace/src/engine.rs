@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use crate::closes::ClosesSource;
 use crate::diag::Diag;
 use crate::event::Event;
 use crate::kernel;
@@ -15,7 +16,7 @@ use crate::source::Source;
 use crate::tracker::{Msg, Setup, Tracker};
 
 /// What every live command traces: `--port` and `--lane`.
-#[derive(Debug, Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Selection {
     /// Only connections with this local or remote port (repeatable).
     #[arg(long = "port", value_name = "PORT",
@@ -25,6 +26,33 @@ pub struct Selection {
     /// (default: the best lane that works, per hook).
     #[arg(long, value_enum)]
     pub lane: Option<Lane>,
+    /// Size of each of the two ring buffers (precious records; orderly
+    /// closes), rounded up to a power of two: more absorbs longer bursts.
+    #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = ring_size)]
+    pub ring_size: u32,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let bytes = s
+        .parse::<bytesize::ByteSize>()
+        .map_err(|_| format!("{s:?} is not a size (examples: 1MiB, 16MiB)"))?
+        .as_u64();
+    const MIN: u64 = 64 << 10;
+    const MAX: u64 = 1 << 30;
+    if !(MIN..=MAX).contains(&bytes) {
+        return Err(format!("{s:?}: a ring is from 64KiB to 1GiB"));
+    }
+    u32::try_from(bytes.next_power_of_two()).map_err(|_| format!("{s:?} is too large"))
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            lane: None,
+            ring_size: loader::RING_BYTES,
+        }
+    }
 }
 
 impl Selection {
@@ -40,15 +68,24 @@ pub const ANSWER_POLL: Duration = Duration::from_millis(250);
 pub struct Engine {
     pub loaded: Loaded,
     pub source: Source,
+    pub closes: ClosesSource,
     pub tracker: Tracker,
     pub diag: Diag,
     pub owners: Owners,
 }
 
 impl Engine {
-    pub fn start(selection: &Selection) -> Result<Self> {
-        let mut loaded = loader::load(&selection.ports, selection.lane)?;
+    /// Loads and attaches; `closed_one_by_one` sends every orderly close
+    /// (`kat trace --all`) rather than only counting them.
+    pub fn start(selection: &Selection, closed_one_by_one: bool) -> Result<Self> {
+        let mut loaded = loader::load(&loader::Options {
+            ports: &selection.ports,
+            lane: selection.lane,
+            ring_bytes: selection.ring_size,
+            emit_closed: closed_one_by_one,
+        })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
+        let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,
             reset_reasons: loaded.reset_reasons.clone(),
@@ -57,6 +94,7 @@ impl Engine {
         Ok(Self {
             loaded,
             source,
+            closes,
             tracker,
             diag: Diag::default(),
             owners: Owners::default(),

@@ -2,6 +2,7 @@
 //! The `kat` binary (main.rs) is a thin command-line front over these.
 
 pub mod btf;
+pub mod closes;
 pub mod demo;
 pub mod diag;
 pub mod doctor;

@@ -321,6 +321,8 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
             unsupported(anyhow!("this kernel's BTF has no LINUX_MIB_TCPKEEPALIVE"))
         })?,
         has_reset_reason: u32::from(variants.function_reason),
+        emit_closed: 0,
+        _pad1: 0,
     };
     config.ports[..ports.len()].copy_from_slice(ports);
     Ok(KernelFacts {
@@ -349,10 +351,15 @@ fn raise_memlock() {
     }
 }
 
-pub fn open(config: &Config) -> Result<(Ebpf, Btf)> {
+/// Default byte size of each ring buffer (`--ring-size`).
+pub const RING_BYTES: u32 = 4 << 20;
+
+pub fn open(config: &Config, ring_bytes: u32) -> Result<(Ebpf, Btf)> {
     raise_memlock();
     let ebpf = EbpfLoader::new()
         .override_global("CONFIG", config, true)
+        .map_max_entries("PRECIOUS", ring_bytes)
+        .map_max_entries("BULK", ring_bytes)
         .load(EBPF_OBJECT)
         .context("cannot load kat's eBPF object")?;
     let btf =
@@ -390,12 +397,27 @@ fn attach_best(
     None
 }
 
-/// Loads the programs and attaches every hook, in `forced` lane only or in
-/// the best lane that works.
-pub fn load(ports: &[u16], forced: Option<Lane>) -> Result<Loaded> {
-    let facts = kernel_facts(ports)?;
+/// What a live command asks of the programs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options<'a> {
+    /// `--port`: filtered in the kernel.
+    pub ports: &'a [u16],
+    /// `--lane`: only this lane, or the best per hook.
+    pub lane: Option<Lane>,
+    /// Each ring's size in bytes: a power of two, a multiple of the page size.
+    pub ring_bytes: u32,
+    /// Send each orderly close (`kat trace --all`) rather than only count it.
+    pub emit_closed: bool,
+}
+
+/// Loads the programs and attaches every hook, in the forced lane only or
+/// in the best lane that works.
+pub fn load(opts: &Options) -> Result<Loaded> {
+    let forced = opts.lane;
+    let mut facts = kernel_facts(opts.ports)?;
+    facts.config.emit_closed = u32::from(opts.emit_closed);
     let v = facts.variants;
-    let (mut ebpf, btf) = open(&facts.config)?;
+    let (mut ebpf, btf) = open(&facts.config, opts.ring_bytes)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();
     let mut lanes = Vec::new();
@@ -454,7 +476,7 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
     let v = facts.variants;
     let mut attempts = Vec::new();
     for lane in LANES {
-        let (mut ebpf, btf) = open(&facts.config)?;
+        let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
         for hook in HOOKS {
             match attach_hook(&mut ebpf, &btf, hook, lane, v) {
                 Ok(false) => {}

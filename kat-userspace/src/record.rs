@@ -28,6 +28,22 @@ pub struct RecordArgs {
     /// Start a new file at this size (default: an eighth of --max-size).
     #[arg(long, value_parser = size)]
     pub file_size: Option<u64>,
+    /// Record each orderly (FIN) close as a `death` line; by default they
+    /// are counted in the kernel and written as `closes` aggregates.
+    #[arg(long)]
+    pub all: bool,
+    /// How often the `closes` aggregates are written (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = every)]
+    pub closes_every: Duration,
+}
+
+fn every(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d >= Duration::from_secs(1) => Ok(d),
+        _ => Err(format!(
+            "{s:?} is not a duration of 1s or more (examples: 10s, 1m)"
+        )),
+    }
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -47,7 +63,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let limits =
         Limits::new(args.max_size, args.file_size).map_err(|e| Failure::Usage(e.to_string()))?;
     kernel::require_root("record")?;
-    let mut engine = Engine::start(&args.selection)?;
+    let mut engine = Engine::start(&args.selection, args.all)?;
     let now = Utc::now();
     let header = Header {
         format: FORMAT,
@@ -73,6 +89,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     );
     let mut answers = tokio::time::interval(ANSWER_POLL);
     let mut batches = tokio::time::interval(BATCH_INTERVAL);
+    let mut closes = tokio::time::interval(args.closes_every);
     let mut recorded: u64 = 0;
     let mut lost_written = 0;
     loop {
@@ -83,32 +100,49 @@ pub async fn run(args: RecordArgs) -> Result<()> {
                 journal.flush()?;
                 continue;
             }
+            _ = closes.tick() => {
+                push_closes(&mut journal, &mut engine)?;
+                continue;
+            }
             () = stop.recv() => break,
         };
         recorded += push(&mut journal, &events)?;
         let lost = engine.source.lost();
-        if lost > lost_written {
-            lost_written = lost;
+        if lost.total() > lost_written {
+            lost_written = lost.total();
             journal.push(&Lost {
                 ts: Utc::now(),
-                count: lost,
-                by_kind: Default::default(),
+                count: lost.total(),
+                by_kind: lost.by_kind(),
             })?;
         }
         if journal.pending() >= BATCH_BYTES {
             journal.flush()?;
         }
     }
-    // Deaths still pending are recorded rather than lost.
+    // Deaths still pending, and the closes counted since the last
+    // aggregate, are recorded rather than lost.
     let events = engine.finish();
     recorded += push(&mut journal, &events)?;
+    // Twice: the half quiet since the last aggregate, then the half that
+    // counted until now.
+    push_closes(&mut journal, &mut engine)?;
+    push_closes(&mut journal, &mut engine)?;
     journal.flush()?;
     eprintln!(
-        "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {} records lost",
+        "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {}",
         journal.files_opened,
         journal.files_removed,
-        engine.source.lost()
+        engine.source.lost().text()
     );
+    Ok(())
+}
+
+/// The orderly closes the kernel counted in the last interval.
+fn push_closes(journal: &mut Writer, engine: &mut Engine) -> Result<()> {
+    for c in engine.closes.take(Utc::now()) {
+        journal.push(&c)?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Kernel records in: the ring buffer, drained in batches, and the
 //! lost-record counter.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
@@ -20,7 +21,8 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
 }
 
 pub struct Source {
-    ring: AsyncFd<RingBuf<MapData>>,
+    precious: AsyncFd<RingBuf<MapData>>,
+    bulk: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
     contexts: ContextRanges,
@@ -28,15 +30,63 @@ pub struct Source {
     pub malformed: u64,
 }
 
-/// How long records may wait in the ring when the kernel did not wake us.
+/// How long records may wait in a ring when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+
+fn ring(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
+    let ring = RingBuf::try_from(
+        ebpf.take_map(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?,
+    )?;
+    // SAFETY: the RingBuf owns its map fd, which stays open and the same
+    // for as long as the AsyncFd owns the RingBuf.
+    unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("cannot poll the ring buffer {name}: {e}"))
+}
+
+/// Records lost so far, by kind (`kat_common::kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LostCounts(pub [u64; kind::COUNT]);
+
+impl LostCounts {
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Every kind but orderly closes: what must never be lost.
+    pub fn precious(&self) -> u64 {
+        self.total() - self.0[kind::CLOSED as usize]
+    }
+
+    /// The kinds with losses, by name.
+    pub fn by_kind(&self) -> BTreeMap<String, u64> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, &n)| (kind::name(k).to_string(), n))
+            .collect()
+    }
+
+    /// `12 records lost (death 2, closed 10)`.
+    pub fn text(&self) -> String {
+        let kinds: Vec<String> = self
+            .by_kind()
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        if kinds.is_empty() {
+            "0 records lost".into()
+        } else {
+            format!("{} records lost ({})", self.total(), kinds.join(", "))
+        }
+    }
+}
 
 impl Source {
     pub fn new(ebpf: &mut aya::Ebpf, contexts: ContextRanges) -> Result<Self> {
-        let ring = RingBuf::try_from(
-            ebpf.take_map("EVENTS")
-                .ok_or_else(|| anyhow!("map EVENTS missing"))?,
-        )?;
+        let precious = ring(ebpf, "PRECIOUS")?;
+        let bulk = ring(ebpf, "BULK")?;
         let lost = PerCpuArray::try_from(
             ebpf.take_map("LOST")
                 .ok_or_else(|| anyhow!("map LOST missing"))?,
@@ -45,12 +95,9 @@ impl Source {
             ebpf.take_map("STACKS")
                 .ok_or_else(|| anyhow!("map STACKS missing"))?,
         )?;
-        // SAFETY: the RingBuf owns its map fd, which stays open and the
-        // same for as long as the AsyncFd owns the RingBuf.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow!("cannot poll the ring buffer: {e}"))?;
         Ok(Self {
-            ring,
+            precious,
+            bulk,
             lost,
             stacks,
             contexts,
@@ -58,30 +105,42 @@ impl Source {
         })
     }
 
-    /// Waits until the kernel wakes us or the drain interval passes, then
-    /// returns every record in the ring.
+    /// Waits until the kernel wakes us (either ring) or the drain interval
+    /// passes, then returns every record in both rings.
     pub async fn next_batch(&mut self) -> Vec<Record> {
-        if let Ok(Ok(mut guard)) = tokio::time::timeout(DRAIN_EVERY, self.ring.readable_mut()).await
-        {
-            guard.clear_ready();
-        }
+        let woken = async {
+            tokio::select! {
+                guard = self.precious.readable_mut() => {
+                    if let Ok(mut g) = guard { g.clear_ready(); }
+                }
+                guard = self.bulk.readable_mut() => {
+                    if let Ok(mut g) = guard { g.clear_ready(); }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_EVERY, woken).await;
         self.drain()
     }
 
+    /// Every record waiting, precious ones first.
     pub fn drain(&mut self) -> Vec<Record> {
         let mut out = Vec::new();
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item) {
-                Some(rec) => {
-                    log::trace!("record {rec:?}");
-                    out.push(rec);
+        for ring in [&mut self.precious, &mut self.bulk] {
+            let ring = ring.get_mut();
+            while let Some(item) = ring.next() {
+                match decode(&item) {
+                    Some(rec) => out.push(rec),
+                    None => self.malformed += 1,
                 }
-                None => self.malformed += 1,
             }
         }
         for rec in out.iter_mut().filter(|r| r.kind == kind::RESET_SENT) {
             rec.context = self.stack_context(rec.stack_id);
+        }
+        if log::log_enabled!(log::Level::Trace) {
+            for rec in &out {
+                log::trace!("record {rec:?}");
+            }
         }
         out
     }
@@ -103,12 +162,17 @@ impl Source {
         context
     }
 
-    /// Records the kernel could not queue, summed over CPUs.
-    pub fn lost(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+    /// Records the kernel could not queue, by kind, summed over CPUs.
+    pub fn lost(&self) -> LostCounts {
+        let mut counts = LostCounts::default();
+        for (k, n) in counts.0.iter_mut().enumerate() {
+            *n = self
+                .lost
+                .get(&(k as u32), 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0);
+        }
+        counts
     }
 }
 
@@ -120,6 +184,7 @@ mod tests {
     fn decodes_whole_records_only() {
         let rec = Record {
             sk: 0xffff_8880_1234_5678,
+            established_ns: 7,
             sport: 6699,
             kind: kat_common::kind::TIMER_RUN,
             probes_after: 2,
@@ -135,5 +200,17 @@ mod tests {
         shifted[1..].copy_from_slice(bytes);
         assert_eq!(decode(&shifted[1..]), Some(rec));
         assert_eq!(decode(&bytes[..RECORD_SIZE - 1]), None);
+    }
+
+    #[test]
+    fn loss_is_told_by_kind_and_precious_excludes_orderly_closes() {
+        let mut lost = LostCounts::default();
+        assert_eq!(lost.text(), "0 records lost");
+        lost.0[kind::CLOSED as usize] = 10;
+        lost.0[kind::STATE_CHANGE as usize] = 2;
+        assert_eq!(lost.total(), 12);
+        assert_eq!(lost.precious(), 2);
+        assert_eq!(lost.text(), "12 records lost (closed 10, death 2)");
+        assert_eq!(lost.by_kind().get("closed"), Some(&10));
     }
 }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Local, Utc};
 use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
 use crate::event::{ConnKey, Event, From, Lost, Reason, Settings, What};
 use crate::kernel;
+use crate::source::LostCounts;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
@@ -155,16 +156,16 @@ impl Output {
         writeln!(std::io::stdout(), "{text}").is_ok()
     }
 
-    fn lost(&mut self, lost: u64) -> bool {
-        if lost <= self.lost_shown {
+    fn lost(&mut self, lost: &LostCounts) -> bool {
+        if lost.total() <= self.lost_shown {
             return true;
         }
-        self.lost_shown = lost;
+        self.lost_shown = lost.total();
         if self.args.json {
             let rec = Lost {
                 ts: Utc::now(),
-                count: lost,
-                by_kind: Default::default(),
+                count: lost.total(),
+                by_kind: lost.by_kind(),
             };
             writeln!(
                 std::io::stdout(),
@@ -173,7 +174,7 @@ impl Output {
             )
             .is_ok()
         } else {
-            eprintln!("kat: {lost} records lost so far (ring buffer full)");
+            eprintln!("kat: {} so far (ring buffer full)", lost.text());
             true
         }
     }
@@ -181,7 +182,7 @@ impl Output {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
-    let mut engine = Engine::start(&args.selection)?;
+    let mut engine = Engine::start(&args.selection, args.all)?;
     let mut stop = StopSignals::catch()?;
     let mut out = Output {
         args,
@@ -206,7 +207,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 return Ok(());
             }
         }
-        if !out.lost(engine.source.lost()) {
+        if !out.lost(&engine.source.lost()) {
             return Ok(());
         }
     }
@@ -217,10 +218,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         }
     }
     eprintln!(
-        "kat: {} events shown, {} connections still tracked, {} records lost{}",
+        "kat: {} events shown, {} connections still tracked, {}{}",
         out.events,
         engine.tracker.tracked(),
-        engine.source.lost(),
+        engine.source.lost().text(),
         if engine.source.malformed > 0 {
             format!(", {} malformed", engine.source.malformed)
         } else {

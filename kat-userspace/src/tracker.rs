@@ -274,6 +274,11 @@ impl Tracker {
         if rec.sock_ino != 0 {
             sock.sock_ino = rec.sock_ino;
         }
+        // The kernel keeps when the socket was established and sends it
+        // with each record (0: before kat started).
+        if rec.established_ns != 0 {
+            sock.established_ns = Some(rec.established_ns);
+        }
         sock
     }
 
@@ -309,10 +314,6 @@ impl Tracker {
                 let sock = self.sock(rec);
                 sock.reset_received = Some(rec.probes_after.max(sock.probes_out));
             }
-            kind::STATE_CHANGE if rec.state == tcp_state::ESTABLISHED => {
-                let sock = self.sock(rec);
-                sock.established_ns = Some(rec.ts_ns);
-            }
             kind::STATE_CHANGE if rec.state == tcp_state::CLOSE => {
                 let sock = self.sock(rec);
                 sock.closing = Some(Closing {
@@ -326,6 +327,17 @@ impl Tracker {
                 if sock.reset_sent.is_some() || sock.reset_received.is_some() || rec.sk_err != 0 {
                     self.finish(rec.sk, out);
                 }
+            }
+            // Sent one by one only when asked (`--all`): its end is known.
+            kind::CLOSED => {
+                let sock = self.sock(rec);
+                sock.closing = Some(Closing {
+                    ts_ns: rec.ts_ns,
+                    old_state: rec.old_state,
+                    sk_err: 0,
+                    probes_out: 0,
+                });
+                self.finish(rec.sk, out);
             }
             kind::DESTROY => {
                 if self.socks.get(&rec.sk).is_some_and(|s| s.closing.is_some()) {

@@ -155,7 +155,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
         return run_replay(dir, &args).await;
     }
     kernel::require_root("top")?;
-    let mut engine = Engine::start(&args.selection)?;
+    let mut engine = Engine::start(&args.selection, false)?;
     let mut model = Model::new(
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -190,7 +190,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
             _ = answers.tick() => msgs.extend(engine.poll_answers().into_iter().map(|e| Msg::Event(Box::new(e)))),
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
-                msgs.push(Msg::Lost(engine.source.lost()));
+                let lost = engine.source.lost();
+                msgs.push(Msg::Lost { total: lost.total(), precious: lost.precious() });
+                msgs.push(Msg::Closes(engine.closes.take(Utc::now()).iter().map(|c| c.count).sum()));
                 msgs.push(Msg::Snapshot(snapshot(&mut engine, &args.selection, &seen_netns)));
             }
             term = keys.next() => match term {

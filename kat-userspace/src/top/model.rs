@@ -98,8 +98,13 @@ pub enum Msg {
     Event(Box<Event>),
     /// Every keepalive socket now, from sock_diag.
     Snapshot(Vec<Live>),
-    /// Records lost by the kernel so far.
-    Lost(u64),
+    /// Records lost by the kernel so far: all, and all but orderly closes.
+    Lost {
+        total: u64,
+        precious: u64,
+    },
+    /// Orderly closes the kernel counted since the last of these.
+    Closes(u64),
     /// Once a second: the wall clock, for rates and ages.
     Tick(DateTime<Utc>),
     Key(Key),
@@ -147,6 +152,8 @@ pub struct Model {
     pub deaths_by_reason: BTreeMap<Reason, u64>,
     pub events_total: u64,
     pub lost: u64,
+    /// Of `lost`, records other than orderly closes.
+    pub lost_precious: u64,
     /// (probes, deaths, events) per second, newest last.
     pub history: VecDeque<(u64, u64, u64)>,
     current: (u64, u64, u64),
@@ -179,6 +186,7 @@ impl Model {
             deaths_by_reason: BTreeMap::new(),
             events_total: 0,
             lost: 0,
+            lost_precious: 0,
             history: VecDeque::new(),
             current: (0, 0, 0),
             selected: 0,
@@ -205,12 +213,19 @@ impl Model {
                     self.history.pop_front();
                 }
             }
-            Msg::Lost(n) => self.lost = n,
+            Msg::Lost { total, precious } => {
+                self.lost = total;
+                self.lost_precious = precious;
+            }
             Msg::Replay(status) => self.replay = Some(status),
             // While paused the screen holds still; nothing is lost.
             data if self.paused => self.pending.push(data),
             Msg::Event(ev) => self.event(*ev),
             Msg::Snapshot(live) => self.live = live,
+            Msg::Closes(n) if n > 0 => {
+                *self.deaths_by_reason.entry(Reason::Closed).or_default() += n
+            }
+            Msg::Closes(_) => {}
         }
         Action::Continue
     }

@@ -21,10 +21,24 @@ pub const MAX_SPEED: f64 = 4096.0;
 
 enum Item {
     Event(Box<Event>),
-    /// Records lost, counted since that run of `kat record` started.
-    Lost(u64),
+    /// Records lost, counted since that run of `kat record` started:
+    /// (all, all but orderly closes).
+    Lost(u64, u64),
     /// `kat record` started again: what was live before the gap is unknown.
     Restart,
+}
+
+/// Of a lost count, the records other than orderly closes (journals
+/// older than the split count every loss as precious).
+fn precious(l: &crate::event::Lost) -> u64 {
+    if l.by_kind.is_empty() {
+        return l.count;
+    }
+    l.by_kind
+        .iter()
+        .filter(|(k, _)| k.as_str() != "closed")
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// A connection seen in the journal and not dead yet.
@@ -45,8 +59,9 @@ pub struct Replay {
     problems: usize,
     conns: BTreeMap<ConnKey, Conn>,
     /// Lost by the earlier runs of `kat record`, and by the current one.
-    lost_before: u64,
-    lost_run: u64,
+    /// (all, precious) lost in earlier runs, and in this one.
+    lost_before: (u64, u64),
+    lost_run: (u64, u64),
 }
 
 /// The first whole second at or after `ts`.
@@ -74,7 +89,7 @@ impl Replay {
             match entry {
                 Entry::Event(ev) if keep(&ev) => items.push((ev.ts, Item::Event(Box::new(ev)))),
                 Entry::Event(_) => {}
-                Entry::Lost(l) => items.push((l.ts, Item::Lost(l.count))),
+                Entry::Lost(l) => items.push((l.ts, Item::Lost(l.count, precious(&l)))),
                 Entry::Closes(_) => {}
                 Entry::Header(h) => {
                     if run.is_some_and(|r| r != h.run_started) {
@@ -95,7 +110,7 @@ impl Replay {
         let tail = items.split_off(last + 1);
         items.extend(
             tail.into_iter()
-                .filter(|(_, i)| matches!(i, Item::Lost(_)))
+                .filter(|(_, i)| matches!(i, Item::Lost(..)))
                 .map(|(_, i)| (end, i)),
         );
         let first = items
@@ -112,8 +127,8 @@ impl Replay {
             paused: false,
             problems,
             conns: BTreeMap::new(),
-            lost_before: 0,
-            lost_run: 0,
+            lost_before: (0, 0),
+            lost_run: (0, 0),
         })
     }
 
@@ -208,14 +223,18 @@ impl Replay {
                     self.track(&ev);
                     msgs.push(Msg::Event(ev));
                 }
-                Item::Lost(count) => {
-                    self.lost_run = count;
-                    msgs.push(Msg::Lost(self.lost_before + count));
+                Item::Lost(total, precious) => {
+                    self.lost_run = (total, precious);
+                    msgs.push(Msg::Lost {
+                        total: self.lost_before.0 + total,
+                        precious: self.lost_before.1 + precious,
+                    });
                 }
                 Item::Restart => {
                     self.conns.clear();
-                    self.lost_before += self.lost_run;
-                    self.lost_run = 0;
+                    self.lost_before.0 += self.lost_run.0;
+                    self.lost_before.1 += self.lost_run.1;
+                    self.lost_run = (0, 0);
                 }
             }
         }

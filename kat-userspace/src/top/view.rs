@@ -124,7 +124,7 @@ fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
     if m.paused {
         title.push(Span::from("  PAUSED").reversed());
     }
-    let lost_style = if m.lost > 0 {
+    let lost_style = if m.lost_precious > 0 {
         Style::new().fg(Color::Red).bold()
     } else {
         Style::new()
@@ -136,7 +136,14 @@ fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
             m.probing_now(),
             m.events_per_s()
         )),
-        Span::styled(format!("lost {}", m.lost), lost_style),
+        Span::styled(
+            if m.lost > m.lost_precious {
+                format!("lost {} ({} closes)", m.lost, m.lost - m.lost_precious)
+            } else {
+                format!("lost {}", m.lost)
+            },
+            lost_style,
+        ),
         Span::from("  deaths:"),
     ];
     if m.deaths_by_reason.is_empty() {

@@ -313,9 +313,10 @@ fn linger_zero_and_disconnect_share_a_kernel_reason() {
 #[test]
 fn orderly_close_is_reported_at_destroy_or_after_the_grace_period() {
     let mut t = tracker();
-    let mut est = rec(kind::STATE_CHANGE, 1.0);
-    est.state = tcp_state::ESTABLISHED;
-    feed(&mut t, [est, close(4.5, tcp_state::LAST_ACK, 0, 0)]);
+    // The kernel sends when the socket was established with its close.
+    let mut c = close(4.5, tcp_state::LAST_ACK, 0, 0);
+    c.established_ns = 1_000_000_000;
+    feed(&mut t, [c]);
     assert!(t.update(Msg::Tick(4_600_000_000)).is_empty());
     let ev = t.update(Msg::Tick(4_700_000_000));
     let d = death(&ev);
@@ -423,4 +424,26 @@ fn a_probe_seen_by_tcp_write_wakeup_counts_even_if_the_count_is_stale() {
     r.flags |= flag::PROBE_SENT;
     let ev = feed(&mut t, [r]);
     assert_eq!(probes(&ev), [("probe", 1)]);
+}
+
+#[test]
+fn a_closed_record_is_an_orderly_death_at_once_with_its_lifetime() {
+    let mut t = tracker();
+    let mut c = rec(kind::CLOSED, 3.0);
+    c.state = tcp_state::CLOSE;
+    c.old_state = tcp_state::FIN_WAIT2;
+    c.established_ns = 500_000_000;
+    let ev = feed(&mut t, [c]);
+    let d = death(&ev);
+    assert_eq!(d.reason(), Some(Reason::Closed));
+    match &d.what {
+        What::Death {
+            lifetime_s, state, ..
+        } => {
+            assert_eq!(*lifetime_s, Some(2.5));
+            assert_eq!(*state, "FIN_WAIT2");
+        }
+        _ => unreachable!(),
+    }
+    assert_eq!(t.tracked(), 0, "nothing kept for an orderly close");
 }

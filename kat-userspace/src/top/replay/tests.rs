@@ -228,7 +228,7 @@ fn a_restart_of_kat_record_empties_the_table_and_lost_adds_up() {
     let mut r = replay(entries);
     let lost_of = |msgs: &[Msg]| {
         msgs.iter().find_map(|m| match m {
-            Msg::Lost(n) => Some(*n),
+            Msg::Lost { total, .. } => Some(*total),
             _ => None,
         })
     };
