@@ -219,7 +219,8 @@ pub struct Config {
     pub mib_keepalive: u32,
     /// Non-zero when tcp_send_active_reset takes a reason (6.10+).
     pub has_reset_reason: u32,
-    /// Non-zero: send each orderly close as a [`kind::CLOSED`] record.
+    /// Non-zero: send each orderly close as a [`kind::CLOSED`] record
+    /// instead of counting it in `CLOSES`.
     pub emit_closed: u32,
     pub _pad1: u32,
 }

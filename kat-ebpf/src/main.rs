@@ -626,13 +626,26 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// An orderly close: counted by service and peer, and sent one by one
-/// only when asked.
+/// An orderly close: sent one by one when asked, counted by service and
+/// peer otherwise (never both: a reader would count it twice).
 #[inline(always)]
 fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
+    let direction = st.flags & (sock_flag::ACTIVE_OPEN | sock_flag::PASSIVE_OPEN);
+    if cfg_u32(&config().emit_closed) != 0 {
+        emit_to(&BULK, kind::CLOSED, |rec| {
+            fill_socket(rec, sk, sport, dport);
+            rec.ts_ns = st.close_ns;
+            rec.state = tcp_state::CLOSE;
+            rec.old_state = st.close_old_state;
+            rec.established_ns = st.established_ns;
+            rec.flags |= direction;
+        });
+        return;
+    }
     let o = &config().offsets;
     let mut key = CloseKey {
         family: read::<u16>(sk, &o.skc_family),
+        direction,
         ..CloseKey::default()
     };
     if key.family == AF_INET {
@@ -645,8 +658,7 @@ fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
     if net != 0 {
         key.netns = read(net, &o.net_inum);
     }
-    key.direction = st.flags & (sock_flag::ACTIVE_OPEN | sock_flag::PASSIVE_OPEN);
-    key.port = match key.direction {
+    key.port = match direction {
         sock_flag::ACTIVE_OPEN => dport,
         sock_flag::PASSIVE_OPEN => sport,
         _ => core::cmp::min(sport, dport),
@@ -658,16 +670,6 @@ fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
         None
     };
     count_close(&key, lifetime);
-    if cfg_u32(&config().emit_closed) != 0 {
-        emit_to(&BULK, kind::CLOSED, |rec| {
-            fill_socket(rec, sk, sport, dport);
-            rec.ts_ns = st.close_ns;
-            rec.state = tcp_state::CLOSE;
-            rec.old_state = st.close_old_state;
-            rec.established_ns = st.established_ns;
-            rec.flags |= key.direction;
-        });
-    }
 }
 
 #[inline(always)]

@@ -26,7 +26,7 @@ pub use net::{keepalive, Net, Side};
 /// `port` (and `port + 1` where it needs a second one).
 pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
 
-pub const SCENARIOS: [Scenario; 10] = [
+pub const SCENARIOS: [Scenario; 11] = [
     ("healthy_probes_answered", healthy_probes_answered),
     (
         "vanished_peer_keepalive_timeout",
@@ -45,6 +45,10 @@ pub const SCENARIOS: [Scenario; 10] = [
     (
         "recorded_death_in_the_journal",
         recorded_death_in_the_journal,
+    ),
+    (
+        "orderly_closes_counted_in_the_kernel",
+        orderly_closes_counted_in_the_kernel,
     ),
 ];
 
@@ -436,5 +440,103 @@ pub fn recorded_death_in_the_journal(net: &dyn Net, kat: &KatCmd, port: u16) {
     if let Some(lane) = &kat.lane {
         assert!(lanes.contains(lane.as_str()), "recorded lanes {lanes:?}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `closes` aggregates and `closed` deaths of a journal directory.
+fn journal_lines(dir: &std::path::Path) -> Vec<Value> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        lines.extend(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok()),
+        );
+    }
+    lines
+}
+
+/// Orderly closes are counted in the kernel, not sent one by one: `kat
+/// record` writes them as `closes` aggregates per service port, direction
+/// and peer, with their lifetimes; with `--all`, as `closed` deaths.
+pub fn orderly_closes_counted_in_the_kernel(net: &dyn Net, kat: &KatCmd, port: u16) {
+    const CONNECTIONS: u64 = 10;
+    let dir = std::env::temp_dir().join(format!("kat-closes-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = port.to_string();
+    let recorder = Kat::record(kat, &dir, &["--port", &p, "--closes-every", "1s"]);
+    let listener = net.listen(addr(net, port));
+    for _ in 0..CONNECTIONS {
+        let client = net.connect(addr(net, port), Box::new(|_| {}));
+        let (mut server, _) = listener.accept().expect("accept");
+        drop(client);
+        assert_eq!(server.read(&mut [0u8; 8]).expect("EOF"), 0);
+        drop(server);
+    }
+    // Counted in one interval, written the next (and flushed a batch later).
+    let deadline = std::time::Instant::now() + secs(6.0 * net.slack());
+    let counted = |lines: &[Value], direction: &str| -> u64 {
+        lines
+            .iter()
+            .filter(|v| v["type"] == "closes" && v["port"] == port && v["direction"] == direction)
+            .map(|v| v["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let lines = loop {
+        let lines = journal_lines(&dir);
+        if counted(&lines, "in") >= CONNECTIONS && counted(&lines, "out") >= CONNECTIONS {
+            break lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "closes not counted in the journal: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "kat record: {status} {stderr:#?}");
+    assert_eq!(counted(&lines, "in"), CONNECTIONS, "{lines:#?}");
+    assert_eq!(counted(&lines, "out"), CONNECTIONS, "{lines:#?}");
+    for c in lines
+        .iter()
+        .filter(|v| v["type"] == "closes" && v["port"] == port)
+    {
+        assert_eq!(c["timed"], c["count"], "kat saw them established: {c}");
+        let max = c["lifetime_max_s"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..2.0 * net.slack()).contains(&max), "{c}");
+        assert_eq!(
+            c["peer"]
+                .as_str()
+                .map(|a| a.parse::<std::net::IpAddr>().is_ok()),
+            Some(true)
+        );
+    }
+    assert!(
+        !lines.iter().any(|v| v["reason"] == "closed"),
+        "no orderly close is recorded one by one without --all"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // With --all each orderly close is a death of its own, and no aggregate.
+    let recorder = Kat::record(kat, &dir, &["--port", &p, "--all", "--closes-every", "1s"]);
+    let client = net.connect(addr(net, port), Box::new(|_| {}));
+    let (mut server, _) = listener.accept().expect("accept");
+    drop(client);
+    assert_eq!(server.read(&mut [0u8; 8]).expect("EOF"), 0);
+    drop(server);
+    std::thread::sleep(secs(1.5 * net.slack()));
+    let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "kat record --all: {status} {stderr:#?}");
+    let lines = journal_lines(&dir);
+    let closed = lines
+        .iter()
+        .filter(|v| v["reason"] == "closed" && (v["sport"] == port || v["dport"] == port))
+        .count();
+    assert_eq!(closed, 2, "both ends, one by one: {lines:#?}");
+    assert_eq!(
+        counted(&lines, "in") + counted(&lines, "out"),
+        0,
+        "{lines:#?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
