@@ -566,23 +566,25 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !port_wanted(sport, dport) {
         return 0;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
+    if established {
+        // Remembered, not sent: the lifetime travels with the death. One
+        // map write, no lookup: this runs for every connection on the host.
+        let fresh = SockState {
+            established_ns: now,
+            flags: match old {
+                tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
+                tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
+                _ => 0,
+            },
+            ..SockState::default()
+        };
+        let _ = SOCKS.insert(sk, fresh, 0);
+        return 0;
+    }
     let Some(st) = sock_state(sk) else {
         return 0;
     };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if established {
-        // Remembered, not sent: the lifetime travels with the death.
-        let direction = match old {
-            tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
-            tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
-            _ => 0,
-        };
-        unsafe {
-            (*st).established_ns = now;
-            (*st).flags |= direction;
-        }
-        return 0;
-    }
     let sk_err: i32 = read(sk, &config().offsets.sk_err);
     let flags = unsafe { (*st).flags };
     if sk_err != 0 || flags & (sock_flag::RESET | sock_flag::REPORTED) != 0 {
