@@ -86,6 +86,7 @@ impl Engine {
         })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;
+        release_startup_memory();
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,
             reset_reasons: loaded.reset_reasons.clone(),
@@ -148,6 +149,18 @@ impl Engine {
             }
         }
         out
+    }
+}
+
+/// Loading parses the kernel's BTF (twice: for offsets, and aya's for
+/// attaching) and all of kallsyms: tens of MB, freed once attached, which
+/// the allocator would otherwise keep as resident memory for as long as
+/// kat runs.
+fn release_startup_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
