@@ -1,6 +1,6 @@
 //! `kat trace`: one line (or one JSON object) per event.
 
-use std::io::Write as _;
+use std::io::{BufWriter, Stdout, Write as _};
 
 use anyhow::Result;
 use chrono::{DateTime, Local, Utc};
@@ -139,6 +139,9 @@ struct Output {
     args: TraceArgs,
     lost_shown: u64,
     events: u64,
+    /// One write per batch, not per line: a keepalive storm is thousands
+    /// of lines a second.
+    stdout: BufWriter<Stdout>,
 }
 
 impl Output {
@@ -153,7 +156,12 @@ impl Output {
         } else {
             line(ev)
         };
-        writeln!(std::io::stdout(), "{text}").is_ok()
+        writeln!(self.stdout, "{text}").is_ok()
+    }
+
+    /// Writes out the batch; false when stdout is gone.
+    fn flush(&mut self) -> bool {
+        self.stdout.flush().is_ok()
     }
 
     fn lost(&mut self, lost: &LostCounts) -> bool {
@@ -168,7 +176,7 @@ impl Output {
                 by_kind: lost.by_kind(),
             };
             writeln!(
-                std::io::stdout(),
+                self.stdout,
                 "{}",
                 serde_json::to_string(&rec).unwrap_or_default()
             )
@@ -188,6 +196,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         args,
         lost_shown: 0,
         events: 0,
+        stdout: BufWriter::new(std::io::stdout()),
     };
     eprintln!(
         "kat: tracing keepalive probes and connection deaths on Linux {} ({}, reset reasons {}); Ctrl-C to stop",
@@ -207,7 +216,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
                 return Ok(());
             }
         }
-        if !out.lost(&engine.source.lost()) {
+        if !out.lost(&engine.source.lost()) || !out.flush() {
             return Ok(());
         }
     }
@@ -216,6 +225,9 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         if !out.event(ev) {
             return Ok(());
         }
+    }
+    if !out.flush() {
+        return Ok(());
     }
     eprintln!(
         "kat: {} events shown, {} connections still tracked, {}{}",
