@@ -7,11 +7,13 @@
 #![no_std]
 #![no_main]
 
+use core::ffi::c_void;
+use core::mem::{size_of, MaybeUninit};
+
 use aya_ebpf::{
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_jiffies64, bpf_ktime_get_ns, generated,
     },
     macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe, map},
     maps::{Array, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
@@ -101,12 +103,48 @@ fn cfg_u64(v: &u64) -> u64 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// Reads a `T` at `base + off`; zero when the kernel memory cannot be read.
+/// Reads a `T` at `base + off`; zero when the kernel memory cannot be read
+/// (the helper zero-fills its destination then).
 #[inline(always)]
-fn read<T: Copy + Default>(base: u64, off: &u32) -> T {
-    let addr = base.wrapping_add(cfg_u32(off) as u64) as *const T;
-    unsafe { bpf_probe_read_kernel(addr) }.unwrap_or_default()
+fn read<T: Copy>(base: u64, off: &u32) -> T {
+    let addr = base.wrapping_add(cfg_u32(off) as u64);
+    let mut v = MaybeUninit::<T>::uninit();
+    unsafe {
+        generated::bpf_probe_read_kernel(
+            v.as_mut_ptr().cast::<c_void>(),
+            size_of::<T>() as u32,
+            addr as *const c_void,
+        );
+        v.assume_init()
+    }
 }
+
+/// Zeroes `n` u64 words at `p` with plain stores. Zeroing with a memset
+/// call instead is a call to a global function with a pointer argument,
+/// which 6.1's verifier refuses in kprobe programs.
+#[inline(always)]
+unsafe fn zero_words(p: *mut u64, n: usize) {
+    let mut i = 0;
+    while i < n {
+        unsafe { core::ptr::write_volatile(p.add(i), 0) };
+        i += 1;
+    }
+}
+
+/// A zeroed `T` (its size a multiple of 8), without a memset call.
+#[inline(always)]
+fn zeroed<T>() -> T {
+    let mut v = MaybeUninit::<T>::uninit();
+    unsafe {
+        zero_words(v.as_mut_ptr().cast::<u64>(), size_of::<T>() / 8);
+        v.assume_init()
+    }
+}
+
+const _: () = assert!(size_of::<Record>() % 8 == 0);
+const _: () = assert!(size_of::<SockState>() % 8 == 0);
+const _: () = assert!(size_of::<CloseKey>() % 8 == 0);
+const _: () = assert!(size_of::<CloseStats>() % 8 == 0);
 
 #[inline(always)]
 fn port_wanted(sport: u16, dport: u16) -> bool {
@@ -210,7 +248,7 @@ fn emit_to(ring: &RingBuf, record_kind: u8, fill: impl FnOnce(&mut Record)) {
             let rec = entry.as_mut_ptr();
             // SAFETY: the entry is exactly one Record, zeroed before use.
             unsafe {
-                core::ptr::write_bytes(rec, 0, 1);
+                zero_words(rec.cast::<u64>(), size_of::<Record>() / 8);
                 (*rec).kind = record_kind;
                 fill(&mut *rec);
             }
@@ -255,7 +293,7 @@ fn sock_state(sk: u64) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         return Some(st);
     }
-    let fresh = SockState::default();
+    let fresh: SockState = zeroed();
     // BPF_NOEXIST: another CPU may have just created it; either is fine.
     let _ = SOCKS.insert(sk, fresh, 1);
     SOCKS.get_ptr_mut(sk)
@@ -570,14 +608,12 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if established {
         // Remembered, not sent: the lifetime travels with the death. One
         // map write, no lookup: this runs for every connection on the host.
-        let fresh = SockState {
-            established_ns: now,
-            flags: match old {
-                tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
-                tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
-                _ => 0,
-            },
-            ..SockState::default()
+        let mut fresh: SockState = zeroed();
+        fresh.established_ns = now;
+        fresh.flags = match old {
+            tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
+            tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
+            _ => 0,
         };
         let _ = SOCKS.insert(sk, fresh, 0);
         return 0;
@@ -645,11 +681,9 @@ fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
         return;
     }
     let o = &config().offsets;
-    let mut key = CloseKey {
-        family: read::<u16>(sk, &o.skc_family),
-        direction,
-        ..CloseKey::default()
-    };
+    let mut key: CloseKey = zeroed();
+    key.family = read::<u16>(sk, &o.skc_family);
+    key.direction = direction;
     if key.family == AF_INET {
         let d: [u8; 4] = read(sk, &o.skc_daddr);
         key.peer[..4].copy_from_slice(&d);
@@ -681,12 +715,10 @@ fn count_close(key: &CloseKey, lifetime: Option<u64>) {
         None => {
             // BPF_NOEXIST; when the map is full the overflow key (put there
             // by userspace for both epochs) takes the count.
-            if CLOSES.insert(key, CloseStats::default(), 1).is_err() {
-                let overflow = CloseKey {
-                    port: CLOSES_OVERFLOW_PORT,
-                    epoch: key.epoch,
-                    ..CloseKey::default()
-                };
+            if CLOSES.insert(key, zeroed::<CloseStats>(), 1).is_err() {
+                let mut overflow: CloseKey = zeroed();
+                overflow.port = CLOSES_OVERFLOW_PORT;
+                overflow.epoch = key.epoch;
                 match CLOSES.get_ptr_mut(overflow) {
                     Some(s) => s,
                     None => return,
