@@ -141,10 +141,10 @@ fn zeroed<T>() -> T {
     }
 }
 
-const _: () = assert!(size_of::<Record>() % 8 == 0);
-const _: () = assert!(size_of::<SockState>() % 8 == 0);
-const _: () = assert!(size_of::<CloseKey>() % 8 == 0);
-const _: () = assert!(size_of::<CloseStats>() % 8 == 0);
+const _: () = assert!(size_of::<Record>().is_multiple_of(8));
+const _: () = assert!(size_of::<SockState>().is_multiple_of(8));
+const _: () = assert!(size_of::<CloseKey>().is_multiple_of(8));
+const _: () = assert!(size_of::<CloseStats>().is_multiple_of(8));
 
 #[inline(always)]
 fn port_wanted(sport: u16, dport: u16) -> bool {
