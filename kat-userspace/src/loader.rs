@@ -414,10 +414,17 @@ pub struct Options<'a> {
 /// in the best lane that works.
 pub fn load(opts: &Options) -> Result<Loaded> {
     let forced = opts.lane;
-    let mut facts = kernel_facts(opts.ports)?;
-    facts.config.emit_closed = u32::from(opts.emit_closed);
-    let v = facts.variants;
-    let (mut ebpf, btf) = open(&facts.config, opts.ring_bytes)?;
+    // Taken apart so that the parsed BTF is freed before aya parses its own.
+    let KernelFacts {
+        mut config,
+        hz,
+        reset_reasons,
+        contexts,
+        variants: v,
+        ..
+    } = kernel_facts(opts.ports)?;
+    config.emit_closed = u32::from(opts.emit_closed);
+    let (mut ebpf, btf) = open(&config, opts.ring_bytes)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();
     let mut lanes = Vec::new();
@@ -462,11 +469,11 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     lanes.push((Hook::SocketEvents, Lane::Tracepoint));
     Ok(Loaded {
         ebpf,
-        hz: facts.hz,
-        reset_reasons: facts.reset_reasons,
+        hz,
+        reset_reasons,
         lanes,
         attempts,
-        contexts: facts.contexts,
+        contexts,
     })
 }
 
