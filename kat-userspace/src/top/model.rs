@@ -162,6 +162,8 @@ pub struct Model {
     pub pid: Option<u32>,
     /// Set when a journal is replayed rather than the kernel watched.
     pub replay: Option<ReplayStatus>,
+    /// The first sock_diag snapshot is still on its way.
+    pub listing: bool,
 }
 
 impl Model {
@@ -191,6 +193,7 @@ impl Model {
             detail: None,
             pid: None,
             replay: None,
+            listing: false,
         }
     }
 
@@ -210,7 +213,10 @@ impl Model {
             // While paused the screen holds still; nothing is lost.
             data if self.paused => self.pending.push(data),
             Msg::Event(ev) => self.event(*ev),
-            Msg::Snapshot(live) => self.live = live,
+            Msg::Snapshot(live) => {
+                self.live = live;
+                self.listing = false;
+            }
         }
         Action::Continue
     }
