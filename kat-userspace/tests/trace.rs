@@ -65,8 +65,13 @@ fn kat_record_keeps_the_death_and_kat_report_names_it() {
     run(kat_scenarios::recorded_death_in_the_journal, 6719);
 }
 
+#[test]
+fn a_probe_carries_the_pid_and_comm_of_the_socket_holder() {
+    run(kat_scenarios::probe_names_its_owner, 6721);
+}
+
 /// Every scenario of the suite has a test above.
 #[test]
 fn the_suite_is_covered() {
-    assert_eq!(kat_scenarios::SCENARIOS.len(), 10);
+    assert_eq!(kat_scenarios::SCENARIOS.len(), 11);
 }
