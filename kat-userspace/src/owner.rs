@@ -251,8 +251,14 @@ fn walker(shared: &Shared, root: &Path, timing: Timing) {
                 .0;
         };
         drop(st);
-        last = Some(Instant::now());
+        let began = Instant::now();
+        last = Some(began);
         let fresh = walk(root);
+        log::debug!(
+            "owner walk {number}: {} sockets in {:?}",
+            fresh.len(),
+            began.elapsed()
+        );
         let mut st = shared.lock();
         st.owners = fresh;
         st.finished = number;
