@@ -26,7 +26,7 @@ pub use net::{keepalive, Net, Side};
 /// `port` (and `port + 1` where it needs a second one).
 pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
 
-pub const SCENARIOS: [Scenario; 11] = [
+pub const SCENARIOS: [Scenario; 12] = [
     ("healthy_probes_answered", healthy_probes_answered),
     (
         "vanished_peer_keepalive_timeout",
@@ -50,6 +50,7 @@ pub const SCENARIOS: [Scenario; 11] = [
         "orderly_closes_counted_in_the_kernel",
         orderly_closes_counted_in_the_kernel,
     ),
+    ("probe_names_its_owner", probe_names_its_owner),
 ];
 
 /// True when a root-only test may run; without root it is skipped, except
@@ -229,6 +230,24 @@ pub fn abort_on_close_and_linger(net: &dyn Net, kat: &KatCmd, port: u16) {
     });
     assert_eq!(dead["reason"], "abort_on_linger", "{dead}");
     drop(client);
+}
+
+/// A probe is sent from a timer in softirq, where the current task is
+/// anyone: its pid and comm are those of the process holding the socket,
+/// this one, found in kat's owner index.
+pub fn probe_names_its_owner(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let _client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 1, 1, 3)));
+    let _server = listener.accept().expect("accept");
+    let probe = kat.wait_for("a probe", secs(5.0 * net.slack()), |v| {
+        net.is(v, "probe", Side::Client, port)
+    });
+    let comm = std::fs::read_to_string("/proc/self/comm").expect("own comm");
+    assert_eq!(probe["pid"], std::process::id(), "{probe}");
+    assert_eq!(probe["comm"], comm.trim_end(), "{probe}");
+    let (status, _, _) = kat.stop();
+    assert!(status.success(), "kat exited with {status}");
 }
 
 /// TCP_USER_TIMEOUT shorter than the probes decides.

@@ -1,13 +1,16 @@
 //! sock_diag (the netlink interface behind `ss`): asks the kernel about
-//! the few sockets that have a keepalive probe out, so that an answer is
-//! seen within a poll interval instead of at the next timer run — without
-//! a hook on the packet receive path.
+//! the sockets that have a keepalive probe out, so that an answer is seen
+//! within a poll interval instead of at the next timer run — without a hook
+//! on the packet receive path — and lists the sockets `kat top` shows.
+//! Everything here blocks; it runs on the worker thread (`worker.rs`).
+
+pub mod worker;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd as _, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -16,15 +19,48 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use crate::tracker::Probing;
 
-/// Offset of `tcpi_probes` in `struct tcp_info` (uapi, stable).
-const TCPI_PROBES: usize = 3;
+/// `struct nlmsghdr`'s size: the payload (`struct inet_diag_msg`) follows.
+const NLMSG_HDRLEN: usize = 16;
+/// Offset of `idiag_retrans` in `struct inet_diag_msg`. With the keepalive
+/// timer pending the kernel puts `icsk_probes_out` there
+/// (net/ipv4/inet_diag.c, inet_sk_diag_fill); netlink-packet-sock-diag 0.5
+/// parses it only for the retransmit timer, so it is read from the bytes.
+const IDIAG_RETRANS: usize = 3;
+
+/// The states where a keepalive timer can be pending and a user cares:
+/// not LISTEN, SYN_SENT, SYN_RECV, TIME_WAIT or CLOSE.
+pub fn keepalive_states() -> StateFlags {
+    StateFlags::ESTABLISHED
+        | StateFlags::CLOSE_WAIT
+        | StateFlags::FIN_WAIT1
+        | StateFlags::FIN_WAIT2
+        | StateFlags::LAST_ACK
+        | StateFlags::CLOSING
+}
+
+/// One socket of a sock_diag reply.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub saddr: IpAddr,
+    pub sport: u16,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub state: u8,
+    pub uid: u32,
+    pub inode: u32,
+    /// Until the keepalive timer's next run; None under another timer or
+    /// none (then sock_diag does not tell the probes out).
+    pub keepalive: Option<Duration>,
+    /// Keepalive probes out, when `keepalive` is Some.
+    pub probes_out: u8,
+}
 
 /// A TCP socket whose keepalive timer is pending, as `ss -o` shows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,18 +75,34 @@ pub struct KeepaliveSocket {
     pub inode: u32,
     /// Until the keepalive timer's next run.
     pub expires: Duration,
-    /// Keepalive probes out (tcpi_probes).
+    /// Keepalive probes out (icsk_probes_out).
     pub probes_out: u8,
 }
 
-fn probes(resp: &InetResponse) -> u8 {
-    resp.nlas
-        .iter()
-        .find_map(|nla| match nla {
-            Nla::TcpInfo(info) => info.get(TCPI_PROBES).copied(),
-            _ => None,
+impl KeepaliveSocket {
+    fn of(netns: u32, r: &Row) -> Option<Self> {
+        Some(Self {
+            netns,
+            saddr: r.saddr,
+            sport: r.sport,
+            daddr: r.daddr,
+            dport: r.dport,
+            state: r.state,
+            uid: r.uid,
+            inode: r.inode,
+            expires: r.keepalive?,
+            probes_out: r.probes_out,
         })
-        .unwrap_or(0)
+    }
+}
+
+/// sock_diag's answer for a probing socket, as the tracker takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub sk: u64,
+    /// Probes out, or None when the kernel no longer has the socket.
+    pub probes_out: Option<u8>,
+    pub ts_ns: u64,
 }
 
 fn unmapped(a: IpAddr) -> IpAddr {
@@ -60,8 +112,95 @@ fn unmapped(a: IpAddr) -> IpAddr {
     }
 }
 
-/// Sends one TCP request (with tcp_info) for `socket_id`; `flags` adds
-/// NLM_F_DUMP for a dump.
+fn row(resp: &InetResponse, retrans: u8) -> Row {
+    let id = &resp.header.socket_id;
+    let keepalive = match resp.header.timer {
+        Some(Timer::KeepAlive(expires)) => Some(expires),
+        _ => None,
+    };
+    Row {
+        saddr: unmapped(id.source_address),
+        sport: id.source_port,
+        daddr: unmapped(id.destination_address),
+        dport: id.destination_port,
+        state: resp.header.state,
+        uid: resp.header.uid,
+        inode: resp.header.inode,
+        keepalive,
+        probes_out: if keepalive.is_some() { retrans } else { 0 },
+    }
+}
+
+/// How a reply's messages ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// More messages to receive.
+    More,
+    /// NLMSG_DONE or an ACK.
+    Done,
+    /// NLMSG_ERROR with this (negative) errno.
+    Errno(i32),
+}
+
+/// Parses the messages of one received buffer into `rows`.
+fn parse(buf: &[u8], rows: &mut Vec<Row>) -> Result<End> {
+    let mut offset = 0;
+    while offset < buf.len() {
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+            .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
+        let len = msg.header.length as usize;
+        // A zero length would never move past this message.
+        if len < NLMSG_HDRLEN {
+            bail!("sock_diag reply: a message of {len} bytes");
+        }
+        match msg.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
+                let retrans = buf
+                    .get(offset + NLMSG_HDRLEN + IDIAG_RETRANS)
+                    .copied()
+                    .unwrap_or(0);
+                rows.push(row(&resp, retrans));
+            }
+            NetlinkPayload::Done(_) => return Ok(End::Done),
+            NetlinkPayload::Error(e) => {
+                return Ok(e.code.map_or(End::Done, |c| End::Errno(c.get())));
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned (NLMSG_ALIGN).
+        offset += (len + 3) & !3;
+    }
+    Ok(End::More)
+}
+
+/// The answers a dump of a namespace gives for its probing sockets: probes
+/// out for those under their keepalive timer, None for those the dump
+/// does not have (gone, or closing), nothing for those under another timer
+/// (data in flight: the probes out are not told).
+pub fn match_dump(probing: &[&Probing], rows: &[Row], ts_ns: u64) -> Vec<Answer> {
+    let by_tuple: HashMap<(IpAddr, u16, IpAddr, u16), &Row> = rows
+        .iter()
+        .map(|r| ((r.saddr, r.sport, r.daddr, r.dport), r))
+        .collect();
+    probing
+        .iter()
+        .filter_map(|p| {
+            let probes_out = match by_tuple.get(&(p.saddr, p.sport, p.daddr, p.dport)) {
+                None => None,
+                Some(r) if r.keepalive.is_some() => Some(r.probes_out),
+                Some(_) => return None,
+            };
+            Some(Answer {
+                sk: p.sk,
+                probes_out,
+                ts_ns,
+            })
+        })
+        .collect()
+}
+
+/// Sends one TCP request (no extensions: the header says all kat needs);
+/// `flags` adds NLM_F_DUMP for a dump.
 fn send(
     socket: &Socket,
     flags: u16,
@@ -76,7 +215,7 @@ fn send(
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::INFO,
+            extensions: ExtensionFlags::empty(),
             states,
             socket_id,
         })
@@ -160,61 +299,57 @@ pub fn visible_netns() -> Vec<u32> {
     all
 }
 
+/// Receives a reply into `rows` until it ends; a reply to a request for
+/// one socket (not `dump`) is one message.
+fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>) -> Result<End> {
+    let mut reply = vec![0; 64 * 1024];
+    loop {
+        let n = socket
+            .recv(&mut &mut reply[..], 0)
+            .context("sock_diag recv")?;
+        if n == 0 {
+            bail!("sock_diag recv: an empty reply");
+        }
+        match parse(&reply[..n], rows)? {
+            End::More if dump => {}
+            End::More => return Ok(End::Done),
+            end => return Ok(end),
+        }
+    }
+}
+
+/// Namespaces with more probing sockets than this are dumped once rather
+/// than asked about socket by socket.
+const DUMP_ABOVE: usize = 4;
+
 impl Diag {
-    /// Every TCP socket of a namespace whose keepalive timer is pending.
-    pub fn keepalive_sockets(&mut self, netns: u32) -> Result<Vec<KeepaliveSocket>> {
+    /// Every TCP socket of a namespace in `keepalive_states`.
+    fn dump(&mut self, netns: u32) -> Result<Vec<Row>> {
         let socket = self
             .socket(netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
-        let mut out = Vec::new();
+        let mut rows = Vec::new();
         for family in [AF_INET, AF_INET6] {
             let socket_id = if family == AF_INET {
                 SocketId::new_v4()
             } else {
                 SocketId::new_v6()
             };
-            let states = StateFlags::all() & !StateFlags::LISTEN;
-            send(socket, NLM_F_DUMP, family, states, socket_id)?;
-            let mut reply = vec![0; 64 * 1024];
-            'dump: loop {
-                let n = socket
-                    .recv(&mut &mut reply[..], 0)
-                    .context("sock_diag recv")?;
-                let mut offset = 0;
-                while offset < n {
-                    let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[offset..n])
-                        .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
-                    let len = msg.header.length as usize;
-                    match msg.payload {
-                        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
-                            if let Some(Timer::KeepAlive(expires)) = resp.header.timer {
-                                let id = &resp.header.socket_id;
-                                out.push(KeepaliveSocket {
-                                    netns,
-                                    saddr: unmapped(id.source_address),
-                                    sport: id.source_port,
-                                    daddr: unmapped(id.destination_address),
-                                    dport: id.destination_port,
-                                    state: resp.header.state,
-                                    uid: resp.header.uid,
-                                    inode: resp.header.inode,
-                                    expires,
-                                    probes_out: probes(&resp),
-                                });
-                            }
-                        }
-                        NetlinkPayload::Done(_) => break 'dump,
-                        NetlinkPayload::Error(e) => return Err(anyhow!("sock_diag dump: {e}")),
-                        _ => {}
-                    }
-                    if len == 0 {
-                        break;
-                    }
-                    offset += len;
-                }
+            send(socket, NLM_F_DUMP, family, keepalive_states(), socket_id)?;
+            if let End::Errno(e) = receive(socket, true, &mut rows)? {
+                bail!("sock_diag dump: errno {e}");
             }
         }
-        Ok(out)
+        Ok(rows)
+    }
+
+    /// Every TCP socket of a namespace whose keepalive timer is pending.
+    pub fn keepalive_sockets(&mut self, netns: u32) -> Result<Vec<KeepaliveSocket>> {
+        Ok(self
+            .dump(netns)?
+            .iter()
+            .filter_map(|r| KeepaliveSocket::of(netns, r))
+            .collect())
     }
 
     fn socket(&mut self, netns: u32) -> Option<&mut Socket> {
@@ -237,7 +372,7 @@ impl Diag {
 
     /// The socket's probes out, None when the kernel no longer has it, or
     /// an error when sock_diag cannot tell.
-    pub fn probes_out(&mut self, p: &Probing) -> Result<Option<u8>> {
+    fn probes_out(&mut self, p: &Probing) -> Result<Option<u8>> {
         let socket = self
             .socket(p.netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {}", p.netns))?;
@@ -252,23 +387,174 @@ impl Diag {
             cookie: [0xff; 8],
         };
         send(socket, 0, family, StateFlags::all(), socket_id)?;
-        let mut reply = vec![0; 8192];
-        let n = socket
-            .recv(&mut &mut reply[..], 0)
-            .context("sock_diag recv")?;
-        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..n])
-            .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
-        match msg.payload {
-            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
-                Ok(resp.nlas.iter().find_map(|nla| match nla {
-                    Nla::TcpInfo(info) => info.get(TCPI_PROBES).copied(),
-                    _ => None,
-                }))
-            }
-            NetlinkPayload::Error(e) if e.code.is_some_and(|c| c.get() == -libc::ENOENT) => {
-                Ok(None)
-            }
-            other => Err(anyhow!("unexpected sock_diag reply: {other:?}")),
+        let mut rows = Vec::new();
+        match receive(socket, false, &mut rows)? {
+            End::Errno(e) if e == -libc::ENOENT => Ok(None),
+            End::Errno(e) => bail!("sock_diag request: errno {e}"),
+            _ => match rows.first() {
+                Some(r) if r.keepalive.is_some() => Ok(Some(r.probes_out)),
+                Some(_) => bail!("not under its keepalive timer: probes out not told"),
+                None => bail!("sock_diag request: no reply"),
+            },
         }
+    }
+
+    /// Answers for the probing sockets: per namespace one dump when many
+    /// probe there, else one request per socket.
+    pub fn answers(&mut self, probing: &[Probing]) -> Vec<Answer> {
+        let mut by_netns: HashMap<u32, Vec<&Probing>> = HashMap::new();
+        for p in probing {
+            by_netns.entry(p.netns).or_default().push(p);
+        }
+        let mut out = Vec::new();
+        for (netns, group) in by_netns {
+            if group.len() > DUMP_ABOVE {
+                match self.dump(netns) {
+                    Ok(rows) => {
+                        out.extend(match_dump(&group, &rows, crate::kernel::monotonic_now_ns()))
+                    }
+                    Err(e) => log::debug!("sock_diag dump of netns {netns}: {e:#}"),
+                }
+                continue;
+            }
+            for p in group {
+                match self.probes_out(p) {
+                    Ok(probes_out) => out.push(Answer {
+                        sk: p.sk,
+                        probes_out,
+                        ts_ns: crate::kernel::monotonic_now_ns(),
+                    }),
+                    Err(e) => log::debug!("sock_diag: {e:#}"),
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::DoneMessage;
+    use netlink_packet_sock_diag::inet::InetResponseHeader;
+
+    fn serialize(payload: NetlinkPayload<SockDiagMessage>) -> Vec<u8> {
+        let mut msg = NetlinkMessage::new(NetlinkHeader::default(), payload);
+        msg.finalize();
+        let mut buf = vec![0; msg.buffer_len()];
+        msg.serialize(&mut buf);
+        buf
+    }
+
+    /// One socket as the kernel would send it, `retrans` in idiag_retrans.
+    fn response(sport: u16, timer: Option<Timer>, retrans: u8) -> Vec<u8> {
+        let resp = InetResponse {
+            header: InetResponseHeader {
+                family: AF_INET,
+                state: 1,
+                timer,
+                socket_id: SocketId {
+                    source_port: sport,
+                    destination_port: 40000,
+                    source_address: "198.18.0.1".parse().expect("addr"),
+                    destination_address: "198.18.0.2".parse().expect("addr"),
+                    interface_id: 0,
+                    cookie: [0; 8],
+                },
+                recv_queue: 0,
+                send_queue: 0,
+                uid: 1000,
+                inode: 4242,
+            },
+            nlas: Default::default(),
+        };
+        let mut buf = serialize(NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(
+            Box::new(resp),
+        )));
+        buf[NLMSG_HDRLEN + IDIAG_RETRANS] = retrans;
+        buf
+    }
+
+    fn done() -> Vec<u8> {
+        serialize(NetlinkPayload::Done(DoneMessage::default()))
+    }
+
+    #[test]
+    fn probes_out_come_from_idiag_retrans_under_the_keepalive_timer() {
+        let mut buf = response(6699, Some(Timer::KeepAlive(Duration::from_secs(3))), 2);
+        buf.extend(response(
+            6700,
+            Some(Timer::Retransmit(Duration::ZERO, 5)),
+            5,
+        ));
+        let mut rows = Vec::new();
+        assert_eq!(parse(&buf, &mut rows).expect("parse"), End::More);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].keepalive, Some(Duration::from_secs(3)));
+        assert_eq!(rows[0].probes_out, 2);
+        assert_eq!(rows[0].inode, 4242);
+        // Retransmissions are not keepalive probes.
+        assert_eq!((rows[1].keepalive, rows[1].probes_out), (None, 0));
+        assert_eq!(KeepaliveSocket::of(7, &rows[1]), None);
+        assert_eq!(KeepaliveSocket::of(7, &rows[0]).map(|k| k.netns), Some(7));
+    }
+
+    #[test]
+    fn a_dump_ends_at_done() {
+        let mut buf = response(6699, None, 0);
+        buf.extend(done());
+        buf.extend(response(6700, None, 0));
+        let mut rows = Vec::new();
+        assert_eq!(parse(&buf, &mut rows).expect("parse"), End::Done);
+        assert_eq!(rows.len(), 1);
+    }
+
+    #[test]
+    fn a_zero_length_message_is_an_error_not_a_hang() {
+        let mut buf = response(6699, None, 0);
+        buf[..4].copy_from_slice(&0u32.to_ne_bytes());
+        assert!(parse(&buf, &mut Vec::new()).is_err());
+    }
+
+    fn probing(sk: u64, sport: u16) -> Probing {
+        Probing {
+            sk,
+            netns: 7,
+            saddr: "198.18.0.1".parse().expect("addr"),
+            sport,
+            daddr: "198.18.0.2".parse().expect("addr"),
+            dport: 40000,
+        }
+    }
+
+    #[test]
+    fn a_dump_answers_the_probing_sockets_by_tuple() {
+        let mut buf = response(1, Some(Timer::KeepAlive(Duration::from_secs(1))), 0);
+        buf.extend(response(
+            2,
+            Some(Timer::KeepAlive(Duration::from_secs(1))),
+            1,
+        ));
+        buf.extend(response(3, Some(Timer::Retransmit(Duration::ZERO, 1)), 1));
+        buf.extend(response(
+            9,
+            Some(Timer::KeepAlive(Duration::from_secs(1))),
+            0,
+        ));
+        let mut rows = Vec::new();
+        parse(&buf, &mut rows).expect("parse");
+        let probing = [
+            probing(10, 1),
+            probing(20, 2),
+            probing(30, 3),
+            probing(40, 4),
+        ];
+        let asked: Vec<&Probing> = probing.iter().collect();
+        let answers = match_dump(&asked, &rows, 5);
+        let got: Vec<(u64, Option<u8>)> = answers.iter().map(|a| (a.sk, a.probes_out)).collect();
+        // 10 answered, 20 still out, 30 not told (data in flight), 40 gone;
+        // the socket on port 9 was not asked about.
+        assert_eq!(got, vec![(10, Some(0)), (20, Some(1)), (40, None)]);
+        assert!(answers.iter().all(|a| a.ts_ns == 5));
     }
 }

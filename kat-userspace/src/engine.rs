@@ -1,5 +1,7 @@
 //! What every live view runs: the loaded programs, the record source, the
-//! tracker, sock_diag for answers, and owners for the events shown.
+//! tracker, the sock_diag worker for answers, and the owner index for the
+//! events shown. The loop using it must never block on slow I/O: the
+//! workers do that, and their results come back over channels.
 
 use std::time::Duration;
 
@@ -7,11 +9,12 @@ use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::closes::ClosesSource;
-use crate::diag::Diag;
+use crate::diag::worker::Worker;
+use crate::diag::Answer;
 use crate::event::Event;
 use crate::kernel;
 use crate::loader::{self, Lane, Loaded};
-use crate::owner::Owners;
+use crate::owner::{Index, Owners};
 use crate::source::Source;
 use crate::tracker::{Msg, Setup, Tracker};
 
@@ -70,7 +73,7 @@ pub struct Engine {
     pub source: Source,
     pub closes: ClosesSource,
     pub tracker: Tracker,
-    pub diag: Diag,
+    pub diag: Worker,
     pub owners: Owners,
 }
 
@@ -97,8 +100,8 @@ impl Engine {
             source,
             closes,
             tracker,
-            diag: Diag::default(),
-            owners: Owners::default(),
+            diag: Worker::start(selection.ports.clone()),
+            owners: Owners::new(Index::start()),
         })
     }
 
@@ -109,46 +112,53 @@ impl Engine {
         self.feed(msgs)
     }
 
-    /// Asks sock_diag about the sockets with a probe out.
-    pub fn poll_answers(&mut self) -> Vec<Event> {
-        let mut msgs = Vec::new();
-        for p in self.tracker.probing() {
-            match self.diag.probes_out(&p) {
-                Ok(probes_out) => msgs.push(Msg::Diag {
-                    sk: p.sk,
-                    probes_out,
-                    ts_ns: kernel::monotonic_now_ns(),
-                }),
-                Err(e) => log::debug!("sock_diag: {e:#}"),
-            }
+    /// Sends the sockets with a probe out to the sock_diag worker; its
+    /// answers come back on `diag.answers`.
+    pub fn ask_answers(&self) {
+        let probing = self.tracker.probing();
+        if !probing.is_empty() {
+            self.diag.ask_answers(probing);
         }
-        self.feed(msgs)
     }
 
-    /// Drains the ring and reports every pending death (on exit).
+    /// Feeds the worker's answers to the tracker.
+    pub fn answers(&mut self, answers: Vec<Answer>) -> Vec<Event> {
+        self.feed(
+            answers
+                .into_iter()
+                .map(|a| Msg::Diag {
+                    sk: a.sk,
+                    probes_out: a.probes_out,
+                    ts_ns: a.ts_ns,
+                })
+                .collect(),
+        )
+    }
+
+    /// Events held for their owner that may go now (after `owners.ready()`).
+    pub fn release(&mut self) -> Vec<Event> {
+        self.owners.release(false)
+    }
+
+    /// Drains the ring and reports every pending death (on exit), and every
+    /// event still waiting for its owner.
     pub fn finish(&mut self) -> Vec<Event> {
         let mut msgs: Vec<Msg> = self.source.drain().into_iter().map(Msg::Record).collect();
         msgs.push(Msg::Tick(u64::MAX));
-        self.feed(msgs)
+        let mut out = self.feed(msgs);
+        out.extend(self.owners.release(true));
+        out
     }
 
+    /// The tracker's events, with owners from the index. A death keeps the
+    /// inode its socket had (the fd may be closed by now): the index still
+    /// has it until the next walk.
     fn feed(&mut self, msgs: Vec<Msg>) -> Vec<Event> {
-        let mut out = Vec::new();
-        for msg in msgs {
-            for mut ev in self.tracker.update(msg) {
-                if ev.pid.is_none() {
-                    if let Some(owner) = self.owners.lookup(ev.sock_ino) {
-                        ev.pid = Some(owner.pid);
-                        ev.comm = Some(owner.comm);
-                    }
-                }
-                if ev.reason().is_some() {
-                    self.owners.forget(ev.sock_ino);
-                }
-                out.push(ev);
-            }
-        }
-        out
+        let events = msgs
+            .into_iter()
+            .flat_map(|msg| self.tracker.update(msg))
+            .collect();
+        self.owners.attach(events)
     }
 }
 

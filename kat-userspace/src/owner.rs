@@ -1,8 +1,19 @@
-//! Which process owns a socket: found from the socket's inode in
-//! /proc/PID/fd, cached. Timer callbacks run in softirq, so the kernel's
-//! "current task" there says nothing about the owner.
+//! Which process owns a socket: an index from socket inode to process,
+//! built by walking /proc/*/fd on a background thread. Timer callbacks run
+//! in softirq, so the kernel's "current task" there says nothing about the
+//! owner. The loop that drains the ring only looks the index up (O(1));
+//! a miss asks for a walk, and walks are rate-limited, so a flood of new
+//! sockets costs at most one walk per `Timing::min_gap`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::event::Event;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
@@ -10,46 +21,455 @@ pub struct Owner {
     pub comm: String,
 }
 
-#[derive(Default)]
-pub struct Owners {
-    cache: HashMap<u64, Option<Owner>>,
+/// The socket inode in an fd's link text, `socket:[123]`.
+fn socket_inode(link: &OsStr) -> Option<u64> {
+    link.to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
-fn scan(inode: u64) -> Option<Owner> {
-    let target = format!("socket:[{inode}]");
-    for proc_entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = proc_entry.file_name().to_string_lossy().parse::<u32>() else {
+/// One walk of `root`/*/fd: every socket inode held by a process.
+pub fn walk(root: &Path) -> HashMap<u64, Owner> {
+    let mut index: HashMap<u64, Owner> = HashMap::new();
+    let Ok(procs) = std::fs::read_dir(root) else {
+        return index;
+    };
+    for proc_entry in procs.flatten() {
+        let Some(pid) = proc_entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
+        // Gone between the listing and here: it simply holds nothing.
         let Ok(fds) = std::fs::read_dir(proc_entry.path().join("fd")) else {
             continue;
         };
-        let owns = fds.flatten().any(|fd| {
-            std::fs::read_link(fd.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
-        });
-        if owns {
-            let comm = std::fs::read_to_string(proc_entry.path().join("comm"))
-                .map(|c| c.trim_end().to_string())
-                .unwrap_or_default();
-            return Some(Owner { pid, comm });
+        let mut comm: Option<String> = None;
+        for fd in fds.flatten() {
+            let Some(inode) = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| socket_inode(l.as_os_str()))
+            else {
+                continue;
+            };
+            // A socket held by several processes (fork, SCM_RIGHTS) goes
+            // to the lowest pid, so the answer does not depend on the
+            // order /proc lists them in.
+            if index.get(&inode).is_some_and(|o| o.pid < pid) {
+                continue;
+            }
+            let comm = comm
+                .get_or_insert_with(|| {
+                    std::fs::read_to_string(proc_entry.path().join("comm"))
+                        .map(|c| c.trim_end().to_string())
+                        .unwrap_or_default()
+                })
+                .clone();
+            index.insert(inode, Owner { pid, comm });
         }
     }
-    None
+    index
+}
+
+/// How often the index may and must be rebuilt.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// At most one walk this often, however many misses ask for one.
+    pub min_gap: Duration,
+    /// A walk at least this often even without misses: sockets that
+    /// changed hands and processes that exited.
+    pub refresh: Duration,
+    /// A missing inode asks again for a walk only after this long.
+    pub retry_miss: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            min_gap: Duration::from_secs(1),
+            refresh: Duration::from_secs(10),
+            retry_miss: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What the index says about an inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(Owner),
+    /// Not in the index; a walk that will tell has not finished yet.
+    Pending,
+    /// Not found by a walk that began after it was asked for.
+    Unknown,
+}
+
+struct State {
+    owners: HashMap<u64, Owner>,
+    /// Walks begun, and the number of the last one finished.
+    started: u64,
+    finished: u64,
+    /// A miss since the last walk began.
+    wanted: bool,
+    /// Missing inodes: when each asked for a walk, and the number of the
+    /// first walk that begins after that.
+    asked: HashMap<u64, (Instant, u64)>,
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Told after every walk: events held for an owner may go.
+    walked: Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere leaves the map whole: keep using it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The socket inode → owner index and its walker thread.
+pub struct Index {
+    shared: Arc<Shared>,
+    timing: Timing,
+}
+
+impl Index {
+    /// Starts the walker on the real /proc (first walk at once).
+    pub fn start() -> Self {
+        Self::start_in(PathBuf::from("/proc"), Timing::default())
+    }
+
+    pub fn start_in(root: PathBuf, timing: Timing) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                owners: HashMap::new(),
+                started: 0,
+                finished: 0,
+                wanted: true,
+                asked: HashMap::new(),
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            walked: Notify::new(),
+        });
+        let worker = Arc::clone(&shared);
+        // Not joined: a walk in progress must not delay kat's exit.
+        std::thread::Builder::new()
+            .name("kat-owners".into())
+            .spawn(move || walker(&worker, &root, timing))
+            .map_err(|e| log::warn!("cannot start the owner walker: {e}"))
+            .ok();
+        Self { shared, timing }
+    }
+
+    /// The owner of the socket with this inode (0 = orphaned: none); a
+    /// miss asks the walker for a walk.
+    pub fn lookup(&self, inode: u64) -> Lookup {
+        if inode == 0 {
+            return Lookup::Unknown;
+        }
+        let mut st = self.shared.lock();
+        if let Some(owner) = st.owners.get(&inode) {
+            return Lookup::Found(owner.clone());
+        }
+        let now = Instant::now();
+        match st.asked.get(&inode) {
+            Some(&(at, first)) if now.duration_since(at) < self.timing.retry_miss => {
+                if st.finished >= first {
+                    Lookup::Unknown
+                } else {
+                    Lookup::Pending
+                }
+            }
+            _ => {
+                let first = st.started + 1;
+                st.asked.insert(inode, (now, first));
+                st.wanted = true;
+                self.shared.wake.notify_one();
+                Lookup::Pending
+            }
+        }
+    }
+
+    /// The owner if the index knows it now.
+    pub fn owner(&self, inode: u64) -> Option<Owner> {
+        match self.lookup(inode) {
+            Lookup::Found(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// Walks finished so far.
+    pub fn walks(&self) -> u64 {
+        self.shared.lock().finished
+    }
+
+    /// Resolves after the next walk finishes (at once if one finished
+    /// since the last call).
+    pub async fn walked(&self) {
+        self.shared.walked.notified().await;
+    }
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+fn walker(shared: &Shared, root: &Path, timing: Timing) {
+    let mut last: Option<Instant> = None;
+    loop {
+        let mut st = shared.lock();
+        let number = loop {
+            if st.stop {
+                return;
+            }
+            let since = last.map_or(Duration::MAX, |l| l.elapsed());
+            if (st.wanted && since >= timing.min_gap) || since >= timing.refresh {
+                st.wanted = false;
+                st.started += 1;
+                break st.started;
+            }
+            let due = if st.wanted {
+                timing.min_gap
+            } else {
+                timing.refresh
+            };
+            st = shared
+                .wake
+                .wait_timeout(st, due.saturating_sub(since))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        };
+        drop(st);
+        let began = Instant::now();
+        last = Some(began);
+        let fresh = walk(root);
+        log::debug!(
+            "owner walk {number}: {} sockets in {:?}",
+            fresh.len(),
+            began.elapsed()
+        );
+        let mut st = shared.lock();
+        st.owners = fresh;
+        st.finished = number;
+        let State { owners, asked, .. } = &mut *st;
+        asked.retain(|inode, (at, _)| {
+            !owners.contains_key(inode) && at.elapsed() < timing.retry_miss
+        });
+        drop(st);
+        shared.walked.notify_one();
+    }
+}
+
+/// Events whose owner is not in the index wait at most this long for the
+/// walk their miss asked for.
+pub const MAX_HOLD: Duration = Duration::from_millis(500);
+/// ... and at most this many events wait.
+pub const MAX_HELD: usize = 10_000;
+
+/// The index and the events waiting for it, in time order: an event waits
+/// only behind earlier ones, so output order stays time order.
+pub struct Owners {
+    pub index: Index,
+    held: VecDeque<(Event, Instant)>,
 }
 
 impl Owners {
-    /// The owner of the socket with this inode (0 = orphaned: none).
-    pub fn lookup(&mut self, inode: u64) -> Option<Owner> {
-        if inode == 0 {
-            return None;
+    pub fn new(index: Index) -> Self {
+        Self {
+            index,
+            held: VecDeque::new(),
         }
-        self.cache
-            .entry(inode)
-            .or_insert_with(|| scan(inode))
-            .clone()
     }
 
-    pub fn forget(&mut self, inode: u64) {
-        self.cache.remove(&inode);
+    /// Attaches owners to the events; returns the ones that may go now.
+    pub fn attach(&mut self, events: Vec<Event>) -> Vec<Event> {
+        let now = Instant::now();
+        self.held.extend(events.into_iter().map(|e| (e, now)));
+        self.release(false)
+    }
+
+    /// The events whose owner is known now, or whose wait is over; all of
+    /// them with `all`.
+    pub fn release(&mut self, all: bool) -> Vec<Event> {
+        let mut out = Vec::new();
+        loop {
+            let crowded = self.held.len() > MAX_HELD;
+            let Some((ev, since)) = self.held.front_mut() else {
+                break;
+            };
+            if ev.pid.is_none() {
+                match self.index.lookup(ev.sock_ino) {
+                    Lookup::Found(owner) => {
+                        ev.pid = Some(owner.pid);
+                        ev.comm = Some(owner.comm);
+                    }
+                    Lookup::Pending if !all && !crowded && since.elapsed() < MAX_HOLD => {
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            out.extend(self.held.pop_front().map(|(ev, _)| ev));
+        }
+        out
+    }
+
+    /// Resolves when held events may be released: after a walk, or when
+    /// the oldest one's wait is over. Never while nothing is held.
+    pub async fn ready(&self) {
+        match self.held.front() {
+            None => std::future::pending().await,
+            Some((_, since)) => {
+                let deadline = tokio::time::Instant::from_std(*since + MAX_HOLD);
+                tokio::select! {
+                    () = self.index.walked() => {}
+                    () = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake /proc: PID/comm and PID/fd/N → `socket:[inode]`.
+    struct FakeProc(tempfile::TempDir);
+
+    impl FakeProc {
+        fn new() -> Self {
+            Self(tempfile::tempdir().expect("tempdir"))
+        }
+
+        fn root(&self) -> PathBuf {
+            self.0.path().to_path_buf()
+        }
+
+        fn process(&self, pid: u32, comm: &str) {
+            let dir = self.0.path().join(pid.to_string());
+            std::fs::create_dir_all(dir.join("fd")).expect("fd dir");
+            std::fs::write(dir.join("comm"), format!("{comm}\n")).expect("comm");
+            // Not a socket: skipped.
+            symlink("/dev/null", dir.join("fd/0")).expect("fd 0");
+        }
+
+        fn socket(&self, pid: u32, fd: u32, inode: u64) {
+            let link = self.0.path().join(format!("{pid}/fd/{fd}"));
+            symlink(format!("socket:[{inode}]"), link).expect("socket fd");
+        }
+
+        fn close(&self, pid: u32, fd: u32) {
+            std::fs::remove_file(self.0.path().join(format!("{pid}/fd/{fd}"))).expect("close");
+        }
+
+        fn exit(&self, pid: u32) {
+            std::fs::remove_dir_all(self.0.path().join(pid.to_string())).expect("exit");
+        }
+    }
+
+    fn owner(pid: u32, comm: &str) -> Option<Owner> {
+        Some(Owner {
+            pid,
+            comm: comm.into(),
+        })
+    }
+
+    #[test]
+    fn a_walk_finds_sockets_and_skips_other_fds() {
+        let proc = FakeProc::new();
+        proc.process(10, "server");
+        proc.socket(10, 3, 123);
+        proc.socket(10, 4, 124);
+        proc.process(11, "client");
+        proc.socket(11, 3, 200);
+        std::fs::create_dir(proc.0.path().join("self")).expect("non-pid dir");
+        let index = walk(&proc.root());
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.get(&123).cloned(), owner(10, "server"));
+        assert_eq!(index.get(&200).cloned(), owner(11, "client"));
+    }
+
+    #[test]
+    fn a_shared_socket_goes_to_the_lowest_pid() {
+        let proc = FakeProc::new();
+        for pid in [30, 7, 19] {
+            proc.process(pid, &format!("p{pid}"));
+            proc.socket(pid, 5, 77);
+        }
+        assert_eq!(walk(&proc.root()).get(&77).cloned(), owner(7, "p7"));
+    }
+
+    #[test]
+    fn a_socket_that_changes_hands_and_a_process_that_exits() {
+        let proc = FakeProc::new();
+        proc.process(10, "parent");
+        proc.socket(10, 3, 123);
+        proc.process(20, "worker");
+        assert_eq!(walk(&proc.root()).get(&123).cloned(), owner(10, "parent"));
+        // Handed over (SCM_RIGHTS), then closed by the first holder.
+        proc.socket(20, 9, 123);
+        proc.close(10, 3);
+        assert_eq!(walk(&proc.root()).get(&123).cloned(), owner(20, "worker"));
+        proc.exit(20);
+        assert_eq!(walk(&proc.root()).get(&123), None);
+    }
+
+    fn fast() -> Timing {
+        Timing {
+            min_gap: Duration::from_millis(300),
+            refresh: Duration::from_secs(3600),
+            retry_miss: Duration::from_secs(3600),
+        }
+    }
+
+    fn wait_for(index: &Index, walks: u64) {
+        let start = Instant::now();
+        while index.walks() < walks {
+            assert!(start.elapsed() < Duration::from_secs(5), "no walk {walks}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_miss_asks_for_a_walk_that_finds_the_new_socket() {
+        let proc = FakeProc::new();
+        proc.process(10, "server");
+        let index = Index::start_in(proc.root(), fast());
+        wait_for(&index, 1);
+        proc.socket(10, 3, 123);
+        assert_eq!(index.lookup(123), Lookup::Pending);
+        wait_for(&index, 2);
+        assert_eq!(index.owner(123), owner(10, "server"));
+    }
+
+    #[test]
+    fn a_burst_of_misses_costs_one_walk() {
+        let proc = FakeProc::new();
+        proc.process(10, "server");
+        let index = Index::start_in(proc.root(), fast());
+        wait_for(&index, 1);
+        for inode in 1000..3000 {
+            assert_eq!(index.lookup(inode), Lookup::Pending);
+        }
+        wait_for(&index, 2);
+        std::thread::sleep(fast().min_gap * 3);
+        assert_eq!(index.walks(), 2);
+        // Answered: not found, and no new walk asked for.
+        assert_eq!(index.lookup(1000), Lookup::Unknown);
+        std::thread::sleep(fast().min_gap * 2);
+        assert_eq!(index.walks(), 2);
     }
 }

@@ -95,7 +95,12 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     loop {
         let events = tokio::select! {
             batch = engine.source.next_batch() => engine.records(batch),
-            _ = answers.tick() => engine.poll_answers(),
+            _ = answers.tick() => {
+                engine.ask_answers();
+                continue;
+            }
+            Some(found) = engine.diag.answers.recv() => engine.answers(found),
+            () = engine.owners.ready() => engine.release(),
             _ = batches.tick() => {
                 journal.flush()?;
                 continue;

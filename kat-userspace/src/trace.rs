@@ -208,7 +208,12 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     loop {
         let events = tokio::select! {
             batch = engine.source.next_batch() => engine.records(batch),
-            _ = answers.tick() => engine.poll_answers(),
+            _ = answers.tick() => {
+                engine.ask_answers();
+                continue;
+            }
+            Some(found) = engine.diag.answers.recv() => engine.answers(found),
+            () = engine.owners.ready() => engine.release(),
             () = stop.recv() => break,
         };
         for ev in &events {

@@ -67,11 +67,16 @@ fn kat_record_keeps_the_death_and_kat_report_names_it() {
 
 #[test]
 fn orderly_closes_are_counted_in_the_kernel() {
-    run(kat_scenarios::orderly_closes_counted_in_the_kernel, 6721);
+    run(kat_scenarios::orderly_closes_counted_in_the_kernel, 6723);
+}
+
+#[test]
+fn a_probe_carries_the_pid_and_comm_of_the_socket_holder() {
+    run(kat_scenarios::probe_names_its_owner, 6721);
 }
 
 /// Every scenario of the suite has a test above.
 #[test]
 fn the_suite_is_covered() {
-    assert_eq!(kat_scenarios::SCENARIOS.len(), 11);
+    assert_eq!(kat_scenarios::SCENARIOS.len(), 12);
 }

@@ -108,43 +108,26 @@ fn key(k: KeyEvent) -> Option<Key> {
     })
 }
 
-/// Every socket with a pending keepalive timer in the namespaces kat sees,
-/// with its owner (looked up once per socket and cached).
-fn snapshot(engine: &mut Engine, selection: &Selection, extra_netns: &[u32]) -> Vec<Live> {
-    let mut all = diag::visible_netns();
-    all.extend_from_slice(extra_netns);
-    all.sort_unstable();
-    all.dedup();
-    let mut live = Vec::new();
-    for netns in all {
-        let sockets = match engine.diag.keepalive_sockets(netns) {
-            Ok(s) => s,
-            Err(e) => {
-                log::debug!("snapshot of netns {netns}: {e:#}");
-                continue;
-            }
-        };
-        for s in sockets {
-            if !selection.wants(s.sport, s.dport) {
-                continue;
-            }
-            live.push(Live {
-                key: ConnKey {
-                    netns,
-                    saddr: s.saddr,
-                    sport: s.sport,
-                    daddr: s.daddr,
-                    dport: s.dport,
-                },
-                state: state_name(s.state),
-                uid: s.uid,
-                owner: engine.owners.lookup(u64::from(s.inode)),
-                next_run_s: s.expires.as_secs_f64(),
-                probes_out: s.probes_out,
-            });
-        }
-    }
-    live
+/// The worker's snapshot as table rows, with the owners the index knows
+/// (the others show up once a walk has found them).
+fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
+    sockets
+        .into_iter()
+        .map(|s| Live {
+            key: ConnKey {
+                netns: s.netns,
+                saddr: s.saddr,
+                sport: s.sport,
+                daddr: s.daddr,
+                dport: s.dport,
+            },
+            state: state_name(s.state),
+            uid: s.uid,
+            owner: engine.owners.index.owner(u64::from(s.inode)),
+            next_run_s: s.expires.as_secs_f64(),
+            probes_out: s.probes_out,
+        })
+        .collect()
 }
 
 pub async fn run(args: TopArgs) -> Result<()> {
@@ -166,11 +149,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
     );
     model.pid = args.pid;
     let mut seen_netns: Vec<u32> = Vec::new();
-    model.update(Msg::Snapshot(snapshot(
-        &mut engine,
-        &args.selection,
-        &seen_netns,
-    )));
+    // The first frame comes at once; the table fills in when the worker
+    // has listed the sockets.
+    model.listing = true;
 
     // Nothing may write over the dashboard.
     log::set_max_level(log::LevelFilter::Off);
@@ -187,14 +168,22 @@ pub async fn run(args: TopArgs) -> Result<()> {
             batch = engine.source.next_batch() => {
                 msgs.extend(engine.records(batch).into_iter().map(|e| Msg::Event(Box::new(e))));
             }
-            _ = answers.tick() => msgs.extend(engine.poll_answers().into_iter().map(|e| Msg::Event(Box::new(e)))),
+            _ = answers.tick() => engine.ask_answers(),
+            Some(found) = engine.diag.answers.recv() => {
+                msgs.extend(engine.answers(found).into_iter().map(|e| Msg::Event(Box::new(e))));
+            }
+            () = engine.owners.ready() => {
+                msgs.extend(engine.release().into_iter().map(|e| Msg::Event(Box::new(e))));
+            }
+            // The first tick is at once: the first snapshot is asked for then.
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
                 let lost = engine.source.lost();
                 msgs.push(Msg::Lost { total: lost.total(), precious: lost.precious() });
                 msgs.push(Msg::Closes(engine.closes.take(Utc::now()).iter().map(|c| c.count).sum()));
-                msgs.push(Msg::Snapshot(snapshot(&mut engine, &args.selection, &seen_netns)));
+                engine.diag.ask_snapshot(seen_netns.clone());
             }
+            Some(sockets) = engine.diag.snapshots.recv() => msgs.push(Msg::Snapshot(live(&engine, sockets))),
             term = keys.next() => match term {
                 Some(Ok(TermEvent::Key(k))) => msgs.extend(key(k).map(Msg::Key)),
                 Some(Ok(_)) => {}

@@ -169,6 +169,8 @@ pub struct Model {
     pub pid: Option<u32>,
     /// Set when a journal is replayed rather than the kernel watched.
     pub replay: Option<ReplayStatus>,
+    /// The first sock_diag snapshot is still on its way.
+    pub listing: bool,
 }
 
 impl Model {
@@ -199,6 +201,7 @@ impl Model {
             detail: None,
             pid: None,
             replay: None,
+            listing: false,
         }
     }
 
@@ -221,7 +224,10 @@ impl Model {
             // While paused the screen holds still; nothing is lost.
             data if self.paused => self.pending.push(data),
             Msg::Event(ev) => self.event(*ev),
-            Msg::Snapshot(live) => self.live = live,
+            Msg::Snapshot(live) => {
+                self.live = live;
+                self.listing = false;
+            }
             Msg::Closes(n) if n > 0 => {
                 *self.deaths_by_reason.entry(Reason::Closed).or_default() += n
             }

@@ -314,7 +314,11 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
         .collect();
     let title = format!(
         " connections with keepalive: {}{} (sort: {}) ",
-        rows.len(),
+        if m.listing {
+            "listing…".to_string()
+        } else {
+            rows.len().to_string()
+        },
         if m.filter.is_empty() {
             String::new()
         } else {
