@@ -232,6 +232,7 @@ fn send(
 #[derive(Default)]
 pub struct Diag {
     by_netns: HashMap<u32, Option<Socket>>,
+    dumped: HashMap<u32, std::time::Instant>,
 }
 
 fn netns_inode(path: &str) -> Option<u32> {
@@ -320,7 +321,11 @@ fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>) -> Result<End> {
 
 /// Namespaces with more probing sockets than this are dumped once rather
 /// than asked about socket by socket.
-const DUMP_ABOVE: usize = 4;
+const DUMP_ABOVE: usize = 64;
+/// A dump walks the kernel's whole established hash and every socket of
+/// the namespace: at most one a second per namespace. Sockets skipped are
+/// asked again after their next wait (Tracker::due_for_answer).
+const DUMP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Diag {
     /// Every TCP socket of a namespace in `keepalive_states`.
@@ -409,6 +414,14 @@ impl Diag {
         let mut out = Vec::new();
         for (netns, group) in by_netns {
             if group.len() > DUMP_ABOVE {
+                let recent = self
+                    .dumped
+                    .get(&netns)
+                    .is_some_and(|t| t.elapsed() < DUMP_EVERY);
+                if recent {
+                    continue;
+                }
+                self.dumped.insert(netns, std::time::Instant::now());
                 match self.dump(netns) {
                     Ok(rows) => {
                         out.extend(match_dump(&group, &rows, crate::kernel::monotonic_now_ns()))

@@ -114,8 +114,8 @@ impl Engine {
 
     /// Sends the sockets with a probe out to the sock_diag worker; its
     /// answers come back on `diag.answers`.
-    pub fn ask_answers(&self) {
-        let probing = self.tracker.probing();
+    pub fn ask_answers(&mut self) {
+        let probing = self.tracker.due_for_answer(kernel::monotonic_now_ns());
         if !probing.is_empty() {
             self.diag.ask_answers(probing);
         }

@@ -15,6 +15,13 @@ use crate::event::{Event, From, Reason, Settings, What};
 /// the RST after the state change) before the death is reported anyway.
 pub const CLOSE_GRACE_NS: u64 = 200_000_000;
 
+/// A probing socket is first asked about its answer this long after its
+/// probe; unanswered, the wait doubles up to [`ASK_GAP_MAX_NS`]: an answer
+/// comes within a round trip or not at all, and a keepalive storm of
+/// thousands of sockets must not become thousands of questions a second.
+pub const ASK_FIRST_NS: u64 = 250_000_000;
+pub const ASK_GAP_MAX_NS: u64 = 4_000_000_000;
+
 pub enum Msg {
     Record(Record),
     /// sock_diag's view of a probing socket: its probes out, or None when
@@ -83,6 +90,10 @@ struct Sock {
     /// Probes outstanding when a RST arrived.
     reset_received: Option<u8>,
     closing: Option<Closing>,
+    /// When sock_diag should next be asked about the probe out, and the
+    /// wait after that.
+    ask_at_ns: u64,
+    ask_gap_ns: u64,
 }
 
 pub struct Tracker {
@@ -99,6 +110,17 @@ fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(v6),
         }
+    }
+}
+
+fn probing(sk: u64, s: &Sock) -> Probing {
+    Probing {
+        sk,
+        netns: s.netns,
+        saddr: s.saddr,
+        sport: s.sport,
+        daddr: s.daddr,
+        dport: s.dport,
     }
 }
 
@@ -147,13 +169,20 @@ impl Tracker {
         self.socks
             .iter()
             .filter(|(_, s)| s.probes_out > 0 && s.closing.is_none())
-            .map(|(&sk, s)| Probing {
-                sk,
-                netns: s.netns,
-                saddr: s.saddr,
-                sport: s.sport,
-                daddr: s.daddr,
-                dport: s.dport,
+            .map(|(&sk, s)| probing(sk, s))
+            .collect()
+    }
+
+    /// The probing sockets due to be asked about their answer at `now`
+    /// (monotonic ns); each is asked again after a doubled wait.
+    pub fn due_for_answer(&mut self, now: u64) -> Vec<Probing> {
+        self.socks
+            .iter_mut()
+            .filter(|(_, s)| s.probes_out > 0 && s.closing.is_none() && s.ask_at_ns <= now)
+            .map(|(&sk, s)| {
+                s.ask_at_ns = now + s.ask_gap_ns;
+                s.ask_gap_ns = (s.ask_gap_ns * 2).min(ASK_GAP_MAX_NS);
+                probing(sk, s)
             })
             .collect()
     }
@@ -261,6 +290,8 @@ impl Tracker {
             reset_sent: None,
             reset_received: None,
             closing: None,
+            ask_at_ns: 0,
+            ask_gap_ns: ASK_FIRST_NS,
         });
         // Ports read 0 once the kernel unhashes the socket: keep what we had.
         if sock.sport == 0 {
@@ -366,6 +397,8 @@ impl Tracker {
             let hz = f64::from(self.setup.hz.max(1));
             let sock = self.socks.get_mut(&sk).expect("inserted above");
             sock.probes_out = rec.probes_after;
+            sock.ask_at_ns = rec.ts_ns + ASK_FIRST_NS;
+            sock.ask_gap_ns = ASK_FIRST_NS;
             out.push(self.event(
                 sk,
                 rec.ts_ns,

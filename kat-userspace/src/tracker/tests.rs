@@ -447,3 +447,31 @@ fn a_closed_record_is_an_orderly_death_at_once_with_its_lifetime() {
     }
     assert_eq!(t.tracked(), 0, "nothing kept for an orderly close");
 }
+
+#[test]
+fn a_probe_is_asked_about_after_a_moment_then_less_and_less_often() {
+    let mut t = tracker();
+    feed(&mut t, [timer(2.0, 0, 1)]);
+    let at = |s: f64| (s * 1e9) as u64;
+    assert!(t.due_for_answer(at(2.1)).is_empty(), "not before 250 ms");
+    assert_eq!(t.due_for_answer(at(2.25)).len(), 1);
+    assert!(t.due_for_answer(at(2.4)).is_empty());
+    assert_eq!(t.due_for_answer(at(2.5)).len(), 1, "then after 250 ms");
+    assert!(t.due_for_answer(at(2.9)).is_empty(), "then after 500 ms");
+    assert_eq!(t.due_for_answer(at(3.0)).len(), 1);
+    let mut asked = 0;
+    let mut now = 3.0;
+    while now < 60.0 {
+        now += 0.25;
+        asked += t.due_for_answer(at(now)).len();
+    }
+    assert!(
+        asked <= 16,
+        "the wait stops doubling at 4 s: {asked} asks in 57 s"
+    );
+    assert!(asked >= 13, "but it keeps asking: {asked}");
+    // A new probe starts over.
+    feed(&mut t, [timer(61.0, 1, 2)]);
+    assert!(t.due_for_answer(at(61.1)).is_empty());
+    assert_eq!(t.due_for_answer(at(61.3)).len(), 1);
+}
