@@ -86,30 +86,20 @@ pub fn each_line(
     let mut input = input;
     let mut buf = Vec::new();
     let mut line = 0;
-    loop {
-        buf.clear();
-        line += 1;
+    let mut take = |bytes: &[u8], line: usize| {
         let problem = |what: String| Problem {
             file: file.to_path_buf(),
             line,
             what,
         };
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                problems.push(problem(format!("read error: {e}")));
-                break;
-            }
-        }
-        let complete = buf.last() == Some(&b'\n');
-        let Ok(text) = std::str::from_utf8(&buf) else {
+        let complete = bytes.last() == Some(&b'\n');
+        let Ok(text) = std::str::from_utf8(bytes) else {
             problems.push(problem("not UTF-8 text".into()));
-            continue;
+            return;
         };
         let text = text.trim_end_matches(['\n', '\r']);
         if text.trim().is_empty() {
-            continue;
+            return;
         }
         match parse_line(text) {
             Ok(entry) => each(entry),
@@ -117,6 +107,41 @@ pub fn each_line(
                 "truncated record (the writer stopped in the middle of it)".into(),
             )),
             Err(what) => problems.push(problem(what)),
+        }
+    };
+    loop {
+        line += 1;
+        // A line whole in the read buffer is parsed where it is; copying
+        // each line out first was a twentieth of the report's time.
+        let read = match input.fill_buf() {
+            Ok([]) => break,
+            Ok(avail) => match memchr::memchr(b'\n', avail) {
+                Some(end) => {
+                    take(&avail[..=end], line);
+                    input.consume(end + 1);
+                    continue;
+                }
+                None => {
+                    buf.clear();
+                    input.read_until(b'\n', &mut buf)
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                line -= 1;
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(_) => take(&buf, line),
+            Err(e) => {
+                problems.push(Problem {
+                    file: file.to_path_buf(),
+                    line,
+                    what: format!("read error: {e}"),
+                });
+                break;
+            }
         }
     }
 }

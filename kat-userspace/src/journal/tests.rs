@@ -402,3 +402,21 @@ fn times_in_any_rfc3339_form_read_as_chrono_reads_them() {
         assert!(e.starts_with("not a valid probe record"), "{bad}: {e}");
     }
 }
+
+#[test]
+fn lines_longer_than_the_read_buffer_read_the_same() {
+    let good = serde_json::to_string(&death(2.0, 40000, Reason::PeerReset)).expect("json");
+    let text = format!("{good}\nnot json\n\n{good}\n{}", &good[..good.len() / 2]);
+    let read = |capacity| {
+        let mut j = Journal::default();
+        let input = std::io::BufReader::with_capacity(capacity, Cursor::new(text.clone()));
+        reader::read(input, Path::new("f.jsonl"), &mut j);
+        j
+    };
+    let (small, large) = (read(7), read(1 << 16));
+    assert_eq!(events(&small).len(), 2);
+    assert_eq!(small.entries, large.entries);
+    assert_eq!(small.problems, large.problems);
+    let lines: Vec<usize> = small.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [2, 5], "{:?}", small.problems);
+}
