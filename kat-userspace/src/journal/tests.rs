@@ -254,3 +254,169 @@ fn one_writer_at_a_time_per_directory() {
     drop(first);
     assert!(Writer::open(dir.path(), limits, header()).is_ok());
 }
+
+fn kind(e: &Entry) -> &'static str {
+    match e {
+        Entry::Header(_) => "journal",
+        Entry::Event(ev) => match ev.what {
+            What::Probe { .. } => "probe",
+            What::ProbeAnswered { .. } => "probe_answered",
+            What::Death { .. } => "death",
+        },
+        Entry::Lost(_) => "lost",
+        Entry::Closes(_) => "closes",
+    }
+}
+
+#[test]
+fn entries_stream_file_by_file_and_bad_lines_keep_their_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let head = serde_json::to_string(&header()).expect("json");
+    let line = |e: &Event| serde_json::to_string(e).expect("json");
+    let first = dir.path().join("kat-000001-20261121T030000Z.jsonl");
+    let second = dir.path().join("kat-000002-20261121T031000Z.jsonl");
+    let closes = r#"{"type":"closes","ts":"2026-11-21T03:10:10.000Z","interval_s":10.0,"netns":4026531840,"port":6699,"direction":"in","peer":"198.18.0.2","count":3,"timed":2,"lifetime_sum_s":7.5,"lifetime_max_s":5.0}"#;
+    std::fs::write(
+        &first,
+        format!("{head}\n{}\ngarbage\n", line(&probe(1.0, 40000, 1))),
+    )
+    .expect("write");
+    std::fs::write(
+        &second,
+        format!(
+            "{head}\n{closes}\n{}\n",
+            line(&death(2.0, 40000, Reason::PeerReset))
+        ),
+    )
+    .expect("write");
+    let mut seen = Vec::new();
+    let read = reader::each_entry(dir.path(), |e| seen.push(e)).expect("read");
+    let kinds: Vec<&str> = seen.iter().map(kind).collect();
+    assert_eq!(kinds, ["journal", "probe", "journal", "closes", "death"]);
+    assert_eq!(read.files, [first.clone(), second]);
+    let problems: Vec<String> = read.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with(&format!("{}:3: not JSON", first.display())),
+        "{problems:?}"
+    );
+    let Entry::Closes(c) = &seen[3] else {
+        panic!("not closes: {:?}", seen[3]);
+    };
+    assert_eq!(
+        (c.port, c.direction, c.count, c.timed, c.lifetime_max_s),
+        (6699, crate::event::Direction::In, 3, 2, 5.0)
+    );
+    assert_eq!(c.peer.to_string(), "198.18.0.2");
+}
+
+#[test]
+fn every_kind_of_event_reads_back_field_for_field() {
+    let mut with_settings = probe(1.0, 40000, 2);
+    with_settings.keepalive = Some(crate::event::Settings {
+        idle_s: 55.0,
+        idle_from: crate::event::From::Socket,
+        intvl_s: 6.5,
+        intvl_from: crate::event::From::Sysctl,
+        probes: 4,
+        probes_from: crate::event::From::Sysctl,
+        user_timeout_ms: Some(2500),
+    });
+    let mut bare = death(3.0, 40000, Reason::Unknown);
+    bare.pid = None;
+    bare.comm = None;
+    if let What::Death {
+        errno,
+        lifetime_s,
+        kernel_reset_reason,
+        found_by_probe,
+        ..
+    } = &mut bare.what
+    {
+        *errno = None;
+        *lifetime_s = None;
+        *kernel_reset_reason = Some("TCP_KEEPALIVE_TIMEOUT".into());
+        *found_by_probe = true;
+    }
+    for ev in [
+        with_settings,
+        event(2.0, 40000, What::ProbeAnswered { probe: 2 }),
+        death(2.5, 40000, Reason::PeerReset),
+        bare,
+    ] {
+        let line = serde_json::to_string(&ev).expect("json");
+        assert_eq!(reader::parse_line(&line), Ok(Entry::Event(ev)), "{line}");
+    }
+    // Fields a later kat adds are not a problem.
+    let mut newer = serde_json::to_value(probe(1.0, 40000, 1)).expect("json");
+    newer["rtt_us"] = 120.into();
+    assert!(reader::parse_line(&newer.to_string()).is_ok());
+}
+
+#[test]
+fn an_event_without_a_field_its_type_needs_is_named() {
+    let mut v = serde_json::to_value(death(2.0, 40000, Reason::PeerReset)).expect("json");
+    v.as_object_mut().expect("object").remove("state");
+    let e = reader::parse_line(&v.to_string()).expect_err("no state");
+    assert!(
+        e.starts_with("not a valid death record (missing field `state`"),
+        "{e}"
+    );
+    let mut v = serde_json::to_value(probe(1.0, 40000, 1)).expect("json");
+    v["sport"] = "http".into();
+    let e = reader::parse_line(&v.to_string()).expect_err("bad port");
+    assert!(
+        e.starts_with("not a valid probe record (invalid type"),
+        "{e}"
+    );
+    let answered = r#"{"type":"probe_answered","ts":"2026-11-21T03:12:00.000Z","saddr":"198.18.1.2","sport":1,"daddr":"198.18.2.2","dport":2,"netns":1,"uid":0}"#;
+    let e = reader::parse_line(answered).expect_err("no probe");
+    assert!(e.contains("missing field `probe`"), "{e}");
+}
+
+#[test]
+fn times_in_any_rfc3339_form_read_as_chrono_reads_them() {
+    let mut v = serde_json::to_value(probe(1.0, 40000, 1)).expect("json");
+    for ts in [
+        "2026-11-21T14:18:09.544Z",
+        "2026-11-21T14:18:09Z",
+        "2026-11-21T14:18:09.544123Z",
+        "2026-11-21T15:18:09.544+01:00",
+        "2026-11-21 14:18:09.544Z",
+        "2016-12-31T23:59:60.500Z",
+    ] {
+        v["ts"] = ts.into();
+        let Ok(Entry::Event(ev)) = reader::parse_line(&v.to_string()) else {
+            panic!("{ts} not read");
+        };
+        let want: DateTime<Utc> = ts.parse().expect(ts);
+        assert_eq!(ev.ts, want, "{ts}");
+    }
+    for bad in [
+        "2026-13-21T14:18:09.544Z",
+        "2026-11-21T14:18:09.5x4Z",
+        "yesterday",
+    ] {
+        v["ts"] = bad.into();
+        let e = reader::parse_line(&v.to_string()).expect_err(bad);
+        assert!(e.starts_with("not a valid probe record"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn lines_longer_than_the_read_buffer_read_the_same() {
+    let good = serde_json::to_string(&death(2.0, 40000, Reason::PeerReset)).expect("json");
+    let text = format!("{good}\nnot json\n\n{good}\n{}", &good[..good.len() / 2]);
+    let read = |capacity| {
+        let mut j = Journal::default();
+        let input = std::io::BufReader::with_capacity(capacity, Cursor::new(text.clone()));
+        reader::read(input, Path::new("f.jsonl"), &mut j);
+        j
+    };
+    let (small, large) = (read(7), read(1 << 16));
+    assert_eq!(events(&small).len(), 2);
+    assert_eq!(small.entries, large.entries);
+    assert_eq!(small.problems, large.problems);
+    let lines: Vec<usize> = small.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, [2, 5], "{:?}", small.problems);
+}

@@ -14,7 +14,8 @@ use serde::Serialize;
 
 use crate::exit::Failure;
 use crate::journal::reader::{self, Problem};
-use summary::{summarize, timelines, Filter, Summary, Timeline};
+use crate::journal::Entry;
+use summary::{timelines, Deaths, Filter, Summary, Timeline};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
@@ -126,38 +127,59 @@ struct JsonTimelines<'a> {
     problems: &'a [Problem],
 }
 
-pub fn run(args: &ReportArgs) -> Result<()> {
-    let filter = filter(args)?;
-    let journal = reader::read_dir(&args.dir)?;
-    // Bad lines are named and skipped; the report goes on without them.
-    for p in &journal.problems {
+/// Bad lines are named and skipped; the report goes on without them.
+fn tell(problems: &[Problem]) {
+    for p in problems {
         eprintln!("kat: {p} (skipped)");
     }
+}
+
+pub fn run(args: &ReportArgs) -> Result<()> {
+    let filter = filter(args)?;
     let out = if args.conn.is_some() {
-        let events = journal.entries.iter().filter_map(|e| match e {
-            crate::journal::Entry::Event(ev) if filter.wants(ev) => Some(ev),
-            _ => None,
-        });
-        let conns = timelines(events);
+        // Only the matching connections' events are kept, in journal order.
+        let mut events = Vec::new();
+        let read = reader::each_entry(&args.dir, |e| match e {
+            Entry::Event(ev) if filter.wants(&ev) => events.push(ev),
+            _ => {}
+        })?;
+        tell(&read.problems);
+        let conns = timelines(&events);
         if args.json {
             serde_json::to_string_pretty(&JsonTimelines {
                 connections: &conns,
-                problems: &journal.problems,
+                problems: &read.problems,
             })?
         } else {
             text::timelines(&conns)
         }
     } else {
-        let summary = summarize(&journal.entries, &filter, args.top);
+        // The text lists only the latest deaths; --json lists every one.
+        let keep = if args.json {
+            Deaths::All
+        } else {
+            Deaths::Latest(args.top)
+        };
+        let mut builder = Summary::builder(filter, args.top, keep);
+        let read = reader::each_entry(&args.dir, |e| builder.add(e))?;
+        tell(&read.problems);
+        let summary = builder.finish();
+        if summary.out_of_order > 0 {
+            eprintln!(
+                "kat: {} events were written more than {} s after later ones; they are counted where they came",
+                summary.out_of_order,
+                summary::REORDER.num_seconds()
+            );
+        }
         if args.json {
             serde_json::to_string_pretty(&JsonReport {
                 dir: &args.dir,
-                files: journal.files.len(),
+                files: read.files.len(),
                 summary: &summary,
-                problems: &journal.problems,
+                problems: &read.problems,
             })?
         } else {
-            text::summary(&summary, &args.dir, journal.files.len(), args.top)
+            text::summary(&summary, &args.dir, read.files.len(), args.top)
         }
     };
     // A closed pipe (`| head`) is not an error.

@@ -1,13 +1,16 @@
-//! The report's numbers: a pure function of the journal's entries and the
-//! user's filter.
+//! The report's numbers, built one journal entry at a time: only the
+//! connections still open and a few numbers per death stay in memory, so a
+//! whole journal never does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::event::{rfc3339, ConnKey, Event, Reason, Settings, What};
+use crate::event::{rfc3339, Closes, ConnKey, Event, Reason, Settings, What};
 use crate::journal::{Entry, Header};
 
 /// Which events the report looks at.
@@ -37,6 +40,15 @@ impl Filter {
             && self.conn.is_none_or(|c| c == local || c == remote)
     }
 
+    /// An aggregate knows only its service port and its peer; it names no
+    /// connection, so `--conn` leaves it out.
+    pub fn wants_closes(&self, c: &Closes) -> bool {
+        self.wants_time(c.ts)
+            && (self.ports.is_empty() || self.ports.contains(&c.port))
+            && (self.addrs.is_empty() || self.addrs.contains(&c.peer))
+            && self.conn.is_none()
+    }
+
     fn wants_time(&self, ts: DateTime<Utc>) -> bool {
         self.since.is_none_or(|t| ts >= t) && self.until.is_none_or(|t| ts <= t)
     }
@@ -57,7 +69,7 @@ pub struct Timeline<'a> {
     pub comm: Option<String>,
     /// The latest settings seen.
     pub keepalive: Option<Settings>,
-    /// Borrowed from the journal: a report may hold a whole journal.
+    /// Borrowed from the events kept for `--conn`.
     pub events: Vec<&'a Event>,
 }
 
@@ -65,24 +77,9 @@ impl Timeline<'_> {
     pub fn death(&self) -> Option<&Event> {
         self.events.last().copied().filter(|e| e.reason().is_some())
     }
-
-    /// Seconds from the first probe of the final unanswered run to the
-    /// death: how long it took to find the peer gone.
-    pub fn detected_in_s(&self) -> Option<f64> {
-        let death = self.death()?;
-        let mut run_start = None;
-        for ev in &self.events {
-            match ev.what {
-                What::Probe { probe: 1, .. } => run_start = Some(ev.ts),
-                What::ProbeAnswered { .. } => run_start = None,
-                _ => {}
-            }
-        }
-        run_start.map(|t| secs(death.ts - t))
-    }
 }
 
-fn secs(d: chrono::TimeDelta) -> f64 {
+fn secs(d: TimeDelta) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
 
@@ -177,14 +174,417 @@ pub struct Summary {
     pub probing_connections: usize,
     /// Abnormal deaths, the most frequent reason first.
     pub reasons: Vec<ReasonRow>,
-    /// Orderly (FIN) closes.
+    /// Orderly (FIN) closes: `closed` deaths and `closes` aggregates.
     pub closed: u64,
     pub worst_peers: Vec<Worst>,
     pub worst_ports: Vec<Worst>,
-    /// Abnormal deaths, oldest first.
+    /// Abnormal deaths, oldest first: all of them, or the latest as many as
+    /// `Deaths::Latest` asked for (`reasons` has the total).
     pub deaths: Vec<DeathRow>,
     /// Records the kernel could not queue while recording.
     pub lost: u64,
+    /// Events that came later in the journal than `REORDER` after events
+    /// of their time: counted where they came, not in time order.
+    #[serde(skip)]
+    pub out_of_order: u64,
+}
+
+impl Summary {
+    /// Abnormal deaths, whether or not `deaths` lists them all.
+    pub fn abnormal_deaths(&self) -> u64 {
+        self.reasons.iter().map(|r| r.deaths).sum()
+    }
+}
+
+/// Which abnormal deaths a summary lists one by one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Deaths {
+    /// Every one (`--json`).
+    All,
+    /// The latest this many (the text's "Latest deaths").
+    Latest(usize),
+}
+
+/// Events reach the journal up to about half a second after their time (a
+/// death waits up to 200 ms for its RST and is handed over at the next
+/// drain or poll); within this window they are put back in time order.
+pub const REORDER: TimeDelta = TimeDelta::seconds(5);
+
+/// Where an event falls in time order: its time, then its place in the
+/// journal (a stable sort of the whole journal would give the same).
+type Place = (DateTime<Utc>, u64);
+
+struct Pending {
+    place: Place,
+    ev: Event,
+}
+
+/// The open connections are looked up once an event: SipHash, which
+/// guards against keys chosen to collide, was a tenth of the report's time,
+/// and a journal is the host's own record. (FxHash's multiply-rotate.)
+#[derive(Default)]
+struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(n.into());
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(n.into());
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl Fx {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+/// A connection whose death has not come yet.
+struct Open {
+    /// Its first event: deaths at the same millisecond are listed in the
+    /// order their connections started.
+    start: Place,
+    pid: Option<u32>,
+    comm: Option<String>,
+    probed: bool,
+    /// The first probe of the current unanswered run.
+    run_start: Option<DateTime<Utc>>,
+}
+
+/// The numbers kept of each death of one reason, for its medians.
+#[derive(Default)]
+struct PerReason {
+    errnos: BTreeMap<String, u64>,
+    probes: Vec<u8>,
+    detected_s: Vec<f64>,
+    lived_s: Vec<f64>,
+}
+
+#[derive(Default)]
+struct Tally {
+    deaths: u64,
+    reasons: BTreeMap<Reason, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, reason: Reason) {
+        self.deaths += 1;
+        *self.reasons.entry(reason).or_default() += 1;
+    }
+}
+
+struct Listed {
+    order: (DateTime<Utc>, Place),
+    row: DeathRow,
+}
+
+impl PartialEq for Listed {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+impl Eq for Listed {}
+impl PartialOrd for Listed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Listed {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.order.cmp(&other.order)
+    }
+}
+
+/// Builds a `Summary` from entries fed in journal order.
+pub struct Builder {
+    filter: Filter,
+    top: usize,
+    keep: Deaths,
+    runs: Vec<Run>,
+    lost_by_run: Vec<u64>,
+    /// Events not yet taken in, in time order. They come nearly sorted, so
+    /// a sorted queue takes each at its back; a heap moved every event
+    /// around.
+    pending: VecDeque<Pending>,
+    newest: Option<DateTime<Utc>>,
+    taken: Option<Place>,
+    seq: u64,
+    open: HashMap<ConnKey, Open, BuildHasherDefault<Fx>>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    events: u64,
+    connections: usize,
+    probes: u64,
+    probes_answered: u64,
+    probing_connections: usize,
+    closed: u64,
+    per_reason: BTreeMap<Reason, PerReason>,
+    peers: HashMap<IpAddr, Tally>,
+    ports: HashMap<u16, Tally>,
+    /// The deaths listed, the earliest on top (to be dropped first).
+    deaths: BinaryHeap<Reverse<Listed>>,
+    out_of_order: u64,
+}
+
+impl Summary {
+    /// A summary of what `filter` selects; `top` bounds the worst-peers and
+    /// worst-ports lists.
+    pub fn builder(filter: Filter, top: usize, deaths: Deaths) -> Builder {
+        Builder {
+            filter,
+            top,
+            keep: deaths,
+            runs: Vec::new(),
+            lost_by_run: Vec::new(),
+            pending: VecDeque::new(),
+            newest: None,
+            taken: None,
+            seq: 0,
+            open: HashMap::default(),
+            from: None,
+            to: None,
+            events: 0,
+            connections: 0,
+            probes: 0,
+            probes_answered: 0,
+            probing_connections: 0,
+            closed: 0,
+            per_reason: BTreeMap::new(),
+            peers: HashMap::new(),
+            ports: HashMap::new(),
+            deaths: BinaryHeap::new(),
+            out_of_order: 0,
+        }
+    }
+}
+
+impl Builder {
+    pub fn add(&mut self, entry: Entry) {
+        match entry {
+            Entry::Header(Header {
+                host,
+                kernel,
+                lanes,
+                run_started,
+                ..
+            }) => {
+                if self.runs.last().is_none_or(|r| r.started != run_started) {
+                    self.runs.push(Run {
+                        host,
+                        kernel,
+                        lanes,
+                        started: run_started,
+                    });
+                    self.lost_by_run.push(0);
+                }
+            }
+            Entry::Event(ev) if self.filter.wants(&ev) => self.add_event(ev),
+            Entry::Event(_) => {}
+            Entry::Lost(l) if self.filter.wants_time(l.ts) => {
+                if let Some(run) = self.lost_by_run.last_mut() {
+                    // Counted since that kat started: the last count is the total.
+                    *run = (*run).max(l.count);
+                }
+            }
+            Entry::Lost(_) => {}
+            Entry::Closes(c) if self.filter.wants_closes(&c) => self.closed += c.count,
+            Entry::Closes(_) => {}
+        }
+    }
+
+    fn add_event(&mut self, ev: Event) {
+        self.seq += 1;
+        let place = (ev.ts, self.seq);
+        if self.taken.is_some_and(|t| place < t) {
+            self.out_of_order += 1;
+        }
+        self.newest = self.newest.max(Some(ev.ts));
+        if self.pending.back().is_none_or(|p| p.place < place) {
+            self.pending.push_back(Pending { place, ev });
+        } else {
+            let at = self.pending.partition_point(|p| p.place < place);
+            self.pending.insert(at, Pending { place, ev });
+        }
+        while let Some(p) = self.pending.front() {
+            if self.newest.is_some_and(|n| p.place.0 + REORDER >= n) {
+                break;
+            }
+            self.take_next();
+        }
+    }
+
+    fn take_next(&mut self) {
+        let Some(Pending { place, ev }) = self.pending.pop_front() else {
+            return;
+        };
+        self.taken = self.taken.max(Some(place));
+        self.events += 1;
+        self.from = Some(self.from.map_or(ev.ts, |f| f.min(ev.ts)));
+        self.to = self.to.max(Some(ev.ts));
+        let conn = ConnKey::of(&ev);
+        let t = self.open.entry(conn).or_insert_with(|| {
+            self.connections += 1;
+            Open {
+                start: place,
+                pid: None,
+                comm: None,
+                probed: false,
+                run_start: None,
+            }
+        });
+        if ev.pid.is_some() {
+            t.pid = ev.pid;
+            t.comm = ev.comm;
+        }
+        match ev.what {
+            What::Probe { probe, .. } => {
+                self.probes += 1;
+                if !t.probed {
+                    t.probed = true;
+                    self.probing_connections += 1;
+                }
+                if probe == 1 {
+                    t.run_start = Some(ev.ts);
+                }
+            }
+            What::ProbeAnswered { .. } => {
+                self.probes_answered += 1;
+                t.run_start = None;
+            }
+            What::Death {
+                reason,
+                errno,
+                unanswered_probes,
+                lifetime_s,
+                ..
+            } => {
+                // The timeline ends here: what is left of it is its row.
+                let Some(t) = self.open.remove(&conn) else {
+                    return;
+                };
+                if reason == Reason::Closed {
+                    self.closed += 1;
+                    return;
+                }
+                let detected_in_s = t.run_start.map(|s| secs(ev.ts - s));
+                let r = self.per_reason.entry(reason).or_default();
+                if let Some(e) = &errno {
+                    match r.errnos.get_mut(e.as_str()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            r.errnos.insert(e.clone(), 1);
+                        }
+                    }
+                }
+                r.probes.push(unanswered_probes);
+                r.detected_s.extend(detected_in_s);
+                r.lived_s.extend(lifetime_s);
+                self.peers.entry(conn.daddr).or_default().add(reason);
+                self.ports
+                    .entry(service_port(&conn))
+                    .or_default()
+                    .add(reason);
+                self.list(Listed {
+                    order: (ev.ts, t.start),
+                    row: DeathRow {
+                        ts: ev.ts,
+                        conn,
+                        reason,
+                        errno,
+                        unanswered_probes,
+                        detected_in_s,
+                        lived_s: lifetime_s,
+                        pid: t.pid,
+                        comm: t.comm,
+                    },
+                });
+            }
+        }
+    }
+
+    fn list(&mut self, death: Listed) {
+        self.deaths.push(Reverse(death));
+        if let Deaths::Latest(n) = self.keep {
+            while self.deaths.len() > n {
+                self.deaths.pop();
+            }
+        }
+    }
+
+    /// Connections whose death has not been read (yet).
+    #[cfg(test)]
+    pub(crate) fn open_connections(&self) -> usize {
+        self.open.len()
+    }
+
+    pub fn finish(mut self) -> Summary {
+        while !self.pending.is_empty() {
+            self.take_next();
+        }
+        let mut reasons: Vec<ReasonRow> = std::mem::take(&mut self.per_reason)
+            .into_iter()
+            .map(|(reason, r)| ReasonRow {
+                reason,
+                deaths: r.probes.len() as u64,
+                errno: r.errnos.into_iter().max_by_key(|(_, n)| *n).map(|(e, _)| e),
+                unanswered_probes_median: median(r.probes.into_iter().map(f64::from).collect()),
+                detected_in_s_median: median(r.detected_s),
+                lived_s_max: r.lived_s.iter().copied().reduce(f64::max),
+                lived_s_median: median(r.lived_s),
+            })
+            .collect();
+        reasons.sort_by(|a, b| b.deaths.cmp(&a.deaths).then(a.reason.cmp(&b.reason)));
+        let deaths: Vec<DeathRow> = self
+            .deaths
+            .into_sorted_vec()
+            .into_iter()
+            .rev()
+            .map(|Reverse(d)| d.row)
+            .collect();
+        Summary {
+            from: self.from,
+            to: self.to,
+            runs: self.runs,
+            events: self.events,
+            connections: self.connections,
+            probes: self.probes,
+            probes_answered: self.probes_answered,
+            probing_connections: self.probing_connections,
+            reasons,
+            closed: self.closed,
+            worst_peers: worst(self.peers, self.top),
+            worst_ports: worst(self.ports, self.top),
+            deaths,
+            lost: self.lost_by_run.iter().sum(),
+            out_of_order: self.out_of_order,
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -200,150 +600,27 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     })
 }
 
-fn worst(deaths: &[DeathRow], top: usize, name: impl Fn(&DeathRow) -> String) -> Vec<Worst> {
-    let mut by: BTreeMap<String, Worst> = BTreeMap::new();
-    for d in deaths {
-        let n = name(d);
-        let w = by.entry(n.clone()).or_insert_with(|| Worst {
-            name: n,
-            deaths: 0,
-            reasons: BTreeMap::new(),
-        });
-        w.deaths += 1;
-        *w.reasons.entry(d.reason).or_default() += 1;
-    }
-    let mut v: Vec<Worst> = by.into_values().collect();
+/// The most deaths first, then by name (as text: port 10 before port 9).
+fn worst<K: ToString>(by: HashMap<K, Tally>, top: usize) -> Vec<Worst> {
+    let mut v: Vec<Worst> = by
+        .into_iter()
+        .map(|(k, t)| Worst {
+            name: k.to_string(),
+            deaths: t.deaths,
+            reasons: t.reasons,
+        })
+        .collect();
     v.sort_by(|a, b| b.deaths.cmp(&a.deaths).then_with(|| a.name.cmp(&b.name)));
     v.truncate(top);
     v
 }
 
-/// The report over `entries` as `filter` selects them; `top` bounds the
-/// worst-peers and worst-ports lists.
+/// The report over `entries` as `filter` selects them, every death listed;
+/// `top` bounds the worst-peers and worst-ports lists.
 pub fn summarize(entries: &[Entry], filter: &Filter, top: usize) -> Summary {
-    let mut runs: Vec<Run> = Vec::new();
-    let mut lost_by_run: Vec<u64> = Vec::new();
-    let mut events: Vec<&Event> = Vec::new();
-    for entry in entries {
-        match entry {
-            Entry::Header(Header {
-                host,
-                kernel,
-                lanes,
-                run_started,
-                ..
-            }) => {
-                if runs.last().is_none_or(|r| r.started != *run_started) {
-                    runs.push(Run {
-                        host: host.clone(),
-                        kernel: kernel.clone(),
-                        lanes: lanes.clone(),
-                        started: *run_started,
-                    });
-                    lost_by_run.push(0);
-                }
-            }
-            Entry::Event(ev) if filter.wants(ev) => events.push(ev),
-            Entry::Event(_) => {}
-            Entry::Lost(l) if filter.wants_time(l.ts) => {
-                if let Some(run) = lost_by_run.last_mut() {
-                    // Counted since that kat started: the last count is the total.
-                    *run = (*run).max(l.count);
-                }
-            }
-            Entry::Lost(_) => {}
-            Entry::Closes(_) => {}
-        }
+    let mut b = Summary::builder(filter.clone(), top, Deaths::All);
+    for e in entries {
+        b.add(e.clone());
     }
-    events.sort_by_key(|e| e.ts);
-    let timelines = timelines(events.iter().copied());
-
-    let mut deaths = Vec::new();
-    let mut closed = 0;
-    for t in &timelines {
-        let Some(death) = t.death() else { continue };
-        let What::Death {
-            reason,
-            errno,
-            unanswered_probes,
-            lifetime_s,
-            ..
-        } = &death.what
-        else {
-            continue;
-        };
-        if *reason == Reason::Closed {
-            closed += 1;
-            continue;
-        }
-        deaths.push(DeathRow {
-            ts: death.ts,
-            conn: t.conn,
-            reason: *reason,
-            errno: errno.clone(),
-            unanswered_probes: *unanswered_probes,
-            detected_in_s: t.detected_in_s(),
-            lived_s: *lifetime_s,
-            pid: t.pid,
-            comm: t.comm.clone(),
-        });
-    }
-    deaths.sort_by_key(|d| d.ts);
-
-    let mut by_reason: BTreeMap<Reason, Vec<&DeathRow>> = BTreeMap::new();
-    for d in &deaths {
-        by_reason.entry(d.reason).or_default().push(d);
-    }
-    let mut reasons: Vec<ReasonRow> = by_reason
-        .into_iter()
-        .map(|(reason, ds)| {
-            let mut errnos: BTreeMap<&str, u64> = BTreeMap::new();
-            for d in &ds {
-                if let Some(e) = &d.errno {
-                    *errnos.entry(e).or_default() += 1;
-                }
-            }
-            let lived: Vec<f64> = ds.iter().filter_map(|d| d.lived_s).collect();
-            ReasonRow {
-                reason,
-                deaths: ds.len() as u64,
-                errno: errnos
-                    .into_iter()
-                    .max_by_key(|(_, n)| *n)
-                    .map(|(e, _)| e.to_string()),
-                unanswered_probes_median: median(
-                    ds.iter().map(|d| f64::from(d.unanswered_probes)).collect(),
-                ),
-                detected_in_s_median: median(ds.iter().filter_map(|d| d.detected_in_s).collect()),
-                lived_s_max: lived.iter().copied().reduce(f64::max),
-                lived_s_median: median(lived),
-            }
-        })
-        .collect();
-    reasons.sort_by(|a, b| b.deaths.cmp(&a.deaths).then(a.reason.cmp(&b.reason)));
-
-    let count = |f: fn(&What) -> bool| events.iter().filter(|e| f(&e.what)).count() as u64;
-    Summary {
-        from: events.first().map(|e| e.ts),
-        to: events.last().map(|e| e.ts),
-        runs,
-        events: events.len() as u64,
-        connections: timelines.len(),
-        probes: count(|w| matches!(w, What::Probe { .. })),
-        probes_answered: count(|w| matches!(w, What::ProbeAnswered { .. })),
-        probing_connections: timelines
-            .iter()
-            .filter(|t| {
-                t.events
-                    .iter()
-                    .any(|e| matches!(e.what, What::Probe { .. }))
-            })
-            .count(),
-        reasons,
-        closed,
-        worst_peers: worst(&deaths, top, |d| d.conn.daddr.to_string()),
-        worst_ports: worst(&deaths, top, |d| service_port(&d.conn).to_string()),
-        deaths,
-        lost: lost_by_run.iter().sum(),
-    }
+    b.finish()
 }

@@ -2,7 +2,7 @@ use chrono::{Local, TimeZone as _};
 
 use super::summary::*;
 use super::*;
-use crate::event::{Lost, Reason, What};
+use crate::event::{Closes, Direction, Lost, Reason, What};
 use crate::journal::tests::{at, death, event, header, probe};
 use crate::journal::Entry;
 
@@ -292,4 +292,143 @@ fn timeline_text_tells_the_story_in_order() {
         text::timelines(&[]),
         "No matching connection in the journal."
     );
+}
+
+fn closes(ts: f64, port: u16, peer: &str, count: u64) -> Entry {
+    Entry::Closes(Closes {
+        ts: at(ts),
+        interval_s: 10.0,
+        netns: 4026531840,
+        port,
+        direction: Direction::Out,
+        peer: peer.parse().expect("addr"),
+        count,
+        timed: count,
+        lifetime_sum_s: 5.0 * count as f64,
+        lifetime_max_s: 9.0,
+    })
+}
+
+#[test]
+fn kernel_counted_closes_add_to_the_orderly_closes_as_filtered() {
+    let mut j = journal();
+    j.push(closes(24.0, 6699, "198.18.2.2", 4));
+    j.push(closes(25.0, 8080, "198.18.2.7", 2));
+    let s = summarize(&j, &Filter::default(), 10);
+    assert_eq!(
+        s.closed, 7,
+        "one closed death and 4 + 2 counted in the kernel"
+    );
+    // They are closes, not events, connections or abnormal deaths.
+    assert_eq!((s.events, s.connections, s.to), (11, 4, Some(at(22.1))));
+    assert!(s.reasons.iter().all(|r| r.reason != Reason::Closed));
+    let peers: Vec<(&str, u64)> = s
+        .worst_peers
+        .iter()
+        .map(|w| (w.name.as_str(), w.deaths))
+        .collect();
+    assert_eq!(peers, [("198.18.2.2", 2)]);
+    assert_eq!(s.worst_ports.len(), 1);
+    let t = text::summary(&s, std::path::Path::new("/j"), 1, 10);
+    assert!(t.contains("2 deaths, 7 orderly closes"), "{t}");
+
+    let closed = |f: Filter| summarize(&j, &f, 10).closed;
+    let port = |p| Filter {
+        ports: vec![p],
+        ..Filter::default()
+    };
+    assert_eq!(closed(port(8080)), 2);
+    assert_eq!(closed(port(6699)), 5, "the closed death's remote port too");
+    assert_eq!(closed(port(40003)), 1, "an aggregate has no client port");
+    let addr = |a: &str| Filter {
+        addrs: vec![a.parse().expect("addr")],
+        ..Filter::default()
+    };
+    assert_eq!(closed(addr("198.18.2.7")), 2);
+    assert_eq!(closed(addr("198.18.1.2")), 1, "nor a local address");
+    let since = Filter {
+        since: Some(at(24.5)),
+        ..Filter::default()
+    };
+    assert_eq!(closed(since), 2);
+    let until = Filter {
+        until: Some(at(24.5)),
+        ..Filter::default()
+    };
+    assert_eq!(closed(until), 5);
+    let conn = Filter {
+        conn: Some("198.18.2.2:6699".parse().expect("addr")),
+        ..Filter::default()
+    };
+    assert_eq!(closed(conn), 1, "an aggregate names no connection");
+}
+
+#[test]
+fn events_a_few_seconds_out_of_order_count_as_if_sorted() {
+    let j = journal();
+    let mut late = j.clone();
+    // Probe 3 written after the death it came before, and a close after
+    // the next connection's probe.
+    late.swap(5, 6);
+    late.swap(9, 10);
+    let s = summarize(&late, &Filter::default(), 10);
+    assert_eq!(s, summarize(&j, &Filter::default(), 10));
+    assert_eq!((s.connections, s.out_of_order), (4, 0));
+
+    // Written more than REORDER after events of its time: taken as it comes.
+    let j = [probe(100.0, 1, 1), probe(200.0, 2, 1), probe(10.0, 3, 1)].map(ev);
+    let s = summarize(&j, &Filter::default(), 10);
+    assert_eq!((s.events, s.out_of_order, s.from), (3, 1, Some(at(10.0))));
+}
+
+#[test]
+fn deaths_at_the_same_time_are_listed_in_the_order_their_connections_started() {
+    let j = [
+        probe(1.0, 40001, 1),
+        probe(2.0, 40002, 1),
+        death(5.0, 40002, Reason::PeerReset),
+        death(5.0, 40001, Reason::PeerReset),
+    ]
+    .map(ev);
+    let s = summarize(&j, &Filter::default(), 10);
+    let ports: Vec<u16> = s.deaths.iter().map(|d| d.conn.sport).collect();
+    assert_eq!(ports, [40001, 40002]);
+}
+
+#[test]
+fn the_text_keeps_only_the_latest_deaths_and_the_numbers_stay_whole() {
+    let all = summarize(&journal(), &Filter::default(), 10);
+    for n in [0, 1] {
+        let mut b = Summary::builder(Filter::default(), 10, Deaths::Latest(n));
+        for e in journal() {
+            b.add(e);
+        }
+        let s = b.finish();
+        let ports: Vec<u16> = s.deaths.iter().map(|d| d.conn.sport).collect();
+        assert_eq!(ports, [40002][..n]);
+        assert_eq!(
+            (&s.reasons, &s.worst_peers, s.abnormal_deaths()),
+            (&all.reasons, &all.worst_peers, 2)
+        );
+        // As the whole list shown with --top n.
+        let dir = std::path::Path::new("/j");
+        assert_eq!(text::summary(&s, dir, 1, n), text::summary(&all, dir, 1, n));
+        let t = text::summary(&s, dir, 1, n);
+        assert!(t.contains(&format!("Latest deaths ({n} of 2)")), "{t}");
+    }
+}
+
+#[test]
+fn a_timeline_leaves_memory_when_its_death_is_counted() {
+    let mut b = Summary::builder(Filter::default(), 10, Deaths::Latest(10));
+    b.add(ev(probe(0.0, 1, 1)));
+    for i in 0..1000u16 {
+        let t = 10.0 * f64::from(i);
+        b.add(ev(probe(t + 1.0, 2000 + i, 1)));
+        b.add(ev(death(t + 2.0, 2000 + i, Reason::KeepaliveTimeout)));
+    }
+    assert_eq!(b.open_connections(), 1, "only the one still alive");
+    let s = b.finish();
+    assert_eq!((s.connections, s.deaths.len()), (1001, 10));
+    assert_eq!(s.abnormal_deaths(), 1000);
 }

@@ -75,7 +75,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         time(to),
         duration((to - from).num_milliseconds() as f64 / 1000.0)
     );
-    let deaths: u64 = s.reasons.iter().map(|r| r.deaths).sum();
+    let deaths = s.abnormal_deaths();
     let _ = writeln!(
         out,
         "Events    {}: {} probes ({} answered) on {} of {} connections, {deaths} deaths, {} orderly closes",
@@ -130,14 +130,10 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         &s.worst_ports,
     );
 
-    if !s.deaths.is_empty() {
+    let total = s.abnormal_deaths();
+    if total > 0 {
         let shown = &s.deaths[s.deaths.len().saturating_sub(top)..];
-        let _ = writeln!(
-            out,
-            "\nLatest deaths ({} of {})",
-            shown.len(),
-            s.deaths.len()
-        );
+        let _ = writeln!(out, "\nLatest deaths ({} of {total})", shown.len());
         for d in shown {
             let mut details: Vec<String> = Vec::new();
             details.extend(d.errno.clone());
