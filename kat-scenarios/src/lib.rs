@@ -5,6 +5,7 @@
 //! vm-test`). A failing assertion panics.
 
 pub mod kat;
+pub mod load;
 pub mod loopback;
 pub mod net;
 pub mod netns;

@@ -3,6 +3,7 @@
 //! Only std and process calls here, so xtask builds on a fresh machine
 //! before anything it installs is present.
 
+mod bench;
 mod setup;
 mod vm;
 
@@ -31,8 +32,17 @@ enum Cmd {
     /// Set up, then formatting, lints, unit tests, kernel tests and the
     /// QEMU kernel matrix.
     Test,
-    /// Set up, then measure the cost of kat's hot hooks (needs root).
-    Bench,
+    /// Set up, then measure what kat costs a busy host and write the
+    /// figures into docs/performance.md (needs root).
+    Bench {
+        /// Only these parts (comma-separated): hooks, tax, needle, storm,
+        /// scale, report.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Shorter runs, fewer rounds and connections: to try it out.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Set up, then run the scenario suite in QEMU on Debian's 6.1 and 6.12
     /// kernels, once per lane, and print the matrix.
     VmTest,
@@ -130,9 +140,9 @@ fn main() -> Result<()> {
             setup::all()?;
             vm::test().map(|_| ())
         }
-        Cmd::Bench => {
+        Cmd::Bench { only, quick } => {
             setup::all()?;
-            run(cargo().args(["bench", "--package", "kat-userspace", "--bench", "hooks"]))
+            bench::run_parts(&only, quick)
         }
     }
 }

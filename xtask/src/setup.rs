@@ -8,7 +8,8 @@ use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and nftables for the
 /// kernel tests' lab namespaces; tmux for the dashboard's end-to-end test;
-/// QEMU, busybox and cpio for the VM matrix.
+/// QEMU, busybox and cpio for the VM matrix; nginx, wrk and time (for
+/// `/usr/bin/time`) for `cargo xtask bench`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -20,6 +21,9 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "nginx-light",
+    "wrk",
+    "time",
 ];
 
 /// The bpf-linker release known to build against LLVM 22 here.
