@@ -27,7 +27,7 @@ pub use net::{keepalive, Net, Side};
 /// `port` (and `port + 1` where it needs a second one).
 pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
 
-pub const SCENARIOS: [Scenario; 12] = [
+pub const SCENARIOS: [Scenario; 13] = [
     ("healthy_probes_answered", healthy_probes_answered),
     (
         "vanished_peer_keepalive_timeout",
@@ -52,6 +52,7 @@ pub const SCENARIOS: [Scenario; 12] = [
         orderly_closes_counted_in_the_kernel,
     ),
     ("probe_names_its_owner", probe_names_its_owner),
+    ("keepalive_death_during_churn", keepalive_death_during_churn),
 ];
 
 /// True when a root-only test may run; without root it is skipped, except
@@ -559,4 +560,51 @@ pub fn orderly_closes_counted_in_the_kernel(net: &dyn Net, kat: &KatCmd, port: u
         "{lines:#?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A keepalive death while a churn generator opens and closes connections
+/// in the same namespace, traced with `--all` through small rings: the
+/// orderly closes may be shed (counted), the death and its probes never.
+pub fn keepalive_death_during_churn(net: &dyn Net, kat_cmd: &KatCmd, port: u16) {
+    let mut kat = Kat::trace(kat_cmd, &["--all", "--ring-size", "64KiB"], &[]);
+    let churn = load::churn(load::ChurnSpec {
+        client_ns: net.client_ns(),
+        server_ns: net.client_ns(),
+        server: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+        per_second: 2000,
+        max: 200_000,
+        max_time: secs(30.0 * net.slack()),
+    })
+    .expect("churn");
+    let listener = net.listen(addr(net, port));
+    let _client = net.connect(addr(net, port), Box::new(|s| keepalive(s, 1, 1, 2)));
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+
+    let dead = kat.wait_for("death under churn", secs(15.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    let made = churn.stop();
+    let (status, events, stderr) = kat.stop();
+    assert!(status.success(), "kat exited with {status}: {stderr:#?}");
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["unanswered_probes"], 2, "{dead}");
+    let probes = events
+        .iter()
+        .filter(|v| net.is(v, "probe", Side::Client, port))
+        .count();
+    assert_eq!(probes, 2, "both probes of the dying connection");
+    assert!(made >= 100, "the churn ran: {made} connections");
+    let closed = events
+        .iter()
+        .filter(|v| v["reason"] == "closed" && v["dport"] == port + 1)
+        .count();
+    for lost in events.iter().filter(|v| v["type"] == "lost") {
+        let kinds = lost["by_kind"].as_object().cloned().unwrap_or_default();
+        assert!(
+            kinds.keys().all(|k| k == "closed"),
+            "only orderly closes may be shed: {lost}"
+        );
+    }
+    assert!(closed > 0, "orderly closes of the churn were traced too");
 }

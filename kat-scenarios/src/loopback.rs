@@ -69,4 +69,8 @@ impl Net for Loopback {
         // Software-emulated CPUs (QEMU TCG).
         3.0
     }
+
+    fn client_ns(&self) -> Option<String> {
+        None
+    }
 }

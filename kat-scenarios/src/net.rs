@@ -35,6 +35,8 @@ pub trait Net {
     /// How much slower than a bare-metal host time runs here (timing bounds
     /// are multiplied by it).
     fn slack(&self) -> f64;
+    /// The client's network namespace by name (None: this one).
+    fn client_ns(&self) -> Option<String>;
 }
 
 /// SO_KEEPALIVE with TCP_KEEPIDLE/INTVL/CNT.

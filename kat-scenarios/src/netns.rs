@@ -187,6 +187,10 @@ impl Net for Lab {
     fn slack(&self) -> f64 {
         1.0
     }
+
+    fn client_ns(&self) -> Option<String> {
+        Some(self.client.clone())
+    }
 }
 
 impl Drop for Lab {

@@ -75,8 +75,13 @@ fn a_probe_carries_the_pid_and_comm_of_the_socket_holder() {
     run(kat_scenarios::probe_names_its_owner, 6721);
 }
 
+#[test]
+fn a_keepalive_death_is_not_lost_in_a_churn_of_connections() {
+    run(kat_scenarios::keepalive_death_during_churn, 6725);
+}
+
 /// Every scenario of the suite has a test above.
 #[test]
 fn the_suite_is_covered() {
-    assert_eq!(kat_scenarios::SCENARIOS.len(), 12);
+    assert_eq!(kat_scenarios::SCENARIOS.len(), 13);
 }
