@@ -319,15 +319,15 @@ mod tests {
         fs::create_dir_all(&dir).expect("dir");
         let doc = dir.join("p.md");
         fs::write(&doc, "# Performance\n").expect("write");
-        write_section(&doc, "tax", "one\n").expect("first");
-        write_section(&doc, "storm", "two\n").expect("second");
-        write_section(&doc, "tax", "three\n").expect("third");
+        write_section(&doc, "tax", "block-1\n").expect("first");
+        write_section(&doc, "storm", "block-2\n").expect("second");
+        write_section(&doc, "tax", "block-3\n").expect("third");
         let t = fs::read_to_string(&doc).expect("read");
         assert!(
-            t.contains("<!-- bench:tax -->\nthree\n<!-- /bench:tax -->"),
+            t.contains("<!-- bench:tax -->\nblock-3\n<!-- /bench:tax -->"),
             "{t}"
         );
-        assert!(t.contains("two") && !t.contains("one"), "{t}");
+        assert!(t.contains("block-2") && !t.contains("block-1"), "{t}");
         assert_eq!(t.matches(HEADING).count(), 1);
         let _ = fs::remove_dir_all(&dir);
     }

@@ -56,8 +56,9 @@ pub fn run(ctx: &Ctx) -> Result<String> {
     std::thread::sleep(rest);
     let cpu = cpu.percent()?;
     let rss = hwm_mib(kat.pid())?;
-    let err = kat.stop("INT")?;
+    // The window, not the time kat then takes to stop.
     let seconds = t0.elapsed().as_secs_f64();
+    let err = kat.stop("INT")?;
     drop(load);
 
     let text = fs::read_to_string(&events)?;
