@@ -9,7 +9,7 @@ pub mod view;
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use chrono::Utc;
@@ -130,6 +130,33 @@ fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
         .collect()
 }
 
+/// A snapshot dumps every namespace, which on a host with 100 000
+/// connections takes a good part of a second. The next one is asked for
+/// only after 19 times as long as the last one took (at most 5 % of the
+/// time spent dumping), at most once a second, and never while one is out.
+#[derive(Debug, Default)]
+struct SnapshotPace {
+    asked: Option<Instant>,
+    next: Option<Instant>,
+}
+
+impl SnapshotPace {
+    /// Whether to ask for a snapshot now (and if so, it is asked).
+    fn due(&mut self, now: Instant) -> bool {
+        if self.asked.is_some() || self.next.is_some_and(|n| now < n) {
+            return false;
+        }
+        self.asked = Some(now);
+        true
+    }
+
+    fn answered(&mut self, now: Instant) {
+        if let Some(asked) = self.asked.take() {
+            self.next = Some(now + now.duration_since(asked) * 19);
+        }
+    }
+}
+
 pub async fn run(args: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
@@ -161,6 +188,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let mut stop = StopSignals::catch()?;
     let mut second = tokio::time::interval(Duration::from_secs(1));
     let mut answers = tokio::time::interval(ANSWER_POLL);
+    let mut pace = SnapshotPace::default();
     loop {
         terminal.draw(|f| view::view(f, &model))?;
         let mut msgs = Vec::new();
@@ -181,9 +209,14 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 let lost = engine.source.lost();
                 msgs.push(Msg::Lost { total: lost.total(), precious: lost.precious() });
                 msgs.push(Msg::Closes(engine.closes.take(Utc::now()).iter().map(|c| c.count).sum()));
-                engine.diag.ask_snapshot(seen_netns.clone());
+                if pace.due(Instant::now()) {
+                    engine.diag.ask_snapshot(seen_netns.clone());
+                }
             }
-            Some(sockets) = engine.diag.snapshots.recv() => msgs.push(Msg::Snapshot(live(&engine, sockets))),
+            Some(sockets) = engine.diag.snapshots.recv() => {
+                pace.answered(Instant::now());
+                msgs.push(Msg::Snapshot(live(&engine, sockets)));
+            }
             term = keys.next() => match term {
                 Some(Ok(TermEvent::Key(k))) => msgs.extend(key(k).map(Msg::Key)),
                 Some(Ok(_)) => {}
@@ -277,4 +310,24 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod pace_tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_snapshot_spaces_out_the_next_and_one_is_out_at_a_time() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pace = SnapshotPace::default();
+        assert!(pace.due(at(0)), "the first at once");
+        assert!(!pace.due(at(1000)), "not while one is out");
+        pace.answered(at(10));
+        assert!(pace.due(at(1000)), "a quick one: every tick");
+        pace.answered(at(1500));
+        assert!(!pace.due(at(2000)));
+        assert!(!pace.due(at(10_000)), "500 ms dumping: 9.5 s of rest");
+        assert!(pace.due(at(11_000)));
+    }
 }
