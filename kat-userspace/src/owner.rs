@@ -227,23 +227,23 @@ impl Drop for Index {
 
 fn walker(shared: &Shared, root: &Path, timing: Timing) {
     let mut last: Option<Instant> = None;
+    // A host with 200 000 socket descriptors makes a walk of seconds: the
+    // gaps stretch so that at most 5 % of the time is spent walking.
+    let mut took = Duration::ZERO;
     loop {
         let mut st = shared.lock();
         let number = loop {
             if st.stop {
                 return;
             }
+            let (min_gap, refresh) = (timing.min_gap.max(took * 20), timing.refresh.max(took * 20));
             let since = last.map_or(Duration::MAX, |l| l.elapsed());
-            if (st.wanted && since >= timing.min_gap) || since >= timing.refresh {
+            if (st.wanted && since >= min_gap) || since >= refresh {
                 st.wanted = false;
                 st.started += 1;
                 break st.started;
             }
-            let due = if st.wanted {
-                timing.min_gap
-            } else {
-                timing.refresh
-            };
+            let due = if st.wanted { min_gap } else { refresh };
             st = shared
                 .wake
                 .wait_timeout(st, due.saturating_sub(since))
@@ -254,6 +254,7 @@ fn walker(shared: &Shared, root: &Path, timing: Timing) {
         let began = Instant::now();
         last = Some(began);
         let fresh = walk(root);
+        took = began.elapsed();
         log::debug!(
             "owner walk {number}: {} sockets in {:?}",
             fresh.len(),
