@@ -1,10 +1,8 @@
-//! `kat report` over a full journal: synthetic files in kat's journal
-//! format (docs/events.md), a header then probe, answer, probe, death per
-//! connection, each file at most 32 MiB; wall time and peak memory from
-//! `/usr/bin/time -v`.
+//! `kat report` over a full journal written by kat's own writer (the
+//! synthetic journal of `cargo bench --bench report`); wall time and peak
+//! memory from `/usr/bin/time -v`.
 
 use std::fs;
-use std::io::{BufWriter, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -13,71 +11,34 @@ use anyhow::{bail, Context as _, Result};
 use super::proc::TempDir;
 use super::Ctx;
 
-const FILE_SIZE: u64 = 32 << 20;
-
-/// `2026-11-21T03:12:00.000Z` plus `ms` (within the day).
-fn ts(ms: u64) -> String {
-    let ms = ms + (3 * 3600 + 12 * 60) * 1000;
-    let (h, m, s, milli) = (
-        ms / 3_600_000 % 24,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000,
-    );
-    format!("2026-11-21T{h:02}:{m:02}:{s:02}.{milli:03}Z")
-}
-
-fn header(file_started: &str) -> String {
-    format!(
-        r#"{{"type":"journal","format":1,"kat":"bench","host":"bench","kernel":"6.18","lanes":"tracepoint lane","ports":[],"run_started":"{}","file_started":"{file_started}"}}"#,
-        ts(0)
-    )
-}
-
-/// Event `i`: connections of four events, 37 ms apart.
-fn event(i: u64) -> String {
-    let conn = i / 4;
-    let what = match i % 4 {
-        0 | 2 => r#""type":"probe","probe":1,"probes_max":2,"idle_s":55.0"#.to_string(),
-        1 => r#""type":"probe_answered","probe":1"#.to_string(),
-        _ => format!(
-            r#""type":"death","reason":"{}","errno":"ETIMEDOUT","unanswered_probes":2,"found_by_probe":false,"lifetime_s":70.5,"state":"ESTABLISHED""#,
-            ["keepalive_timeout", "peer_reset", "closed"][conn as usize % 3]
-        ),
-    };
-    format!(
-        r#"{{{what},"ts":"{}","saddr":"198.18.1.2","sport":{},"daddr":"198.18.{}.{}","dport":6699,"netns":4026531840,"uid":0,"pid":1234,"comm":"server","keepalive":{{"idle_s":55.0,"idle_from":"socket","intvl_s":6.0,"intvl_from":"socket","probes":2,"probes_from":"sysctl"}}}}"#,
-        ts(i * 37),
-        30000 + conn % 30000,
-        (conn >> 8) % 256,
-        conn % 256
-    )
-}
-
-/// Writes about `size` bytes of journal; returns the events written.
-fn journal(dir: &Path, size: u64) -> Result<u64> {
-    let (mut written, mut i, mut seq) = (0u64, 0u64, 1u32);
-    while written < size {
-        let name = format!("kat-{seq:06}-20261121T031200Z.jsonl");
-        let mut f = BufWriter::new(fs::File::create(dir.join(name))?);
-        let mut in_file = 0u64;
-        let h = header(&ts(i * 37));
-        writeln!(f, "{h}")?;
-        in_file += h.len() as u64 + 1;
-        loop {
-            let e = event(i);
-            if in_file + e.len() as u64 + 1 > FILE_SIZE || written + in_file >= size {
-                break;
-            }
-            writeln!(f, "{e}")?;
-            in_file += e.len() as u64 + 1;
-            i += 1;
-        }
-        f.flush()?;
-        written += in_file;
-        seq += 1;
+/// Writes about `mib` MiB of journal with kat's own writer (the
+/// `journal` example of kat-userspace, also used by `cargo bench --bench
+/// report`); returns the events written.
+fn journal(dir: &Path, mib: u64) -> Result<u64> {
+    let out = crate::cargo()
+        .args([
+            "run",
+            "--release",
+            "-q",
+            "-p",
+            "kat-userspace",
+            "--example",
+            "journal",
+            "--",
+        ])
+        .arg(dir)
+        .arg(format!("{mib}MiB"))
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cargo run --example journal")?;
+    if !out.status.success() {
+        bail!("the journal example failed: {}", out.status);
     }
-    Ok(i)
+    let said = String::from_utf8_lossy(&out.stdout);
+    said.split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("the journal example said {said:?}"))
 }
 
 /// A value of `/usr/bin/time -v`'s output.
@@ -97,7 +58,7 @@ fn clock(s: &str) -> f64 {
 pub fn run(ctx: &Ctx) -> Result<String> {
     let mib: u64 = ctx.pick(256, 32);
     let dir = TempDir::new("report")?;
-    let events = journal(&dir.0, mib << 20)?;
+    let events = journal(&dir.0, mib)?;
     let files = fs::read_dir(&dir.0)?.count();
     let out = Command::new("/usr/bin/time")
         .arg("-v")
@@ -117,8 +78,8 @@ pub fn run(ctx: &Ctx) -> Result<String> {
     )?);
     let rss: f64 = time_v(&text, "Maximum resident set size (kbytes):")?.parse()?;
     Ok(format!(
-        "### kat report over a full journal\n\n{mib} MiB of synthetic journal ({events} events: probe, answer, probe, \
-         death per connection; {files} files of ≤ 32 MiB); `/usr/bin/time -v kat report --dir D > /dev/null`.\n\n\
+        "### kat report over a full journal\n\n{mib} MiB of synthetic journal written by kat's writer \
+         ({events} events in {files} files, `cargo run --release --example journal`); `/usr/bin/time -v kat report --dir D > /dev/null`.\n\n\
          | what | figure |\n|---|---|\n| wall time | {wall:.2} s |\n| max RSS | {:.0} MiB |\n",
         rss / 1024.0
     ))
