@@ -66,32 +66,18 @@ pub struct Row {
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeepaliveSocket {
     pub netns: u32,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub state: u8,
-    pub uid: u32,
-    pub inode: u32,
     /// Until the keepalive timer's next run.
     pub expires: Duration,
-    /// Keepalive probes out (icsk_probes_out).
-    pub probes_out: u8,
+    /// The socket as sock_diag told it (`probes_out` is meaningful here).
+    pub socket: Row,
 }
 
 impl KeepaliveSocket {
     fn of(netns: u32, r: &Row) -> Option<Self> {
         Some(Self {
             netns,
-            saddr: r.saddr,
-            sport: r.sport,
-            daddr: r.daddr,
-            dport: r.dport,
-            state: r.state,
-            uid: r.uid,
-            inode: r.inode,
             expires: r.keepalive?,
-            probes_out: r.probes_out,
+            socket: r.clone(),
         })
     }
 }

@@ -99,6 +99,7 @@ fn take_snapshot(diag: &mut Diag, extra_netns: &[u32], ports: &[u16]) -> Vec<Kee
     for netns in all {
         match diag.keepalive_sockets(netns) {
             Ok(sockets) => out.extend(sockets.into_iter().filter(|s| {
+                let s = &s.socket;
                 ports.is_empty() || ports.contains(&s.sport) || ports.contains(&s.dport)
             })),
             Err(e) => log::debug!("snapshot of netns {netns}: {e:#}"),

@@ -113,19 +113,22 @@ fn key(k: KeyEvent) -> Option<Key> {
 fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
     sockets
         .into_iter()
-        .map(|s| Live {
-            key: ConnKey {
-                netns: s.netns,
-                saddr: s.saddr,
-                sport: s.sport,
-                daddr: s.daddr,
-                dport: s.dport,
-            },
-            state: state_name(s.state),
-            uid: s.uid,
-            owner: engine.owners.index.owner(u64::from(s.inode)),
-            next_run_s: s.expires.as_secs_f64(),
-            probes_out: s.probes_out,
+        .map(|k| {
+            let s = &k.socket;
+            Live {
+                key: ConnKey {
+                    netns: k.netns,
+                    saddr: s.saddr,
+                    sport: s.sport,
+                    daddr: s.daddr,
+                    dport: s.dport,
+                },
+                state: state_name(s.state),
+                uid: s.uid,
+                owner: engine.owners.index.owner(u64::from(s.inode)),
+                next_run_s: k.expires.as_secs_f64(),
+                probes_out: s.probes_out,
+            }
         })
         .collect()
 }
