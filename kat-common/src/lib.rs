@@ -4,6 +4,8 @@
 //! agree byte for byte; sizes are asserted at compile time.
 #![no_std]
 
+use core::marker::PhantomData;
+
 /// What a [`Record`] reports.
 pub mod kind {
     /// The keepalive timer ran for a socket with SO_KEEPALIVE on.
@@ -152,54 +154,130 @@ pub struct Record {
 pub const RECORD_SIZE: usize = 152;
 const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
 
-/// Offsets of kernel struct fields, resolved from the running kernel's BTF.
-///
-/// Rust eBPF gets no CO-RE relocations, so every field read goes through
-/// one of these.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[cfg_attr(feature = "user", derive(serde::Serialize))]
-pub struct Offsets {
+/// A kernel struct field: its byte offset (resolved from the running
+/// kernel's BTF) and, as `T`, the width the programs read. The width is
+/// said only here: the resolver checks `size_of::<T>()` against the
+/// kernel's, and the programs' reads return a `T`, so the two cannot
+/// disagree.
+#[repr(transparent)]
+pub struct Field<T> {
+    pub offset: u32,
+    width: PhantomData<T>,
+}
+
+impl<T> Field<T> {
+    pub const fn at(offset: u32) -> Self {
+        Self {
+            offset,
+            width: PhantomData,
+        }
+    }
+
+    /// Bytes read at `offset` (0 for an embedded struct, never read).
+    pub const fn width(&self) -> usize {
+        core::mem::size_of::<T>()
+    }
+}
+
+impl<T> Clone for Field<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for Field<T> {}
+impl<T> Default for Field<T> {
+    fn default() -> Self {
+        Self::at(0)
+    }
+}
+impl<T> PartialEq for Field<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.offset == other.offset
+    }
+}
+impl<T> Eq for Field<T> {}
+impl<T> core::fmt::Debug for Field<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.offset)
+    }
+}
+#[cfg(feature = "user")]
+impl<T> serde::Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.offset)
+    }
+}
+
+/// Declares [`Offsets`] and its listing from one list of fields.
+macro_rules! offsets {
+    ($( $(#[$doc:meta])* $name:ident: $ty:ty, )*) => {
+        /// Where the programs find each kernel field they read, resolved
+        /// from the running kernel's BTF: Rust eBPF gets no CO-RE
+        /// relocations, so every field read goes through one of these.
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        #[cfg_attr(feature = "user", derive(serde::Serialize))]
+        pub struct Offsets {
+            $( $(#[$doc])* pub $name: Field<$ty>, )*
+        }
+
+        impl Offsets {
+            pub const COUNT: usize = [$(stringify!($name)),*].len();
+
+            /// Each field's name, offset and width (`kat doctor`).
+            pub fn each(&self) -> [(&'static str, u32, usize); Self::COUNT] {
+                [$( (stringify!($name), self.$name.offset, self.$name.width()) ),*]
+            }
+        }
+    };
+}
+
+offsets! {
     /// `timer_list.function`
-    pub timer_function: u32,
-    /// The socket's keepalive timer: `inet_connection_sock.
-    /// icsk_keepalive_timer` where the kernel has it (6.19, and backported
-    /// to stable 6.1 and 6.12 releases), `sock.sk_timer` before.
-    pub keepalive_timer: u32,
-    pub skc_family: u32,
-    pub skc_state: u32,
-    /// `inet_sock.inet_sport`: local port, network order.
-    pub inet_sport: u32,
+    timer_function: u64,
+    /// The socket's keepalive timer, an embedded struct (never read):
+    /// `inet_connection_sock.icsk_keepalive_timer` where the kernel has it
+    /// (6.19, and backported to stable 6.1 and 6.12 releases),
+    /// `sock.sk_timer` before.
+    keepalive_timer: (),
+    skc_family: u16,
+    skc_state: u8,
+    /// `inet_sock.inet_sport`: local port, network order; still set at
+    /// TCP_CLOSE, after the unhash.
+    inet_sport: u16,
+    /// `skc_num`: local port, host order; 0 once the socket is unhashed.
+    skc_num: u16,
     /// `skc_dport`: remote port, network order.
-    pub skc_dport: u32,
-    pub skc_rcv_saddr: u32,
-    pub skc_daddr: u32,
-    pub skc_v6_rcv_saddr: u32,
-    pub skc_v6_daddr: u32,
+    skc_dport: u16,
+    skc_rcv_saddr: [u8; 4],
+    skc_daddr: [u8; 4],
+    skc_v6_rcv_saddr: [u8; 16],
+    skc_v6_daddr: [u8; 16],
     /// `sock.__sk_common.skc_net` (a `struct net *`).
-    pub skc_net: u32,
+    skc_net: u64,
     /// `net.ns.inum`
-    pub net_inum: u32,
-    pub net_ka_time: u32,
-    pub net_ka_intvl: u32,
-    pub net_ka_probes: u32,
-    pub sk_flags: u32,
-    pub sk_protocol: u32,
-    pub sk_err: u32,
-    pub sk_err_soft: u32,
-    pub sk_shutdown: u32,
-    pub sk_uid: u32,
-    pub sk_socket: u32,
+    net_inum: u32,
+    net_ka_time: u32,
+    net_ka_intvl: u32,
+    net_ka_probes: u8,
+    sk_flags: u64,
+    sk_protocol: u16,
+    sk_err: i32,
+    sk_err_soft: i32,
+    sk_shutdown: u8,
+    sk_uid: u32,
+    /// `sock.sk_socket` (a `struct socket *`).
+    sk_socket: u64,
     /// From a `struct socket *` to its inode's `i_ino` (socket_alloc layout).
-    pub socket_ino: u32,
-    pub icsk_probes_out: u32,
-    pub icsk_user_timeout: u32,
-    pub icsk_lrcvtime: u32,
-    pub tp_rcv_tstamp: u32,
-    pub tp_packets_out: u32,
-    pub tp_ka_time: u32,
-    pub tp_ka_intvl: u32,
-    pub tp_ka_probes: u32,
+    socket_ino: u64,
+    icsk_probes_out: u8,
+    icsk_user_timeout: u32,
+    icsk_lrcvtime: u32,
+    tp_rcv_tstamp: u32,
+    tp_packets_out: u32,
+    tp_ka_time: u32,
+    tp_ka_intvl: u32,
+    tp_ka_probes: u8,
 }
 
 /// Everything the programs are told at load time (one read-only global).
@@ -207,7 +285,6 @@ pub struct Offsets {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub offsets: Offsets,
-    pub _pad: u32,
     /// Address of `tcp_keepalive_timer` (from /proc/kallsyms).
     pub keepalive_timer_fn: u64,
     /// Bit number of SOCK_KEEPOPEN in `sk_flags` (enum sock_flags).
@@ -238,7 +315,11 @@ pub struct SockState {
     pub close_old_state: u8,
     /// [`sock_flag`] bits.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    /// Host order, as the port filter saw them when the entry was made:
+    /// only sockets the filter wants have an entry.
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: [u8; 2],
 }
 
 /// Bits of [`SockState::flags`].
@@ -287,8 +368,10 @@ pub struct CloseStats {
     pub lifetime_max_ns: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<Offsets>() == 31 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 31 * 4 + 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 8);
+const _: () = assert!(core::mem::size_of::<Offsets>() == Offsets::COUNT * 4);
+const _: () =
+    assert!(core::mem::size_of::<Config>() == Offsets::COUNT * 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 8);
+const _: () = assert!((Offsets::COUNT * 4).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<CloseKey>() == 32);
 const _: () = assert!(core::mem::size_of::<CloseStats>() == 32);

@@ -23,8 +23,8 @@ use aya_ebpf::{
     },
 };
 use kat_common::{
-    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Record, SockState, AF_INET,
-    CLOSES_OVERFLOW_PORT, MAX_PORTS,
+    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Field, Record, SockState,
+    AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
 };
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
@@ -103,11 +103,12 @@ fn cfg_u64(v: &u64) -> u64 {
     unsafe { core::ptr::read_volatile(v) }
 }
 
-/// Reads a `T` at `base + off`; zero when the kernel memory cannot be read
+/// Reads field `f` of the kernel object at `base` with the probe-read
+/// helper: any lane, any pointer; zero when the memory cannot be read
 /// (the helper zero-fills its destination then).
 #[inline(always)]
-fn read<T: Copy>(base: u64, off: &u32) -> T {
-    let addr = base.wrapping_add(cfg_u32(off) as u64);
+fn read<T: Copy>(base: u64, f: &Field<T>) -> T {
+    let addr = base.wrapping_add(cfg_u32(&f.offset) as u64);
     let mut v = MaybeUninit::<T>::uninit();
     unsafe {
         generated::bpf_probe_read_kernel(
@@ -117,6 +118,19 @@ fn read<T: Copy>(base: u64, off: &u32) -> T {
         );
         v.assume_init()
     }
+}
+
+/// Reads field `f` with a plain load: only for `base` a BTF pointer (a
+/// tp_btf or fentry argument, or a pointer loaded through one) and `f`
+/// inside the struct it points to. The offset is a constant of the frozen
+/// CONFIG, so the verifier checks the access against the kernel's BTF and
+/// the JIT makes it fault-safe; it costs one instruction where `read`
+/// costs a helper call. The socket hooks run for every TCP state change
+/// on the host, so they read this way.
+#[inline(always)]
+fn load<T: Copy>(base: u64, f: &Field<T>) -> T {
+    let addr = base.wrapping_add(cfg_u32(&f.offset) as u64);
+    unsafe { core::ptr::read_volatile(addr as *const T) }
 }
 
 /// Zeroes `n` u64 words at `p` with plain stores. Zeroing with a memset
@@ -172,8 +186,8 @@ fn port_wanted(sport: u16, dport: u16) -> bool {
 fn ports(sk: u64) -> (u16, u16) {
     let o = &config().offsets;
     (
-        u16::from_be(read::<u16>(sk, &o.inet_sport)),
-        u16::from_be(read::<u16>(sk, &o.skc_dport)),
+        u16::from_be(read(sk, &o.inet_sport)),
+        u16::from_be(read(sk, &o.skc_dport)),
     )
 }
 
@@ -186,7 +200,7 @@ fn fill_socket(rec: &mut Record, sk: u64, sport: u16, dport: u16) {
     rec.sk = sk;
     rec.sport = sport;
     rec.dport = dport;
-    rec.family = read::<u16>(sk, &o.skc_family);
+    rec.family = read(sk, &o.skc_family);
     if rec.family == AF_INET {
         let s: [u8; 4] = read(sk, &o.skc_rcv_saddr);
         let d: [u8; 4] = read(sk, &o.skc_daddr);
@@ -216,7 +230,7 @@ fn fill_socket(rec: &mut Record, sk: u64, sport: u16, dport: u16) {
     }
     rec.sk_err = read(sk, &o.sk_err);
     rec.sk_err_soft = read(sk, &o.sk_err_soft);
-    if read::<u8>(sk, &o.sk_shutdown) == SHUTDOWN_MASK {
+    if read(sk, &o.sk_shutdown) == SHUTDOWN_MASK {
         rec.flags |= flag::IN_CLOSE;
     }
     rec.user_timeout_ms = read(sk, &o.icsk_user_timeout);
@@ -269,11 +283,12 @@ fn emit_to(ring: &RingBuf, record_kind: u8, fill: impl FnOnce(&mut Record)) {
     }
 }
 
-/// A precious record about `sk`; the socket is marked as known to
-/// userspace, so that its end is sent too.
+/// A precious record about `sk` (its socket fields filled, then `fill`);
+/// the socket is marked as known to userspace, so that its end is sent
+/// too.
 #[inline(always)]
-fn emit(sk: u64, record_kind: u8, fill: impl FnOnce(&mut Record)) {
-    let state = sock_state(sk);
+fn emit(sk: u64, sport: u16, dport: u16, record_kind: u8, fill: impl FnOnce(&mut Record)) {
+    let state = sock_state(sk, sport, dport);
     let established_ns = match state {
         Some(st) => unsafe {
             (*st).flags |= sock_flag::REPORTED;
@@ -282,18 +297,22 @@ fn emit(sk: u64, record_kind: u8, fill: impl FnOnce(&mut Record)) {
         None => 0,
     };
     emit_to(&PRECIOUS, record_kind, |rec| {
+        fill_socket(rec, sk, sport, dport);
         rec.established_ns = established_ns;
         fill(rec);
     });
 }
 
-/// The socket's entry in SOCKS, created when missing.
+/// The socket's entry in SOCKS, created when missing. Callers have applied
+/// the port filter: only sockets it wants have an entry.
 #[inline(always)]
-fn sock_state(sk: u64) -> Option<*mut SockState> {
+fn sock_state(sk: u64, sport: u16, dport: u16) -> Option<*mut SockState> {
     if let Some(st) = SOCKS.get_ptr_mut(sk) {
         return Some(st);
     }
-    let fresh: SockState = zeroed();
+    let mut fresh: SockState = zeroed();
+    fresh.sport = sport;
+    fresh.dport = dport;
     // BPF_NOEXIST: another CPU may have just created it; either is fine.
     let _ = SOCKS.insert(sk, fresh, 1);
     SOCKS.get_ptr_mut(sk)
@@ -304,16 +323,11 @@ fn sock_state(sk: u64) -> Option<*mut SockState> {
 #[inline(always)]
 fn keepalive_sock(ctx: &BtfTracePointContext) -> Option<u64> {
     let cfg = config();
-    let timer: *const u8 = ctx.arg(0);
-    // A direct load, not a helper call: `timer` is a BTF pointer and the
-    // offset a constant of the frozen CONFIG, so the verifier checks the
-    // access against struct timer_list and the JIT makes it fault-safe.
-    let off = cfg_u32(&cfg.offsets.timer_function) as usize;
-    let function = unsafe { core::ptr::read_volatile(timer.add(off).cast::<u64>()) };
-    if function != cfg_u64(&cfg.keepalive_timer_fn) {
+    let timer: u64 = ctx.arg(0);
+    if load(timer, &cfg.offsets.timer_function) != cfg_u64(&cfg.keepalive_timer_fn) {
         return None;
     }
-    Some(timer_sock(timer as u64))
+    Some(timer_sock(timer))
 }
 
 /// A keepalive timer run begins on this CPU: remember the socket and its
@@ -362,8 +376,7 @@ fn keepalive_exit(sk: Option<u64>) {
     let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
     let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
     let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
-    emit(sk, kind::TIMER_RUN, |rec| {
-        fill_socket(rec, sk, sport, dport);
+    emit(sk, sport, dport, kind::TIMER_RUN, |rec| {
         rec.probes_before = probes_before;
         rec.idle_jiffies = idle;
         if probe_sent != 0 {
@@ -418,7 +431,7 @@ pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
 
 #[inline(always)]
 fn timer_sock(timer: u64) -> u64 {
-    timer.wrapping_sub(cfg_u32(&config().offsets.keepalive_timer) as u64)
+    timer.wrapping_sub(cfg_u32(&config().offsets.keepalive_timer.offset) as u64)
 }
 
 #[fentry(function = "tcp_keepalive_timer")]
@@ -517,9 +530,8 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
         return 0;
     }
     let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
-    let held = mark_reset(sk);
-    emit(sk, kind::RESET_SENT, |rec| {
-        fill_socket(rec, sk, sport, dport);
+    let held = mark_reset(sk, sport, dport);
+    emit(sk, sport, dport, kind::RESET_SENT, |rec| {
         fill_task(rec);
         rec.stack_id = stack_id;
         if let Some(reason) = reason {
@@ -530,8 +542,7 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
     // tcp_close and tcp_disconnect set CLOSE before they send their RST:
     // the CLOSE held back then goes now, after the RST that explains it.
     if let Some((close_ns, old_state)) = held {
-        emit(sk, kind::STATE_CHANGE, |rec| {
-            fill_socket(rec, sk, sport, dport);
+        emit(sk, sport, dport, kind::STATE_CHANGE, |rec| {
             fill_task(rec);
             rec.ts_ns = close_ns;
             rec.state = tcp_state::CLOSE;
@@ -544,8 +555,8 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
 /// A RST went or came: the socket's end is not orderly. Returns the CLOSE
 /// held back for it, if any (its time and the state it left).
 #[inline(always)]
-fn mark_reset(sk: u64) -> Option<(u64, u8)> {
-    let st = sock_state(sk)?;
+fn mark_reset(sk: u64, sport: u16, dport: u16) -> Option<(u64, u8)> {
+    let st = sock_state(sk, sport, dport)?;
     unsafe {
         (*st).flags |= sock_flag::RESET;
         if (*st).flags & sock_flag::CLOSING == 0 {
@@ -575,10 +586,8 @@ pub fn tcp_receive_reset(ctx: BtfTracePointContext) -> i32 {
     if !port_wanted(sport, dport) {
         return 0;
     }
-    mark_reset(sk);
-    emit(sk, kind::RESET_RECEIVED, |rec| {
-        fill_socket(rec, sk, sport, dport)
-    });
+    mark_reset(sk, sport, dport);
+    emit(sk, sport, dport, kind::RESET_RECEIVED, |_| {});
     0
 }
 
@@ -596,50 +605,75 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
     if !established && !closed {
         return 0;
     }
-    let protocol: u16 = read(sk, &config().offsets.sk_protocol);
-    if protocol != IPPROTO_TCP {
+    if load(sk, &config().offsets.sk_protocol) != IPPROTO_TCP {
         return 0;
     }
-    let (sport, dport) = ports(sk);
-    if !port_wanted(sport, dport) {
-        return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
     if established {
-        // Remembered, not sent: the lifetime travels with the death. One
-        // map write, no lookup: this runs for every connection on the host.
-        let mut fresh: SockState = zeroed();
-        fresh.established_ns = now;
-        fresh.flags = match old {
-            tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
-            tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
-            _ => 0,
-        };
-        let _ = SOCKS.insert(sk, fresh, 0);
-        return 0;
+        socket_established(sk, old);
+    } else {
+        socket_closed(sk, old);
     }
-    let Some(st) = sock_state(sk) else {
-        return 0;
+    0
+}
+
+/// Remembered, not sent: the lifetime travels with the death. One map
+/// write, no lookup, no helper reads: this runs for every connection on
+/// the host.
+#[inline(always)]
+fn socket_established(sk: u64, old: u8) {
+    let o = &config().offsets;
+    // skc_num is the local port until the unhash at CLOSE.
+    let sport = load(sk, &o.skc_num);
+    let dport = u16::from_be(load(sk, &o.skc_dport));
+    if !port_wanted(sport, dport) {
+        return;
+    }
+    let mut fresh: SockState = zeroed();
+    fresh.established_ns = unsafe { bpf_ktime_get_ns() };
+    fresh.flags = match old {
+        tcp_state::SYN_SENT => sock_flag::ACTIVE_OPEN,
+        tcp_state::SYN_RECV => sock_flag::PASSIVE_OPEN,
+        _ => 0,
     };
-    let sk_err: i32 = read(sk, &config().offsets.sk_err);
-    let flags = unsafe { (*st).flags };
+    fresh.sport = sport;
+    fresh.dport = dport;
+    let _ = SOCKS.insert(sk, fresh, 0);
+}
+
+/// CLOSE: sent now when it follows an error, a RST or a record userspace
+/// had; otherwise probably orderly, and held until the socket is freed or
+/// a RST shows it was not.
+#[inline(always)]
+fn socket_closed(sk: u64, old: u8) {
+    let st = match SOCKS.get_ptr_mut(sk) {
+        Some(st) => st,
+        None => {
+            // Established before kat started: the filter has not seen it.
+            let (sport, dport) = ports(sk);
+            if !port_wanted(sport, dport) {
+                return;
+            }
+            match sock_state(sk, sport, dport) {
+                Some(st) => st,
+                None => return,
+            }
+        }
+    };
+    let (sport, dport, flags) = unsafe { ((*st).sport, (*st).dport, (*st).flags) };
+    let sk_err = load(sk, &config().offsets.sk_err);
     if sk_err != 0 || flags & (sock_flag::RESET | sock_flag::REPORTED) != 0 {
-        emit(sk, kind::STATE_CHANGE, |rec| {
-            fill_socket(rec, sk, sport, dport);
+        emit(sk, sport, dport, kind::STATE_CHANGE, |rec| {
             fill_task(rec);
-            rec.state = new;
+            rec.state = tcp_state::CLOSE;
             rec.old_state = old;
         });
     } else {
-        // Probably orderly: held until the socket is freed, or until a
-        // RST shows it was not.
         unsafe {
-            (*st).close_ns = now;
+            (*st).close_ns = bpf_ktime_get_ns();
             (*st).close_old_state = old;
             (*st).flags |= sock_flag::CLOSING;
         }
     }
-    0
 }
 
 #[btf_tracepoint(function = "tcp_destroy_sock")]
@@ -648,17 +682,14 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
     let Some(st) = SOCKS.get_ptr_mut(sk) else {
         return 0;
     };
-    let (sport, dport) = ports(sk);
-    if port_wanted(sport, dport) {
-        let st = unsafe { *st };
-        if st.flags & sock_flag::REPORTED != 0 {
-            emit_to(&PRECIOUS, kind::DESTROY, |rec| {
-                fill_socket(rec, sk, sport, dport);
-                rec.established_ns = st.established_ns;
-            });
-        } else if st.flags & sock_flag::CLOSING != 0 {
-            orderly_close(sk, &st, sport, dport);
-        }
+    let st = unsafe { *st };
+    if st.flags & sock_flag::REPORTED != 0 {
+        emit_to(&PRECIOUS, kind::DESTROY, |rec| {
+            fill_socket(rec, sk, st.sport, st.dport);
+            rec.established_ns = st.established_ns;
+        });
+    } else if st.flags & sock_flag::CLOSING != 0 {
+        orderly_close(sk, &st);
     }
     let _ = SOCKS.remove(sk);
     0
@@ -667,11 +698,11 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 /// An orderly close: sent one by one when asked, counted by service and
 /// peer otherwise (never both: a reader would count it twice).
 #[inline(always)]
-fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
+fn orderly_close(sk: u64, st: &SockState) {
     let direction = st.flags & (sock_flag::ACTIVE_OPEN | sock_flag::PASSIVE_OPEN);
     if cfg_u32(&config().emit_closed) != 0 {
         emit_to(&BULK, kind::CLOSED, |rec| {
-            fill_socket(rec, sk, sport, dport);
+            fill_socket(rec, sk, st.sport, st.dport);
             rec.ts_ns = st.close_ns;
             rec.state = tcp_state::CLOSE;
             rec.old_state = st.close_old_state;
@@ -682,22 +713,21 @@ fn orderly_close(sk: u64, st: &SockState, sport: u16, dport: u16) {
     }
     let o = &config().offsets;
     let mut key: CloseKey = zeroed();
-    key.family = read::<u16>(sk, &o.skc_family);
+    key.family = load(sk, &o.skc_family);
     key.direction = direction;
     if key.family == AF_INET {
-        let d: [u8; 4] = read(sk, &o.skc_daddr);
-        key.peer[..4].copy_from_slice(&d);
+        key.peer[..4].copy_from_slice(&load(sk, &o.skc_daddr));
     } else {
-        key.peer = read(sk, &o.skc_v6_daddr);
+        key.peer = load(sk, &o.skc_v6_daddr);
     }
-    let net: u64 = read(sk, &o.skc_net);
+    let net = load(sk, &o.skc_net);
     if net != 0 {
-        key.netns = read(net, &o.net_inum);
+        key.netns = load(net, &o.net_inum);
     }
     key.port = match direction {
-        sock_flag::ACTIVE_OPEN => dport,
-        sock_flag::PASSIVE_OPEN => sport,
-        _ => core::cmp::min(sport, dport),
+        sock_flag::ACTIVE_OPEN => st.dport,
+        sock_flag::PASSIVE_OPEN => st.sport,
+        _ => core::cmp::min(st.sport, st.dport),
     };
     key.epoch = (EPOCH.get(0).copied().unwrap_or(0) & 1) as u8;
     let lifetime = if st.established_ns != 0 {

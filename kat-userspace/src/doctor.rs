@@ -198,7 +198,14 @@ fn text(r: &Report) -> String {
         }
     }
     if let Some(o) = &r.offsets {
-        out.push_str(&format!("\noffsets {o:?}\n"));
+        out.push_str("\nkernel fields kat reads (byte offset, width; from BTF):\n");
+        for row in o.each().chunks(3) {
+            let cells: Vec<String> = row
+                .iter()
+                .map(|(name, offset, width)| format!("{name:<17} {offset:>5} {width:>2}"))
+                .collect();
+            out.push_str(&format!("  {}\n", cells.join("   ")));
+        }
     }
     out.push('\n');
     match &r.problem {

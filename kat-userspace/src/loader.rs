@@ -312,7 +312,6 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
     };
     let mut config = Config {
         offsets: btf.offsets().map_err(unsupported)?,
-        _pad: 0,
         keepalive_timer_fn,
         keepopen_bit: btf.keepopen_bit().map_err(unsupported)?,
         nports: ports.len() as u32,
