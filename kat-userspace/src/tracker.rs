@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use kat_common::{context, flag, kind, tcp_state, Record, AF_INET};
 
-use crate::event::{Event, From, Reason, Settings, What};
+use crate::event::{Event, Origin, Reason, Settings, What};
 
 /// How long a CLOSE waits for the RST that may follow it (tcp_close sends
 /// the RST after the state change) before the death is reported anyway.
@@ -232,17 +232,17 @@ impl Tracker {
         let hz = f64::from(self.setup.hz.max(1));
         let pick = |own: u32, sysctl: u32| {
             if own != 0 {
-                (f64::from(own) / hz, From::Socket)
+                (f64::from(own) / hz, Origin::Socket)
             } else {
-                (f64::from(sysctl) / hz, From::Sysctl)
+                (f64::from(sysctl) / hz, Origin::Sysctl)
             }
         };
         let (idle_s, idle_from) = pick(rec.ka_time, rec.sysctl_time);
         let (intvl_s, intvl_from) = pick(rec.ka_intvl, rec.sysctl_intvl);
         let (probes, probes_from) = if rec.ka_probes != 0 {
-            (rec.ka_probes, From::Socket)
+            (rec.ka_probes, Origin::Socket)
         } else {
-            (rec.sysctl_probes, From::Sysctl)
+            (rec.sysctl_probes, Origin::Sysctl)
         };
         Settings {
             idle_s,

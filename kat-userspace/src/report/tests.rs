@@ -277,10 +277,10 @@ fn timeline_text_tells_the_story_in_order() {
         "{t}"
     );
     assert!(lines[0].contains("pid 7 (client)"), "{t}");
-    assert!(lines[1].ends_with("probe 1/3, idle 1.0 s"), "{t}");
+    assert!(lines[1].ends_with("probe 1/3, idle 1s"), "{t}");
     assert!(lines[2].ends_with("probe 1 answered"), "{t}");
     assert!(
-        lines[5].ends_with("probe 3/3, idle 12.0 s, previous unanswered"),
+        lines[5].ends_with("probe 3/3, idle 12s, previous unanswered"),
         "{t}"
     );
     assert!(

@@ -35,7 +35,8 @@ pub struct Death {
     pub errno: Option<String>,
     pub probes: u8,
     pub lifetime_s: Option<f64>,
-    pub owner: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
 }
 
 /// One row of the connections table.
@@ -273,10 +274,8 @@ impl Model {
                     errno: errno.clone(),
                     probes: *unanswered_probes,
                     lifetime_s: *lifetime_s,
-                    owner: ev
-                        .comm
-                        .as_ref()
-                        .map(|c| format!("{}/{c}", ev.pid.unwrap_or(0))),
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
                 });
                 self.deaths.truncate(DEATHS_KEPT);
                 self.live.retain(|l| l.key != key);

@@ -125,7 +125,7 @@ fn numbers_probes_and_sees_answers_at_the_next_timer_run() {
     }
     let ka = ev[0].keepalive.expect("settings");
     assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (2.0, 1.0, 3));
-    assert_eq!(ka.idle_from, From::Socket);
+    assert_eq!(ka.idle_from, Origin::Socket);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn settings_fall_back_to_the_namespace_sysctls() {
     assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (7200.0, 75.0, 9));
     assert_eq!(
         (ka.idle_from, ka.intvl_from, ka.probes_from),
-        (From::Sysctl, From::Sysctl, From::Sysctl)
+        (Origin::Sysctl, Origin::Sysctl, Origin::Sysctl)
     );
 }
 

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::From;
+use crate::event::Origin;
 use crate::owner::Owner;
 
 pub(crate) fn at(s: i64) -> DateTime<Utc> {
@@ -33,11 +33,11 @@ pub(crate) fn live(k: ConnKey, probes_out: u8, next: f64, comm: &str) -> Live {
 pub(crate) fn settings() -> Settings {
     Settings {
         idle_s: 2.0,
-        idle_from: From::Socket,
+        idle_from: Origin::Socket,
         intvl_s: 1.0,
-        intvl_from: From::Socket,
+        intvl_from: Origin::Socket,
         probes: 3,
-        probes_from: From::Sysctl,
+        probes_from: Origin::Sysctl,
         user_timeout_ms: None,
     }
 }
@@ -151,7 +151,10 @@ fn deaths_are_counted_by_reason_newest_first() {
     assert_eq!(m.deaths[1].reason, Reason::KeepaliveTimeout);
     assert_eq!(m.deaths_by_reason[&Reason::KeepaliveTimeout], 1);
     assert_eq!(m.deaths_by_reason[&Reason::PeerReset], 1);
-    assert_eq!(m.deaths[0].owner.as_deref(), Some("4242/client"));
+    assert_eq!(
+        (m.deaths[0].pid, m.deaths[0].comm.as_deref()),
+        (Some(4242), Some("client"))
+    );
 }
 
 #[test]
