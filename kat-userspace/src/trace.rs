@@ -5,7 +5,7 @@ use std::io::{BufWriter, Stdout, Write as _};
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
+use crate::engine::{Engine, Selection, Step};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
 use crate::source::LostCounts;
@@ -101,7 +101,6 @@ impl Output {
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
     let mut engine = Engine::start(&args.selection, args.all)?;
-    let mut stop = StopSignals::catch()?;
     let mut out = Output {
         args,
         lost_shown: 0,
@@ -111,27 +110,22 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     eprintln!(
         "kat: tracing keepalive probes and connection deaths on Linux {} ({}, reset reasons {}); Ctrl-C to stop",
         kernel::release(),
-        engine.loaded.lanes_text(),
-        if engine.loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
+        engine.lanes_text(),
+        if engine.kernel_names_resets() { "from the kernel" } else { "inferred" },
     );
-    let mut answers = tokio::time::interval(ANSWER_POLL);
     loop {
-        let events = tokio::select! {
-            batch = engine.source.next_batch() => engine.records(batch),
-            _ = answers.tick() => {
-                engine.ask_answers();
-                continue;
-            }
-            Some(found) = engine.diag.answers.recv() => engine.answers(found),
-            () = engine.owners.ready() => engine.release(),
-            () = stop.recv() => break,
+        let events = match engine.next().await {
+            Step::Events(events) => events,
+            // Never asked for.
+            Step::Snapshot(_) => continue,
+            Step::Stop => break,
         };
         for ev in &events {
             if !out.event(ev) {
                 return Ok(());
             }
         }
-        if !out.lost(&engine.source.lost()) || !out.flush() {
+        if !out.lost(&engine.lost()) || !out.flush() {
             return Ok(());
         }
     }
@@ -147,10 +141,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     eprintln!(
         "kat: {} events shown, {} connections still tracked, {}{}",
         out.events,
-        engine.tracker.tracked(),
-        engine.source.lost().text(),
-        if engine.source.malformed > 0 {
-            format!(", {} malformed", engine.source.malformed)
+        engine.tracked(),
+        engine.lost().text(),
+        if engine.malformed() > 0 {
+            format!(", {} malformed", engine.malformed())
         } else {
             String::new()
         }

@@ -8,7 +8,7 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::model::{ConnKey, Model, ReplayStatus, Row};
+use super::model::{ConnKey, Model, ReplayStatus, Row, Second};
 use crate::event::{Reason, What};
 use crate::text::{self, duration, endpoint};
 
@@ -163,12 +163,12 @@ fn draw_charts(frame: &mut Frame, area: Rect, m: &Model) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
     let width = usize::from(left.width.saturating_sub(2));
-    let recent = |pick: fn(&(u64, u64, u64)) -> u64| -> Vec<u64> {
+    let recent = |pick: fn(&Second) -> u64| -> Vec<u64> {
         let skip = m.history.len().saturating_sub(width);
         m.history.iter().skip(skip).map(pick).collect()
     };
-    let probes = recent(|h| h.0);
-    let deaths = recent(|h| h.1);
+    let probes = recent(|h| h.probes);
+    let deaths = recent(|h| h.deaths);
     let title = |name: &str, v: &[u64]| {
         format!(
             " {name} (max {}/s, {} s) ",
