@@ -272,3 +272,18 @@ impl StopSignals {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_selects_either_end() {
+        let mut selection = Selection::default();
+        assert!(selection.wants(6699, 40000), "no --port: everything");
+        selection.ports = vec![22];
+        assert!(!selection.wants(6699, 40000));
+        selection.ports = vec![40000];
+        assert!(selection.wants(6699, 40000));
+    }
+}

@@ -107,6 +107,14 @@ pub fn rfc3339<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Erro
     s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+/// The same for a time that may be missing (null).
+pub fn rfc3339_opt<S: Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => rfc3339(ts, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// One high-level event about one connection. Addresses are the socket's
 /// own view: s = local, d = remote.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
