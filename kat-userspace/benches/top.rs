@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use chrono::DateTime;
 use criterion::{criterion_group, criterion_main, Criterion};
 use kat_common::{flag, kind, tcp_state, Record, AF_INET};
-use kat_userspace::event::{Event, From, Settings, What};
+use kat_userspace::event::{Event, Origin, Settings, What};
 use kat_userspace::owner::Owner;
 use kat_userspace::top::model::{ConnKey, Live, Model, Msg};
 use kat_userspace::top::view::view;
@@ -88,11 +88,11 @@ fn model() -> Model {
             comm: None,
             keepalive: Some(Settings {
                 idle_s: 7200.0,
-                idle_from: From::Sysctl,
+                idle_from: Origin::Sysctl,
                 intvl_s: 75.0,
-                intvl_from: From::Sysctl,
+                intvl_from: Origin::Sysctl,
                 probes: 9,
-                probes_from: From::Sysctl,
+                probes_from: Origin::Sysctl,
                 user_timeout_ms: None,
             }),
             sock_ino: 0,

@@ -1,21 +1,26 @@
 //! What every live view runs: the loaded programs, the record source, the
-//! tracker, the sock_diag worker for answers, and the owner index for the
-//! events shown. The loop using it must never block on slow I/O: the
-//! workers do that, and their results come back over channels.
+//! tracker, the sock_diag worker for answers, the owner index for the
+//! events shown, and the stop signals. The engine owns the live loop: a
+//! view awaits `next()` and gets events (or a snapshot it asked for, or
+//! the stop). It never blocks on slow I/O: the workers do that, and their
+//! results come back over channels.
 
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use chrono::{DateTime, Utc};
+use tokio::time::Interval;
+
 use crate::closes::ClosesSource;
 use crate::diag::worker::Worker;
-use crate::diag::Answer;
-use crate::event::Event;
+use crate::diag::{Answer, KeepaliveSocket};
+use crate::event::{Closes, Event};
 use crate::kernel;
 use crate::loader::{self, Lane, Loaded};
-use crate::owner::{Index, Owners};
-use crate::source::Source;
+use crate::owner::{Index, Owner, Owners};
+use crate::source::{LostCounts, Source};
 use crate::tracker::{Msg, Setup, Tracker};
 
 /// What every live command traces: `--port` and `--lane`.
@@ -68,18 +73,32 @@ impl Selection {
 /// How often sockets with a probe out are asked whether it was answered.
 pub const ANSWER_POLL: Duration = Duration::from_millis(250);
 
+/// What the live loop hands a view.
+pub enum Step {
+    /// Events in time order, maybe none: the ring is drained at least
+    /// every 100 ms, so a view also hears of new losses that often.
+    Events(Vec<Event>),
+    /// The keepalive sockets the view asked for (`ask_snapshot`).
+    Snapshot(Vec<KeepaliveSocket>),
+    /// SIGINT or SIGTERM: the view reports what `finish` returns and ends.
+    Stop,
+}
+
 pub struct Engine {
-    pub loaded: Loaded,
-    pub source: Source,
-    pub closes: ClosesSource,
-    pub tracker: Tracker,
-    pub diag: Worker,
-    pub owners: Owners,
+    loaded: Loaded,
+    source: Source,
+    closes: ClosesSource,
+    tracker: Tracker,
+    diag: Worker,
+    owners: Owners,
+    answer_poll: Interval,
+    stop: StopSignals,
 }
 
 impl Engine {
     /// Loads and attaches; `closed_one_by_one` sends every orderly close
-    /// (`kat trace --all`) rather than only counting them.
+    /// (`kat trace --all`) rather than only counting them. SIGINT and
+    /// SIGTERM are caught from here on.
     pub fn start(selection: &Selection, closed_one_by_one: bool) -> Result<Self> {
         let mut loaded = loader::load(&loader::Options {
             ports: &selection.ports,
@@ -102,19 +121,40 @@ impl Engine {
             tracker,
             diag: Worker::start(selection.ports.clone()),
             owners: Owners::new(Index::start()),
+            answer_poll: tokio::time::interval(ANSWER_POLL),
+            stop: StopSignals::catch()?,
         })
     }
 
-    /// Feeds kernel records (and a clock tick) to the tracker.
-    pub fn records(&mut self, records: Vec<kat_common::Record>) -> Vec<Event> {
-        let mut msgs: Vec<Msg> = records.into_iter().map(Msg::Record).collect();
-        msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
-        self.feed(msgs)
+    /// The next step of the live loop. Cancel-safe: a view may `select!`
+    /// it against its own timers and keys; nothing is lost when another
+    /// branch wins, since every branch here finishes its work without
+    /// awaiting again.
+    pub async fn next(&mut self) -> Step {
+        loop {
+            let step = tokio::select! {
+                batch = self.source.next_batch() => {
+                    let mut msgs: Vec<Msg> = batch.into_iter().map(Msg::Record).collect();
+                    msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
+                    Step::Events(self.feed(msgs))
+                }
+                // Asking is all a poll does; the answers come later.
+                _ = self.answer_poll.tick() => {
+                    self.ask_answers();
+                    continue;
+                }
+                Some(found) = self.diag.answers.recv() => Step::Events(self.answers(found)),
+                () = self.owners.ready() => Step::Events(self.owners.release(false)),
+                Some(sockets) = self.diag.snapshots.recv() => Step::Snapshot(sockets),
+                () = self.stop.recv() => Step::Stop,
+            };
+            return step;
+        }
     }
 
     /// Sends the sockets with a probe out to the sock_diag worker; its
-    /// answers come back on `diag.answers`.
-    pub fn ask_answers(&mut self) {
+    /// answers come back through `next`.
+    fn ask_answers(&mut self) {
         let probing = self.tracker.due_for_answer(kernel::monotonic_now_ns());
         if !probing.is_empty() {
             self.diag.ask_answers(probing);
@@ -122,7 +162,7 @@ impl Engine {
     }
 
     /// Feeds the worker's answers to the tracker.
-    pub fn answers(&mut self, answers: Vec<Answer>) -> Vec<Event> {
+    fn answers(&mut self, answers: Vec<Answer>) -> Vec<Event> {
         self.feed(
             answers
                 .into_iter()
@@ -133,11 +173,6 @@ impl Engine {
                 })
                 .collect(),
         )
-    }
-
-    /// Events held for their owner that may go now (after `owners.ready()`).
-    pub fn release(&mut self) -> Vec<Event> {
-        self.owners.release(false)
     }
 
     /// Drains the ring and reports every pending death (on exit), and every
@@ -159,6 +194,46 @@ impl Engine {
             .flat_map(|msg| self.tracker.update(msg))
             .collect();
         self.owners.attach(events)
+    }
+
+    /// Asks the sock_diag worker for every socket with a pending keepalive
+    /// timer, in the visible namespaces and these; it comes through `next`.
+    pub fn ask_snapshot(&self, extra_netns: Vec<u32>) {
+        self.diag.ask_snapshot(extra_netns);
+    }
+
+    /// The orderly closes the kernel counted in the last interval.
+    pub fn take_closes(&mut self, now: DateTime<Utc>) -> Vec<Closes> {
+        self.closes.take(now)
+    }
+
+    /// The owner of a socket inode, if the index knows it now.
+    pub fn owner(&self, inode: u64) -> Option<Owner> {
+        self.owners.index.owner(inode)
+    }
+
+    /// Which lane each hook attached in.
+    pub fn lanes_text(&self) -> String {
+        self.loaded.lanes_text()
+    }
+
+    /// Whether the kernel names its reset reasons (else kat infers them).
+    pub fn kernel_names_resets(&self) -> bool {
+        self.loaded.reset_reasons.is_some()
+    }
+
+    pub fn lost(&self) -> LostCounts {
+        self.source.lost()
+    }
+
+    /// Ring-buffer items that were not whole records.
+    pub fn malformed(&self) -> u64 {
+        self.source.malformed
+    }
+
+    /// Connections the tracker still follows.
+    pub fn tracked(&self) -> usize {
+        self.tracker.tracked()
     }
 }
 
@@ -195,5 +270,20 @@ impl StopSignals {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_selects_either_end() {
+        let mut selection = Selection::default();
+        assert!(selection.wants(6699, 40000), "no --port: everything");
+        selection.ports = vec![22];
+        assert!(!selection.wants(6699, 40000));
+        selection.ports = vec![40000];
+        assert!(selection.wants(6699, 40000));
     }
 }

@@ -44,7 +44,7 @@ impl Reason {
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum From {
+pub enum Origin {
     /// TCP_KEEPIDLE / TCP_KEEPINTVL / TCP_KEEPCNT on the socket.
     Socket,
     /// The socket's network namespace's net.ipv4.tcp_keepalive_*.
@@ -55,11 +55,11 @@ pub enum From {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
     pub idle_s: f64,
-    pub idle_from: From,
+    pub idle_from: Origin,
     pub intvl_s: f64,
-    pub intvl_from: From,
+    pub intvl_from: Origin,
     pub probes: u8,
-    pub probes_from: From,
+    pub probes_from: Origin,
     /// TCP_USER_TIMEOUT, when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_timeout_ms: Option<u32>,
@@ -105,6 +105,14 @@ pub enum What {
 /// only be noise after the clock conversion) and read in any RFC 3339 form.
 pub fn rfc3339<S: Serializer>(ts: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&ts.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// The same for a time that may be missing (null).
+pub fn rfc3339_opt<S: Serializer>(ts: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match ts {
+        Some(ts) => rfc3339(ts, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// One high-level event about one connection. Addresses are the socket's
@@ -331,14 +339,6 @@ pub struct Closes {
     pub lifetime_max_s: f64,
 }
 
-/// `198.18.0.1:6699`, `[fd00::1]:6699`.
-pub fn endpoint(addr: &IpAddr, port: u16) -> String {
-    match addr {
-        IpAddr::V4(a) => format!("{a}:{port}"),
-        IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
-}
-
 /// A connection as the socket sees it, in its namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct ConnKey {
@@ -358,17 +358,5 @@ impl ConnKey {
             daddr: ev.daddr,
             dport: ev.dport,
         }
-    }
-}
-
-/// `local → remote`.
-impl fmt::Display for ConnKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} → {}",
-            endpoint(&self.saddr, self.sport),
-            endpoint(&self.daddr, self.dport)
-        )
     }
 }

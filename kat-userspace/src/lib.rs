@@ -16,6 +16,7 @@ pub mod owner;
 pub mod record;
 pub mod report;
 pub mod source;
+pub mod text;
 pub mod top;
 pub mod trace;
 pub mod tracker;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use bytesize::ByteSize;
 use chrono::Utc;
 
-use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
+use crate::engine::{Engine, Selection, Step};
 use crate::event::{Event, Lost};
 use crate::exit::Failure;
 use crate::journal::writer::{Limits, Writer};
@@ -72,35 +72,32 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
         kernel: kernel::release(),
-        lanes: engine.loaded.lanes_text(),
+        lanes: engine.lanes_text(),
         ports: args.selection.ports.clone(),
         run_started: now,
         file_started: now,
     };
     let mut journal = Writer::open(&args.dir, limits, header)?;
-    let mut stop = StopSignals::catch()?;
     eprintln!(
         "kat: recording to {} (up to {} in files of {}) on Linux {} ({}); SIGTERM or Ctrl-C to stop",
         journal.path().display(),
         ByteSize(limits.max_size).display().iec(),
         ByteSize(limits.file_size).display().iec(),
         kernel::release(),
-        engine.loaded.lanes_text(),
+        engine.lanes_text(),
     );
-    let mut answers = tokio::time::interval(ANSWER_POLL);
     let mut batches = tokio::time::interval(BATCH_INTERVAL);
     let mut closes = tokio::time::interval(args.closes_every);
     let mut recorded: u64 = 0;
     let mut lost_written = 0;
     loop {
         let events = tokio::select! {
-            batch = engine.source.next_batch() => engine.records(batch),
-            _ = answers.tick() => {
-                engine.ask_answers();
-                continue;
-            }
-            Some(found) = engine.diag.answers.recv() => engine.answers(found),
-            () = engine.owners.ready() => engine.release(),
+            step = engine.next() => match step {
+                Step::Events(events) => events,
+                // Never asked for.
+                Step::Snapshot(_) => continue,
+                Step::Stop => break,
+            },
             _ = batches.tick() => {
                 journal.flush()?;
                 continue;
@@ -109,10 +106,9 @@ pub async fn run(args: RecordArgs) -> Result<()> {
                 push_closes(&mut journal, &mut engine)?;
                 continue;
             }
-            () = stop.recv() => break,
         };
         recorded += push(&mut journal, &events)?;
-        let lost = engine.source.lost();
+        let lost = engine.lost();
         if lost.total() > lost_written {
             lost_written = lost.total();
             journal.push(&Lost {
@@ -138,14 +134,14 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {}",
         journal.files_opened,
         journal.files_removed,
-        engine.source.lost().text()
+        engine.lost().text()
     );
     Ok(())
 }
 
 /// The orderly closes the kernel counted in the last interval.
 fn push_closes(journal: &mut Writer, engine: &mut Engine) -> Result<()> {
-    for c in engine.closes.take(Utc::now()) {
+    for c in engine.take_closes(Utc::now()) {
         journal.push(&c)?;
     }
     Ok(())

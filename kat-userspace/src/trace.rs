@@ -3,12 +3,13 @@
 use std::io::{BufWriter, Stdout, Write as _};
 
 use anyhow::Result;
-use chrono::{DateTime, Local, Utc};
+use chrono::Utc;
 
-use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
-use crate::event::{ConnKey, Event, From, Lost, Reason, Settings, What};
+use crate::engine::{Engine, Selection, Step};
+use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
 use crate::source::LostCounts;
+use crate::text;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TraceArgs {
@@ -22,115 +23,25 @@ pub struct TraceArgs {
     pub all: bool,
 }
 
-/// Which events the user asked for.
+/// Which events the user asked for. `--port` is not checked again: the
+/// kernel applied it (the loader refuses a filter it cannot apply).
 pub fn wanted(args: &TraceArgs, ev: &Event) -> bool {
-    args.selection.wants(ev.sport, ev.dport) && (args.all || ev.reason() != Some(Reason::Closed))
-}
-
-fn from(f: From) -> &'static str {
-    match f {
-        From::Socket => "",
-        From::Sysctl => "*",
-    }
-}
-
-fn secs(s: f64) -> String {
-    if s.fract() == 0.0 {
-        format!("{s:.0}s")
-    } else {
-        format!("{s:.1}s")
-    }
-}
-
-/// `keepalive 55s/6s/2` with `*` after each value taken from the
-/// namespace's sysctls, and the user timeout when set.
-pub fn settings_text(k: &Settings) -> String {
-    let mut s = format!(
-        "keepalive {}{}/{}{}/{}{}",
-        secs(k.idle_s),
-        from(k.idle_from),
-        secs(k.intvl_s),
-        from(k.intvl_from),
-        k.probes,
-        from(k.probes_from)
-    );
-    if let Some(ms) = k.user_timeout_ms {
-        s.push_str(&format!(" user_timeout {ms}ms"));
-    }
-    s
-}
-
-pub fn what_text(what: &What) -> String {
-    match what {
-        What::Probe {
-            probe,
-            probes_max,
-            idle_s,
-        } => {
-            let mut s = format!("probe {probe}/{probes_max}, idle {idle_s:.1} s");
-            if *probe > 1 {
-                s.push_str(", previous unanswered");
-            }
-            s
-        }
-        What::ProbeAnswered { probe } => format!("probe {probe} answered"),
-        What::Death {
-            reason,
-            errno,
-            unanswered_probes,
-            found_by_probe,
-            lifetime_s,
-            state,
-            kernel_reset_reason,
-        } => {
-            let mut s = if *reason == Reason::Closed {
-                format!("closed from {state}")
-            } else {
-                format!("DEAD {}", reason.name())
-            };
-            match reason {
-                Reason::KeepaliveTimeout | Reason::UserTimeout => {
-                    s.push_str(&format!(" after {unanswered_probes} unanswered probes"));
-                }
-                Reason::PeerReset if *found_by_probe => {
-                    s.push_str(" (RST answered a keepalive probe: half-open connection found)");
-                }
-                Reason::Unknown => {
-                    s.push_str(&format!(" (state {state}"));
-                    if let Some(k) = kernel_reset_reason {
-                        s.push_str(&format!(", kernel reset reason {k}"));
-                    }
-                    s.push(')');
-                }
-                _ => {}
-            }
-            if let Some(e) = errno {
-                s.push_str(&format!(", {e}"));
-            }
-            if let Some(l) = lifetime_s {
-                s.push_str(&format!(", lived {l:.1} s"));
-            }
-            s
-        }
-    }
+    args.all || ev.reason() != Some(Reason::Closed)
 }
 
 /// The text line for an event (time in the local zone, like bcc tools).
 pub fn line(ev: &Event) -> String {
-    let local: DateTime<Local> = ev.ts.into();
     let mut s = format!(
         "{} {} {}",
-        local.format("%H:%M:%S%.3f"),
+        text::clock_ms(ev.ts),
         ConnKey::of(ev),
-        what_text(&ev.what)
+        text::what(&ev.what)
     );
     if let Some(k) = &ev.keepalive {
-        s.push_str(&format!("  [{}]", settings_text(k)));
+        s.push_str(&format!("  [{}]", text::settings(k)));
     }
-    match (&ev.pid, &ev.comm) {
-        (Some(pid), Some(comm)) => s.push_str(&format!(" pid {pid} ({comm})")),
-        (Some(pid), None) => s.push_str(&format!(" pid {pid}")),
-        _ => {}
+    if let Some(pid) = ev.pid {
+        s.push_str(&format!(" pid {}", text::process(pid, ev.comm.as_deref())));
     }
     s
 }
@@ -191,7 +102,6 @@ impl Output {
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
     let mut engine = Engine::start(&args.selection, args.all)?;
-    let mut stop = StopSignals::catch()?;
     let mut out = Output {
         args,
         lost_shown: 0,
@@ -201,27 +111,22 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     eprintln!(
         "kat: tracing keepalive probes and connection deaths on Linux {} ({}, reset reasons {}); Ctrl-C to stop",
         kernel::release(),
-        engine.loaded.lanes_text(),
-        if engine.loaded.reset_reasons.is_some() { "from the kernel" } else { "inferred" },
+        engine.lanes_text(),
+        if engine.kernel_names_resets() { "from the kernel" } else { "inferred" },
     );
-    let mut answers = tokio::time::interval(ANSWER_POLL);
     loop {
-        let events = tokio::select! {
-            batch = engine.source.next_batch() => engine.records(batch),
-            _ = answers.tick() => {
-                engine.ask_answers();
-                continue;
-            }
-            Some(found) = engine.diag.answers.recv() => engine.answers(found),
-            () = engine.owners.ready() => engine.release(),
-            () = stop.recv() => break,
+        let events = match engine.next().await {
+            Step::Events(events) => events,
+            // Never asked for.
+            Step::Snapshot(_) => continue,
+            Step::Stop => break,
         };
         for ev in &events {
             if !out.event(ev) {
                 return Ok(());
             }
         }
-        if !out.lost(&engine.source.lost()) || !out.flush() {
+        if !out.lost(&engine.lost()) || !out.flush() {
             return Ok(());
         }
     }
@@ -237,10 +142,10 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     eprintln!(
         "kat: {} events shown, {} connections still tracked, {}{}",
         out.events,
-        engine.tracker.tracked(),
-        engine.source.lost().text(),
-        if engine.source.malformed > 0 {
-            format!(", {} malformed", engine.source.malformed)
+        engine.tracked(),
+        engine.lost().text(),
+        if engine.malformed() > 0 {
+            format!(", {} malformed", engine.malformed())
         } else {
             String::new()
         }
@@ -250,7 +155,8 @@ pub async fn run(args: TraceArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::From;
+    use crate::event::{Origin, Settings, What};
+    use chrono::DateTime;
 
     fn ev(what: What) -> Event {
         Event {
@@ -266,11 +172,11 @@ mod tests {
             comm: Some("server".into()),
             keepalive: Some(Settings {
                 idle_s: 55.0,
-                idle_from: From::Socket,
+                idle_from: Origin::Socket,
                 intvl_s: 6.0,
-                intvl_from: From::Socket,
+                intvl_from: Origin::Socket,
                 probes: 2,
-                probes_from: From::Sysctl,
+                probes_from: Origin::Sysctl,
                 user_timeout_ms: None,
             }),
             sock_ino: 0,
@@ -286,7 +192,7 @@ mod tests {
         }));
         assert!(
             l.ends_with(
-                "198.18.0.1:6699 → [fd00:6b61:74::2]:40000 probe 2/2, idle 61.0 s, \
+                "198.18.0.1:6699 → [fd00:6b61:74::2]:40000 probe 2/2, idle 61s, \
                  previous unanswered  [keepalive 55s/6s/2*] pid 42 (server)"
             ),
             "{l}"
@@ -305,7 +211,7 @@ mod tests {
             kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
         }));
         assert!(
-            l.contains("DEAD keepalive_timeout after 3 unanswered probes, ETIMEDOUT, lived 63.2 s"),
+            l.contains("DEAD keepalive_timeout after 3 unanswered probes, ETIMEDOUT, lived 63s"),
             "{l}"
         );
     }
@@ -328,10 +234,6 @@ mod tests {
         };
         assert!(!wanted(&args, &closed));
         args.all = true;
-        assert!(wanted(&args, &closed));
-        args.selection.ports = vec![22];
-        assert!(!wanted(&args, &closed));
-        args.selection.ports = vec![40000];
         assert!(wanted(&args, &closed));
     }
 }

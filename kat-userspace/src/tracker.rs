@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use kat_common::{context, flag, kind, tcp_state, Record, AF_INET};
 
-use crate::event::{Event, From, Reason, Settings, What};
+use crate::event::{Event, Origin, Reason, Settings, What};
 
 /// How long a CLOSE waits for the RST that may follow it (tcp_close sends
 /// the RST after the state change) before the death is reported anyway.
@@ -96,8 +96,49 @@ struct Sock {
     ask_gap_ns: u64,
 }
 
+/// The kernel's reset reasons (`enum sk_rst_reason`) that tell kat why a
+/// connection died; the rest are only named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelReset {
+    KeepaliveTimeout,
+    AbortOnClose,
+    AbortOnLinger,
+    AbortOnMemory,
+    DisconnectWithData,
+    /// tcp_disconnect's RST: from close() with SO_LINGER 0, or from
+    /// connect(AF_UNSPEC).
+    State,
+    NotSpecified,
+    Other,
+}
+
+impl KernelReset {
+    /// From its BTF name (without SK_RST_REASON_).
+    fn of(name: &str) -> Self {
+        match name {
+            "TCP_KEEPALIVE_TIMEOUT" => Self::KeepaliveTimeout,
+            "TCP_ABORT_ON_CLOSE" => Self::AbortOnClose,
+            "TCP_ABORT_ON_LINGER" => Self::AbortOnLinger,
+            "TCP_ABORT_ON_MEMORY" => Self::AbortOnMemory,
+            "TCP_DISCONNECT_WITH_DATA" => Self::DisconnectWithData,
+            "TCP_STATE" => Self::State,
+            "NOT_SPECIFIED" => Self::NotSpecified,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A kernel reset reason as kat reads it, and as the event names it.
+struct ResetName {
+    kind: KernelReset,
+    name: String,
+}
+
 pub struct Tracker {
-    setup: Setup,
+    hz: u32,
+    /// By value; mapped once at start, not at every death.
+    reset_reasons: HashMap<u32, ResetName>,
+    realtime_offset_ns: i128,
     socks: HashMap<u64, Sock>,
 }
 
@@ -154,8 +195,19 @@ const ETIMEDOUT: i32 = libc::ETIMEDOUT;
 
 impl Tracker {
     pub fn new(setup: Setup) -> Self {
+        let reset_reasons = setup
+            .reset_reasons
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(value, name)| {
+                let kind = KernelReset::of(&name);
+                (value, ResetName { kind, name })
+            })
+            .collect();
         Self {
-            setup,
+            hz: setup.hz,
+            reset_reasons,
+            realtime_offset_ns: setup.realtime_offset_ns,
             socks: HashMap::new(),
         }
     }
@@ -224,25 +276,25 @@ impl Tracker {
     }
 
     fn wall(&self, mono_ns: u64) -> DateTime<Utc> {
-        let ns = mono_ns as i128 + self.setup.realtime_offset_ns;
+        let ns = mono_ns as i128 + self.realtime_offset_ns;
         DateTime::from_timestamp_nanos(i64::try_from(ns).unwrap_or(i64::MAX))
     }
 
     fn settings(&self, rec: &Record) -> Settings {
-        let hz = f64::from(self.setup.hz.max(1));
+        let hz = f64::from(self.hz.max(1));
         let pick = |own: u32, sysctl: u32| {
             if own != 0 {
-                (f64::from(own) / hz, From::Socket)
+                (f64::from(own) / hz, Origin::Socket)
             } else {
-                (f64::from(sysctl) / hz, From::Sysctl)
+                (f64::from(sysctl) / hz, Origin::Sysctl)
             }
         };
         let (idle_s, idle_from) = pick(rec.ka_time, rec.sysctl_time);
         let (intvl_s, intvl_from) = pick(rec.ka_intvl, rec.sysctl_intvl);
         let (probes, probes_from) = if rec.ka_probes != 0 {
-            (rec.ka_probes, From::Socket)
+            (rec.ka_probes, Origin::Socket)
         } else {
-            (rec.sysctl_probes, From::Sysctl)
+            (rec.sysctl_probes, Origin::Sysctl)
         };
         Settings {
             idle_s,
@@ -394,7 +446,7 @@ impl Tracker {
             out.push(self.event(sk, rec.ts_ns, What::ProbeAnswered { probe: was_out }));
         }
         if rec.probes_after > rec.probes_before || rec.flags & flag::PROBE_SENT != 0 {
-            let hz = f64::from(self.setup.hz.max(1));
+            let hz = f64::from(self.hz.max(1));
             let sock = self.socks.get_mut(&sk).expect("inserted above");
             sock.probes_out = rec.probes_after;
             sock.ask_at_ns = rec.ts_ns + ASK_FIRST_NS;
@@ -424,7 +476,8 @@ impl Tracker {
             .reset_sent
             .as_ref()
             .and_then(|r| r.reason)
-            .and_then(|v| self.reason_name(v).map(str::to_string));
+            .and_then(|v| self.reset_reasons.get(&v))
+            .map(|r| r.name.clone());
         let unanswered = closing.probes_out.max(sock.reset_received.unwrap_or(0));
         let found_by_probe =
             reason == Reason::PeerReset && sock.reset_received.is_some_and(|p| p > 0);
@@ -463,14 +516,6 @@ impl Tracker {
         self.socks.remove(&sk);
     }
 
-    fn reason_name(&self, value: u32) -> Option<&str> {
-        self.setup
-            .reset_reasons
-            .as_ref()
-            .and_then(|r| r.get(&value))
-            .map(String::as_str)
-    }
-
     fn classify(&self, sock: &Sock, closing: &Closing) -> Reason {
         let user_timeout = sock.settings.and_then(|s| s.user_timeout_ms).is_some();
         let timed_out = |user_timeout: bool| {
@@ -481,26 +526,28 @@ impl Tracker {
             }
         };
         if let Some(rst) = &sock.reset_sent {
-            let name = rst.reason.and_then(|v| self.reason_name(v));
-            return match name {
-                Some("TCP_KEEPALIVE_TIMEOUT") => timed_out(user_timeout),
-                Some("TCP_ABORT_ON_CLOSE") => Reason::AbortOnClose,
-                Some("TCP_ABORT_ON_LINGER") => Reason::AbortOnLinger,
-                Some("TCP_ABORT_ON_MEMORY") => Reason::AbortOnMemory,
-                Some("TCP_DISCONNECT_WITH_DATA") => Reason::Disconnect,
-                // TCP_STATE is tcp_disconnect's RST: from close() with
-                // SO_LINGER 0, or from connect(AF_UNSPEC). NOT_SPECIFIED,
-                // or no reasons at all (before 6.10): where the RST came
-                // from decides.
-                Some("TCP_STATE") => from_context(rst.context | context::TCP_DISCONNECT),
-                Some("NOT_SPECIFIED") | None => {
+            let kind = rst
+                .reason
+                .and_then(|v| self.reset_reasons.get(&v))
+                .map(|r| r.kind);
+            return match kind {
+                Some(KernelReset::KeepaliveTimeout) => timed_out(user_timeout),
+                Some(KernelReset::AbortOnClose) => Reason::AbortOnClose,
+                Some(KernelReset::AbortOnLinger) => Reason::AbortOnLinger,
+                Some(KernelReset::AbortOnMemory) => Reason::AbortOnMemory,
+                Some(KernelReset::DisconnectWithData) => Reason::Disconnect,
+                // SO_LINGER 0 or connect(AF_UNSPEC): the stack tells which.
+                Some(KernelReset::State) => from_context(rst.context | context::TCP_DISCONNECT),
+                // NOT_SPECIFIED, or no reasons at all (before 6.10): where
+                // the RST came from decides.
+                Some(KernelReset::NotSpecified) | None => {
                     if rst.in_keepalive_timer {
                         timed_out(user_timeout)
                     } else {
                         from_context(rst.context)
                     }
                 }
-                Some(_) => Reason::Unknown,
+                Some(KernelReset::Other) => Reason::Unknown,
             };
         }
         if sock.reset_received.is_some() {

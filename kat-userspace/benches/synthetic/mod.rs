@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
-use kat_userspace::event::{Event, From, Reason, Settings, What};
+use kat_userspace::event::{Event, Origin, Reason, Settings, What};
 use kat_userspace::journal::writer::{Limits, Writer};
 use kat_userspace::journal::{files, Header, FORMAT};
 
@@ -47,11 +47,11 @@ pub fn event(i: u32) -> Event {
         comm: Some("server".into()),
         keepalive: Some(Settings {
             idle_s: 55.0,
-            idle_from: From::Socket,
+            idle_from: Origin::Socket,
             intvl_s: 6.0,
-            intvl_from: From::Socket,
+            intvl_from: Origin::Socket,
             probes: 2,
-            probes_from: From::Sysctl,
+            probes_from: Origin::Sysctl,
             user_timeout_ms: None,
         }),
         sock_ino: 0,

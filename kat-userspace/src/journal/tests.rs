@@ -315,11 +315,11 @@ fn every_kind_of_event_reads_back_field_for_field() {
     let mut with_settings = probe(1.0, 40000, 2);
     with_settings.keepalive = Some(crate::event::Settings {
         idle_s: 55.0,
-        idle_from: crate::event::From::Socket,
+        idle_from: crate::event::Origin::Socket,
         intvl_s: 6.5,
-        intvl_from: crate::event::From::Sysctl,
+        intvl_from: crate::event::Origin::Sysctl,
         probes: 4,
-        probes_from: crate::event::From::Sysctl,
+        probes_from: crate::event::Origin::Sysctl,
         user_timeout_ms: Some(2500),
     });
     let mut bare = death(3.0, 40000, Reason::Unknown);

@@ -137,7 +137,8 @@ fn tell(problems: &[Problem]) {
 pub fn run(args: &ReportArgs) -> Result<()> {
     let filter = filter(args)?;
     let out = if args.conn.is_some() {
-        // Only the matching connections' events are kept, in journal order.
+        // Only the matching connections' events are kept (put in time
+        // order by `timelines`).
         let mut events = Vec::new();
         let read = reader::each_entry(&args.dir, |e| match e {
             Entry::Event(ev) if filter.wants(&ev) => events.push(ev),

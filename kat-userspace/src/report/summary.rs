@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::event::{rfc3339, Closes, ConnKey, Event, Reason, Settings, What};
+use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, What};
 use crate::journal::{Entry, Header};
 
 /// Which events the report looks at.
@@ -84,8 +84,12 @@ fn secs(d: TimeDelta) -> f64 {
 }
 
 /// The connections' timelines in the order they started: a death ends a
-/// timeline, and the same addresses later start a new one.
+/// timeline, and the same addresses later start a new one. Events are put
+/// in time order first, the journal's order breaking ties, as the summary
+/// takes them (events reach the journal up to about half a second late).
 pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timeline<'a>> {
+    let mut events: Vec<&Event> = events.into_iter().collect();
+    events.sort_by_key(|e| e.ts);
     let mut all: Vec<Timeline<'a>> = Vec::new();
     let mut open: HashMap<ConnKey, usize> = HashMap::new();
     for ev in events {
@@ -163,7 +167,9 @@ pub struct Run {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
+    #[serde(serialize_with = "rfc3339_opt")]
     pub from: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "rfc3339_opt")]
     pub to: Option<DateTime<Utc>>,
     pub runs: Vec<Run>,
     pub events: u64,

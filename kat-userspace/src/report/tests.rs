@@ -277,10 +277,10 @@ fn timeline_text_tells_the_story_in_order() {
         "{t}"
     );
     assert!(lines[0].contains("pid 7 (client)"), "{t}");
-    assert!(lines[1].ends_with("probe 1/3, idle 1.0 s"), "{t}");
+    assert!(lines[1].ends_with("probe 1/3, idle 1s"), "{t}");
     assert!(lines[2].ends_with("probe 1 answered"), "{t}");
     assert!(
-        lines[5].ends_with("probe 3/3, idle 12.0 s, previous unanswered"),
+        lines[5].ends_with("probe 3/3, idle 12s, previous unanswered"),
         "{t}"
     );
     assert!(
@@ -431,4 +431,47 @@ fn a_timeline_leaves_memory_when_its_death_is_counted() {
     let s = b.finish();
     assert_eq!((s.connections, s.deaths.len()), (1001, 10));
     assert_eq!(s.abnormal_deaths(), 1000);
+}
+
+#[test]
+fn conn_timelines_are_in_time_order_like_the_summary() {
+    // A death handed over late reaches the journal after a later probe;
+    // another connection's earlier probe comes last.
+    let j = [
+        probe(1.0, 40001, 1),
+        probe(3.0, 40001, 1),
+        death(2.0, 40001, Reason::PeerReset),
+        probe(0.5, 40002, 1),
+    ];
+    let t = timelines(j.iter());
+    let story: Vec<(u16, Vec<DateTime<Utc>>)> = t
+        .iter()
+        .map(|t| (t.conn.sport, t.events.iter().map(|e| e.ts).collect()))
+        .collect();
+    assert_eq!(
+        story,
+        [
+            (40002, vec![at(0.5)]),
+            (40001, vec![at(1.0), at(2.0)]),
+            (40001, vec![at(3.0)]),
+        ],
+        "in the order they started; the death ends a timeline, the probe after it starts another"
+    );
+}
+
+#[test]
+fn json_from_and_to_are_rfc3339_like_every_other_time() {
+    let s = summarize(&journal(), &Filter::default(), 10);
+    let v = serde_json::to_value(&s).expect("JSON");
+    let from = v["from"].as_str().expect("from");
+    assert_eq!(
+        Some(from),
+        s.from
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .as_deref()
+    );
+    assert!(from.ends_with(".000Z"), "{from}");
+    assert!(v["to"].as_str().is_some_and(|t| t.ends_with('Z')), "{v}");
+    let empty = summarize(&[], &Filter::default(), 10);
+    assert!(serde_json::to_value(&empty).expect("JSON")["from"].is_null());
 }

@@ -4,21 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use chrono::{DateTime, Local, Utc};
-
 use super::summary::{Summary, Timeline, Worst};
-use crate::top::view::duration;
-use crate::trace::{settings_text, what_text};
-
-fn time(ts: DateTime<Utc>) -> String {
-    let local: DateTime<Local> = ts.into();
-    local.format("%Y-%m-%d %H:%M:%S").to_string()
-}
-
-fn time_ms(ts: DateTime<Utc>) -> String {
-    let local: DateTime<Local> = ts.into();
-    local.format("%Y-%m-%d %H:%M:%S%.3f").to_string()
-}
+use crate::text::{self, date_time as time, duration};
 
 fn opt_s(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), duration)
@@ -148,12 +135,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
                 details.push(format!("lived {}", duration(l)));
             }
             if let Some(pid) = d.pid {
-                let comm = d
-                    .comm
-                    .as_ref()
-                    .map(|c| format!(" ({c})"))
-                    .unwrap_or_default();
-                details.push(format!("pid {pid}{comm}"));
+                details.push(format!("pid {}", text::process(pid, d.comm.as_deref())));
             }
             let line = format!(
                 "  {}  {:<48} {:<18} {}",
@@ -184,17 +166,19 @@ pub fn timelines(conns: &[Timeline]) -> String {
         }
         let mut head = format!("{}  netns {}", t.conn, t.conn.netns);
         if let Some(pid) = t.pid {
-            let _ = write!(head, "  pid {pid}");
-            if let Some(c) = &t.comm {
-                let _ = write!(head, " ({c})");
-            }
+            let _ = write!(head, "  pid {}", text::process(pid, t.comm.as_deref()));
         }
         if let Some(k) = &t.keepalive {
-            let _ = write!(head, "  {}", settings_text(k));
+            let _ = write!(head, "  {}", text::settings(k));
         }
         let _ = writeln!(out, "{head}");
         for ev in &t.events {
-            let _ = writeln!(out, "  {}  {}", time_ms(ev.ts), what_text(&ev.what));
+            let _ = writeln!(
+                out,
+                "  {}  {}",
+                text::date_time_ms(ev.ts),
+                text::what(&ev.what)
+            );
         }
         if t.death().is_none() {
             let _ = writeln!(out, "  (no death recorded: alive when the journal ends)");

@@ -7,6 +7,7 @@ pub mod model;
 pub mod replay;
 pub mod view;
 
+use std::collections::VecDeque;
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,11 +21,11 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
-use crate::engine::{Engine, Selection, StopSignals, ANSWER_POLL};
+use crate::engine::{Engine, Selection, Step, StopSignals};
 use crate::journal::{reader, Entry};
 use crate::tracker::state_name;
 use crate::{diag, kernel};
-use model::{Action, ConnKey, Key, Live, Model, Msg};
+use model::{pid_wanted, Action, ConnKey, Key, Live, Model, Msg};
 use replay::{Replay, MAX_SPEED, MIN_SPEED};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -125,7 +126,7 @@ fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
                 },
                 state: state_name(s.state),
                 uid: s.uid,
-                owner: engine.owners.index.owner(u64::from(s.inode)),
+                owner: engine.owner(u64::from(s.inode)),
                 next_run_s: k.expires.as_secs_f64(),
                 probes_out: s.probes_out,
             }
@@ -160,6 +161,36 @@ impl SnapshotPace {
     }
 }
 
+/// Hands the messages to the model, and the keys it routes to the
+/// replay's player (with `--replay`) to the player, whose answer goes to
+/// the model in turn. False once the model says quit.
+fn update(model: &mut Model, mut replay: Option<&mut Replay>, msgs: Vec<Msg>) -> bool {
+    let mut msgs = VecDeque::from(msgs);
+    while let Some(msg) = msgs.pop_front() {
+        match model.update(msg) {
+            Action::Continue => {}
+            Action::Quit => return false,
+            Action::Replay(k) => {
+                if let Some(r) = replay.as_deref_mut() {
+                    msgs.extend(r.key(k));
+                }
+            }
+        }
+    }
+    true
+}
+
+/// A key pressed, as a message; other terminal events are none.
+fn key_msg(term: Option<std::io::Result<TermEvent>>) -> Result<Option<Msg>> {
+    match term {
+        Some(Ok(TermEvent::Key(k))) => Ok(key(k).map(Msg::Key)),
+        Some(Ok(_)) => Ok(None),
+        Some(Err(e)) => bail!("reading the terminal: {e}"),
+        // The terminal is gone: as good as Ctrl-C.
+        None => Ok(Some(Msg::Key(Key::CtrlC))),
+    }
+}
+
 pub async fn run(args: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
@@ -174,7 +205,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default(),
         kernel::release(),
-        engine.loaded.lanes_text(),
+        engine.lanes_text(),
         Utc::now(),
     );
     model.pid = args.pid;
@@ -188,58 +219,41 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let _guard = TerminalGuard::enter()?;
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut keys = EventStream::new();
-    let mut stop = StopSignals::catch()?;
     let mut second = tokio::time::interval(Duration::from_secs(1));
-    let mut answers = tokio::time::interval(ANSWER_POLL);
     let mut pace = SnapshotPace::default();
     loop {
         terminal.draw(|f| view::view(f, &model))?;
         let mut msgs = Vec::new();
         tokio::select! {
-            batch = engine.source.next_batch() => {
-                msgs.extend(engine.records(batch).into_iter().map(|e| Msg::Event(Box::new(e))));
-            }
-            _ = answers.tick() => engine.ask_answers(),
-            Some(found) = engine.diag.answers.recv() => {
-                msgs.extend(engine.answers(found).into_iter().map(|e| Msg::Event(Box::new(e))));
-            }
-            () = engine.owners.ready() => {
-                msgs.extend(engine.release().into_iter().map(|e| Msg::Event(Box::new(e))));
-            }
+            step = engine.next() => match step {
+                Step::Events(events) => {
+                    for ev in events {
+                        if !seen_netns.contains(&ev.netns) {
+                            seen_netns.push(ev.netns);
+                        }
+                        msgs.push(Msg::Event(Box::new(ev)));
+                    }
+                }
+                Step::Snapshot(sockets) => {
+                    pace.answered(Instant::now());
+                    msgs.push(Msg::Snapshot(live(&engine, sockets)));
+                }
+                Step::Stop => break,
+            },
             // The first tick is at once: the first snapshot is asked for then.
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
-                let lost = engine.source.lost();
+                let lost = engine.lost();
                 msgs.push(Msg::Lost { total: lost.total(), precious: lost.precious() });
-                msgs.push(Msg::Closes(engine.closes.take(Utc::now()).iter().map(|c| c.count).sum()));
+                msgs.push(Msg::Closes(engine.take_closes(Utc::now()).iter().map(|c| c.count).sum()));
                 if pace.due(Instant::now()) {
-                    engine.diag.ask_snapshot(seen_netns.clone());
+                    engine.ask_snapshot(seen_netns.clone());
                 }
             }
-            Some(sockets) = engine.diag.snapshots.recv() => {
-                pace.answered(Instant::now());
-                msgs.push(Msg::Snapshot(live(&engine, sockets)));
-            }
-            term = keys.next() => match term {
-                Some(Ok(TermEvent::Key(k))) => msgs.extend(key(k).map(Msg::Key)),
-                Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("reading the terminal: {e}"),
-                None => break,
-            },
-            () = stop.recv() => break,
+            term = keys.next() => msgs.extend(key_msg(term)?),
         }
-        for msg in msgs {
-            if let Msg::Event(ev) = &msg {
-                if !seen_netns.contains(&ev.netns) {
-                    seen_netns.push(ev.netns);
-                }
-                if args.pid.is_some() && ev.pid != args.pid {
-                    continue;
-                }
-            }
-            if model.update(msg) == Action::Quit {
-                return Ok(());
-            }
+        if !update(&mut model, None, msgs) {
+            break;
         }
     }
     Ok(())
@@ -261,8 +275,10 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
         })
         .unwrap_or_else(|| ("?".into(), "?".into(), "lanes unknown".into()));
     let filtered = !args.selection.ports.is_empty() || args.pid.is_some();
+    // The player rebuilds the table from the events it plays: it plays only
+    // those the model would keep.
     let keep = |ev: &crate::event::Event| {
-        args.selection.wants(ev.sport, ev.dport) && (args.pid.is_none() || ev.pid == args.pid)
+        args.selection.wants(ev.sport, ev.dport) && pid_wanted(args.pid, ev.pid)
     };
     let mut replay = Replay::new(journal.entries, keep, args.speed, journal.problems.len())
         .ok_or_else(|| {
@@ -287,10 +303,8 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
     let mut last = tokio::time::Instant::now();
     let mut msgs = replay.advance(Duration::ZERO);
     loop {
-        for msg in msgs.drain(..) {
-            if model.update(msg) == Action::Quit {
-                return Ok(());
-            }
+        if !update(&mut model, Some(&mut replay), std::mem::take(&mut msgs)) {
+            break;
         }
         terminal.draw(|f| view::view(f, &model))?;
         tokio::select! {
@@ -298,17 +312,7 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
                 msgs = replay.advance(now - last);
                 last = now;
             }
-            term = keys.next() => match term {
-                Some(Ok(TermEvent::Key(k))) => {
-                    let Some(k) = key(k) else { continue };
-                    // While a filter is typed every key is text.
-                    let played = if model.editing_filter { None } else { replay.key(k) };
-                    msgs = played.unwrap_or_else(|| vec![Msg::Key(k)]);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => bail!("reading the terminal: {e}"),
-                None => break,
-            },
+            term = keys.next() => msgs.extend(key_msg(term)?),
             () = stop.recv() => break,
         }
     }

@@ -35,7 +35,8 @@ pub struct Death {
     pub errno: Option<String>,
     pub probes: u8,
     pub lifetime_s: Option<f64>,
-    pub owner: Option<String>,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
 }
 
 /// One row of the connections table.
@@ -130,12 +131,42 @@ pub struct ReplayStatus {
 pub enum Action {
     Continue,
     Quit,
+    /// A key for the replay's player (`Replay::key`), which answers with
+    /// messages for the model.
+    Replay(Key),
+}
+
+/// The keys a replay's player takes; the others are the model's.
+fn replay_key(k: Key) -> bool {
+    matches!(k, Key::Char('p' | ' ' | '+' | '=' | '-' | 'n' | ']'))
+}
+
+/// What happened in one second, for the charts and the rate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Second {
+    pub probes: u64,
+    pub deaths: u64,
+    pub events: u64,
+}
+
+/// `--pid`: whether a connection owned by `owner` is shown. One whose
+/// owner is not known (yet) is kept: the owner index may learn it a walk
+/// later, and a probe or death dropped now would never come back.
+pub fn pid_wanted(pid: Option<u32>, owner: Option<u32>) -> bool {
+    match (pid, owner) {
+        (Some(want), Some(owner)) => want == owner,
+        _ => true,
+    }
 }
 
 /// Seconds of rate history kept for the charts.
 pub const HISTORY: usize = 300;
 const DEATHS_KEPT: usize = 500;
 const TIMELINE_KEPT: usize = 50;
+/// Connections whose timeline is kept: beyond this, the one whose last
+/// event is oldest goes. (A timeline also goes when its connection dies,
+/// unless it is the one shown.)
+const TIMELINES_KEPT: usize = 10_000;
 /// Rows a page key moves.
 pub const PAGE: usize = 10;
 
@@ -154,9 +185,9 @@ pub struct Model {
     pub lost: u64,
     /// Of `lost`, records other than orderly closes.
     pub lost_precious: u64,
-    /// (probes, deaths, events) per second, newest last.
-    pub history: VecDeque<(u64, u64, u64)>,
-    current: (u64, u64, u64),
+    /// One entry per second, newest last.
+    pub history: VecDeque<Second>,
+    current: Second,
     pub selected: usize,
     pub filter: String,
     pub editing_filter: bool,
@@ -165,7 +196,7 @@ pub struct Model {
     pending: Vec<Msg>,
     pub help: bool,
     pub detail: Option<ConnKey>,
-    /// Only connections owned by this pid (`--pid`).
+    /// Only connections owned by this pid (`--pid`; see `pid_wanted`).
     pub pid: Option<u32>,
     /// Set when a journal is replayed rather than the kernel watched.
     pub replay: Option<ReplayStatus>,
@@ -190,7 +221,7 @@ impl Model {
             lost: 0,
             lost_precious: 0,
             history: VecDeque::new(),
-            current: (0, 0, 0),
+            current: Second::default(),
             selected: 0,
             filter: String::new(),
             editing_filter: false,
@@ -210,8 +241,7 @@ impl Model {
             Msg::Key(k) => return self.key(k),
             Msg::Tick(now) => {
                 self.now = now;
-                self.history.push_back(self.current);
-                self.current = (0, 0, 0);
+                self.history.push_back(std::mem::take(&mut self.current));
                 while self.history.len() > HISTORY {
                     self.history.pop_front();
                 }
@@ -227,6 +257,7 @@ impl Model {
             Msg::Snapshot(live) => {
                 self.live = live;
                 self.listing = false;
+                self.clamp_selection();
             }
             Msg::Closes(n) if n > 0 => {
                 *self.deaths_by_reason.entry(Reason::Closed).or_default() += n
@@ -237,11 +268,17 @@ impl Model {
     }
 
     fn event(&mut self, ev: Event) {
+        if !pid_wanted(self.pid, ev.pid) {
+            return;
+        }
         let key = ConnKey::of(&ev);
         self.events_total += 1;
-        self.current.2 += 1;
+        self.current.events += 1;
         if let Some(s) = ev.keepalive {
             self.settings.insert(key, s);
+        }
+        if !self.timelines.contains_key(&key) && self.timelines.len() >= TIMELINES_KEPT {
+            self.drop_oldest_timeline();
         }
         let timeline = self.timelines.entry(key).or_default();
         timeline.push_back(TimelineEntry {
@@ -253,7 +290,7 @@ impl Model {
         }
         match &ev.what {
             What::Probe { idle_s, .. } => {
-                self.current.0 += 1;
+                self.current.probes += 1;
                 self.idle.insert(key, *idle_s);
             }
             What::ProbeAnswered { .. } => {}
@@ -264,7 +301,7 @@ impl Model {
                 lifetime_s,
                 ..
             } => {
-                self.current.1 += 1;
+                self.current.deaths += 1;
                 *self.deaths_by_reason.entry(*reason).or_default() += 1;
                 self.deaths.push_front(Death {
                     ts: ev.ts,
@@ -273,15 +310,47 @@ impl Model {
                     errno: errno.clone(),
                     probes: *unanswered_probes,
                     lifetime_s: *lifetime_s,
-                    owner: ev
-                        .comm
-                        .as_ref()
-                        .map(|c| format!("{}/{c}", ev.pid.unwrap_or(0))),
+                    pid: ev.pid,
+                    comm: ev.comm.clone(),
                 });
                 self.deaths.truncate(DEATHS_KEPT);
                 self.live.retain(|l| l.key != key);
                 self.settings.remove(&key);
                 self.idle.remove(&key);
+                // Only the detail view can show a dead connection's timeline.
+                if self.detail != Some(key) {
+                    self.timelines.remove(&key);
+                }
+                self.clamp_selection();
+            }
+        }
+    }
+
+    /// The timeline whose last event is oldest, other than the one shown.
+    fn drop_oldest_timeline(&mut self) {
+        let oldest = self
+            .timelines
+            .iter()
+            .filter(|(k, _)| self.detail != Some(**k))
+            .min_by_key(|(_, t)| t.back().map(|e| e.ts))
+            .map(|(k, _)| *k);
+        if let Some(k) = oldest {
+            self.timelines.remove(&k);
+        }
+    }
+
+    /// Keeps the cursor on a row when the table shrinks under it.
+    fn clamp_selection(&mut self) {
+        let rows = self.live.iter().filter(|l| self.matches(l)).count();
+        self.selected = self.selected.min(rows.saturating_sub(1));
+    }
+
+    /// Leaves the detail view; the timeline of a connection that is gone
+    /// meanwhile can no longer be shown, so it goes too.
+    fn close_detail(&mut self) {
+        if let Some(key) = self.detail.take() {
+            if !self.live.iter().any(|l| l.key == key) {
+                self.timelines.remove(&key);
             }
         }
     }
@@ -300,12 +369,15 @@ impl Model {
             self.selected = 0;
             return Action::Continue;
         }
+        if self.replay.is_some() && replay_key(k) {
+            return Action::Replay(k);
+        }
         let last = self.rows().len().saturating_sub(1);
         match k {
             Key::Char('q') | Key::CtrlC => return Action::Quit,
             Key::Char('?') => self.help = !self.help,
             Key::Esc if self.help => self.help = false,
-            Key::Esc => self.detail = None,
+            Key::Esc => self.close_detail(),
             Key::Char('/') => {
                 self.editing_filter = true;
                 self.filter.clear();
@@ -320,7 +392,11 @@ impl Model {
                 }
             }
             Key::Enter => {
-                self.detail = self.rows().get(self.selected).map(|r| r.live.key);
+                let chosen = self.rows().get(self.selected).map(|r| r.live.key);
+                if chosen != self.detail {
+                    self.close_detail();
+                    self.detail = chosen;
+                }
             }
             Key::Up => self.selected = self.selected.saturating_sub(1),
             Key::Down => self.selected = (self.selected + 1).min(last),
@@ -334,7 +410,7 @@ impl Model {
     }
 
     fn matches(&self, l: &Live) -> bool {
-        if self.pid.is_some() && l.owner.as_ref().map(|o| o.pid) != self.pid {
+        if !pid_wanted(self.pid, l.owner.as_ref().map(|o| o.pid)) {
             return false;
         }
         let f = self.filter.trim();
@@ -393,7 +469,7 @@ impl Model {
 
     /// Events in the last complete second.
     pub fn events_per_s(&self) -> u64 {
-        self.history.back().map_or(0, |h| h.2)
+        self.history.back().map_or(0, |h| h.events)
     }
 }
 

@@ -158,18 +158,17 @@ impl Replay {
         self.play(false)
     }
 
-    /// A replay key, played; None for the model's keys.
-    pub fn key(&mut self, k: Key) -> Option<Vec<Msg>> {
+    /// A replay key (the model routes them here), played.
+    pub fn key(&mut self, k: Key) -> Vec<Msg> {
         match k {
             // At the end there is nothing left to resume.
             Key::Char('p' | ' ') if !self.items.is_empty() => self.paused = !self.paused,
-            Key::Char('p' | ' ') => {}
             Key::Char('+' | '=') => self.speed = (self.speed * 2.0).min(MAX_SPEED),
             Key::Char('-') => self.speed = (self.speed / 2.0).max(MIN_SPEED),
             Key::Char('n') => {
                 if let Some(ts) = self.next_event() {
                     self.clock = self.clock.max(ts);
-                    return Some(self.play(true));
+                    return self.play(true);
                 }
             }
             Key::Char(']') => {
@@ -178,12 +177,12 @@ impl Replay {
                     .and_then(|ts| ts.checked_sub_signed(TimeDelta::seconds(1)));
                 if let Some(ts) = quiet_until {
                     self.clock = self.clock.max(ts);
-                    return Some(self.play(false));
+                    return self.play(false);
                 }
             }
-            _ => return None,
+            _ => {}
         }
-        Some(vec![Msg::Replay(self.status())])
+        vec![Msg::Replay(self.status())]
     }
 
     fn next_event(&self) -> Option<DateTime<Utc>> {

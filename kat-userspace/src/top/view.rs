@@ -1,6 +1,5 @@
 //! The dashboard drawn from the model: a pure function of its state.
 
-use chrono::{DateTime, Local};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style, Stylize};
 use ratatui::text::{Line, Span};
@@ -9,8 +8,9 @@ use ratatui::widgets::{
 };
 use ratatui::Frame;
 
-use super::model::{ConnKey, Model, ReplayStatus, Row};
-use crate::event::{endpoint, From, Reason, What};
+use super::model::{ConnKey, Model, ReplayStatus, Row, Second};
+use crate::event::{Reason, What};
+use crate::text::{self, duration, endpoint};
 
 /// Smallest terminal the layout works in.
 pub const MIN_WIDTH: u16 = 60;
@@ -18,23 +18,6 @@ pub const MIN_HEIGHT: u16 = 15;
 
 /// Below this width columns are dropped and local addresses shortened.
 const WIDE: u16 = 120;
-
-pub fn duration(s: f64) -> String {
-    if s < 10.0 {
-        let tenths = (s * 10.0).round();
-        if tenths % 10.0 == 0.0 {
-            format!("{}s", tenths / 10.0)
-        } else {
-            format!("{s:.1}s")
-        }
-    } else if s < 120.0 {
-        format!("{s:.0}s")
-    } else if s < 7200.0 {
-        format!("{:.0}m", s / 60.0)
-    } else {
-        format!("{:.1}h", s / 3600.0)
-    }
-}
 
 /// `:local-port → remote` where space is short: the local address is
 /// usually the host's own.
@@ -53,18 +36,6 @@ fn pick<T>(cells: impl IntoIterator<Item = T>, shown: &[bool]) -> Vec<T> {
         .zip(shown)
         .filter_map(|(c, &keep)| keep.then_some(c))
         .collect()
-}
-
-fn mark(f: From) -> &'static str {
-    match f {
-        From::Socket => "",
-        From::Sysctl => "*",
-    }
-}
-
-fn time(ts: &chrono::DateTime<chrono::Utc>) -> String {
-    let local: DateTime<Local> = (*ts).into();
-    local.format("%H:%M:%S").to_string()
 }
 
 fn reason_style(r: Reason) -> Style {
@@ -164,7 +135,6 @@ fn draw_header(frame: &mut Frame, area: Rect, m: &Model) {
 /// Where the replay stands, first: the clock is the one thing that must
 /// never be mistaken for the present.
 fn replay_title(r: &ReplayStatus) -> Vec<Span<'static>> {
-    let local: DateTime<Local> = r.clock.into();
     let state = if r.at_end {
         " end of journal"
     } else if r.paused {
@@ -174,7 +144,7 @@ fn replay_title(r: &ReplayStatus) -> Vec<Span<'static>> {
     };
     let mut title = vec![Span::from(format!(
         "REPLAY {} ×{}{state}",
-        local.format("%Y-%m-%d %H:%M:%S"),
+        text::date_time(r.clock),
         r.speed
     ))
     .bold()
@@ -193,12 +163,12 @@ fn draw_charts(frame: &mut Frame, area: Rect, m: &Model) {
     let [left, right] =
         Layout::horizontal([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(area);
     let width = usize::from(left.width.saturating_sub(2));
-    let recent = |pick: fn(&(u64, u64, u64)) -> u64| -> Vec<u64> {
+    let recent = |pick: fn(&Second) -> u64| -> Vec<u64> {
         let skip = m.history.len().saturating_sub(width);
         m.history.iter().skip(skip).map(pick).collect()
     };
-    let probes = recent(|h| h.0);
-    let deaths = recent(|h| h.1);
+    let probes = recent(|h| h.probes);
+    let deaths = recent(|h| h.deaths);
     let title = |name: &str, v: &[u64]| {
         format!(
             " {name} (max {}/s, {} s) ",
@@ -246,18 +216,8 @@ fn probes_cell(r: &Row) -> Cell<'static> {
 }
 
 fn keepalive_text(r: &Row) -> String {
-    match r.settings {
-        Some(s) => format!(
-            "{}{}/{}{}/{}{}",
-            duration(s.idle_s),
-            mark(s.idle_from),
-            duration(s.intvl_s),
-            mark(s.intvl_from),
-            s.probes,
-            mark(s.probes_from)
-        ),
-        None => "?".into(),
-    }
+    r.settings
+        .map_or_else(|| "?".into(), |s| text::keepalive(&s))
 }
 
 fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
@@ -290,7 +250,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
         .map(|r| {
             let owner = r.live.owner.as_ref().map_or_else(
                 || format!("uid {}", r.live.uid),
-                |o| format!("{}/{}", o.pid, o.comm),
+                |o| text::process(o.pid, Some(&o.comm)),
             );
             TableRow::new(pick(
                 [
@@ -305,7 +265,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
                     Cell::from(
                         r.settings
                             .and_then(|s| s.user_timeout_ms)
-                            .map_or("-".into(), |ms| duration(f64::from(ms) / 1000.0)),
+                            .map_or("-".into(), text::user_timeout),
                     ),
                 ],
                 &shown,
@@ -372,13 +332,16 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
         .map(|d| {
             TableRow::new(pick(
                 [
-                    Cell::from(time(&d.ts)),
+                    Cell::from(text::clock(d.ts)),
                     Cell::from(conn_short(&d.key, wide)),
                     Cell::from(d.reason.name()).style(reason_style(d.reason)),
                     Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
                     Cell::from(d.probes.to_string()),
                     Cell::from(d.lifetime_s.map_or("-".into(), duration)),
-                    Cell::from(d.owner.clone().unwrap_or_else(|| "-".into())),
+                    Cell::from(
+                        d.pid
+                            .map_or("-".into(), |p| text::process(p, d.comm.as_deref())),
+                    ),
                 ],
                 &shown,
             ))
@@ -404,47 +367,12 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
     frame.render_widget(table, area);
 }
 
-fn timeline_text(what: &What) -> (String, Style) {
+/// An event of the timeline in the words of every view, coloured by kind.
+fn timeline_style(what: &What) -> Style {
     match what {
-        What::Probe {
-            probe,
-            probes_max,
-            idle_s,
-        } => {
-            let silence = if *probe > 1 {
-                ", previous unanswered"
-            } else {
-                ""
-            };
-            (
-                format!(
-                    "probe {probe}/{probes_max} sent, idle {}{silence}",
-                    duration(*idle_s)
-                ),
-                Style::new().fg(Color::Yellow),
-            )
-        }
-        What::ProbeAnswered { probe } => (
-            format!("probe {probe} answered (ACK)"),
-            Style::new().fg(Color::Green),
-        ),
-        What::Death {
-            reason,
-            errno,
-            state,
-            kernel_reset_reason,
-            ..
-        } => (
-            format!(
-                "DEAD {} from {state}{}{}",
-                reason.name(),
-                errno.as_ref().map_or(String::new(), |e| format!(", {e}")),
-                kernel_reset_reason
-                    .as_ref()
-                    .map_or(String::new(), |k| format!(" (kernel: {k})"))
-            ),
-            reason_style(*reason).bold(),
-        ),
+        What::Probe { .. } => Style::new().fg(Color::Yellow),
+        What::ProbeAnswered { .. } => Style::new().fg(Color::Green),
+        What::Death { reason, .. } => reason_style(*reason).bold(),
     }
 }
 
@@ -460,25 +388,17 @@ fn draw_detail(frame: &mut Frame, area: Rect, m: &Model, key: &ConnKey) {
     }
     if let Some(s) = m.settings.get(key) {
         lines.push(Line::from(format!(
-            "keepalive idle {}{} interval {}{} probes {}{}{}   (* = namespace sysctl)",
-            duration(s.idle_s),
-            mark(s.idle_from),
-            duration(s.intvl_s),
-            mark(s.intvl_from),
-            s.probes,
-            mark(s.probes_from),
-            s.user_timeout_ms
-                .map_or(String::new(), |ms| format!(", TCP_USER_TIMEOUT {ms} ms"))
+            "{}   (idle/interval/probes; * = namespace sysctl)",
+            text::settings(s)
         )));
     }
     lines.push(Line::from(""));
     match m.timelines.get(key) {
         Some(t) if !t.is_empty() => {
             for entry in t {
-                let (text, style) = timeline_text(&entry.what);
                 lines.push(Line::from(vec![
-                    Span::from(format!("{}  ", time(&entry.ts))),
-                    Span::styled(text, style),
+                    Span::from(format!("{}  ", text::clock(entry.ts))),
+                    Span::styled(text::what(&entry.what), timeline_style(&entry.what)),
                 ]));
             }
         }

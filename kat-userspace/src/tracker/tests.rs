@@ -125,7 +125,7 @@ fn numbers_probes_and_sees_answers_at_the_next_timer_run() {
     }
     let ka = ev[0].keepalive.expect("settings");
     assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (2.0, 1.0, 3));
-    assert_eq!(ka.idle_from, From::Socket);
+    assert_eq!(ka.idle_from, Origin::Socket);
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn settings_fall_back_to_the_namespace_sysctls() {
     assert_eq!((ka.idle_s, ka.intvl_s, ka.probes), (7200.0, 75.0, 9));
     assert_eq!(
         (ka.idle_from, ka.intvl_from, ka.probes_from),
-        (From::Sysctl, From::Sysctl, From::Sysctl)
+        (Origin::Sysctl, Origin::Sysctl, Origin::Sysctl)
     );
 }
 
@@ -474,4 +474,30 @@ fn a_probe_is_asked_about_after_a_moment_then_less_and_less_often() {
     feed(&mut t, [timer(61.0, 1, 2)]);
     assert!(t.due_for_answer(at(61.1)).is_empty());
     assert_eq!(t.due_for_answer(at(61.3)).len(), 1);
+}
+
+#[test]
+fn kernel_reset_reasons_are_typed_once_at_start() {
+    for (name, kind) in [
+        ("TCP_KEEPALIVE_TIMEOUT", KernelReset::KeepaliveTimeout),
+        ("TCP_ABORT_ON_CLOSE", KernelReset::AbortOnClose),
+        ("TCP_ABORT_ON_LINGER", KernelReset::AbortOnLinger),
+        ("TCP_ABORT_ON_MEMORY", KernelReset::AbortOnMemory),
+        ("TCP_DISCONNECT_WITH_DATA", KernelReset::DisconnectWithData),
+        ("TCP_STATE", KernelReset::State),
+        ("NOT_SPECIFIED", KernelReset::NotSpecified),
+        ("TCP_TIMEOUT", KernelReset::Other),
+    ] {
+        assert_eq!(KernelReset::of(name), kind, "{name}");
+    }
+    let t = tracker();
+    assert_eq!(
+        t.reset_reasons.get(&KEEPALIVE_TIMEOUT).map(|r| r.kind),
+        Some(KernelReset::KeepaliveTimeout)
+    );
+    assert_eq!(
+        t.reset_reasons.get(&TCP_STATE).map(|r| r.name.as_str()),
+        Some("TCP_STATE"),
+        "the event still names it as the kernel does"
+    );
 }

@@ -1,5 +1,5 @@
 use super::*;
-use crate::event::From;
+use crate::event::Origin;
 use crate::owner::Owner;
 
 pub(crate) fn at(s: i64) -> DateTime<Utc> {
@@ -33,11 +33,11 @@ pub(crate) fn live(k: ConnKey, probes_out: u8, next: f64, comm: &str) -> Live {
 pub(crate) fn settings() -> Settings {
     Settings {
         idle_s: 2.0,
-        idle_from: From::Socket,
+        idle_from: Origin::Socket,
         intvl_s: 1.0,
-        intvl_from: From::Socket,
+        intvl_from: Origin::Socket,
         probes: 3,
-        probes_from: From::Sysctl,
+        probes_from: Origin::Sysctl,
         user_timeout_ms: None,
     }
 }
@@ -151,15 +151,24 @@ fn deaths_are_counted_by_reason_newest_first() {
     assert_eq!(m.deaths[1].reason, Reason::KeepaliveTimeout);
     assert_eq!(m.deaths_by_reason[&Reason::KeepaliveTimeout], 1);
     assert_eq!(m.deaths_by_reason[&Reason::PeerReset], 1);
-    assert_eq!(m.deaths[0].owner.as_deref(), Some("4242/client"));
+    assert_eq!(
+        (m.deaths[0].pid, m.deaths[0].comm.as_deref()),
+        (Some(4242), Some("client"))
+    );
 }
 
 #[test]
 fn history_counts_probes_and_deaths_per_second() {
     let m = populated();
     // Second 1: four probes (and one answer); second 2: one death.
-    assert_eq!(m.history.iter().map(|h| h.0).collect::<Vec<_>>(), [4, 0]);
-    assert_eq!(m.history.iter().map(|h| h.1).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        m.history.iter().map(|h| h.probes).collect::<Vec<_>>(),
+        [4, 0]
+    );
+    assert_eq!(
+        m.history.iter().map(|h| h.deaths).collect::<Vec<_>>(),
+        [0, 1]
+    );
     assert_eq!(m.events_per_s(), 1);
 }
 
@@ -259,4 +268,130 @@ fn a_replay_sets_its_status_and_the_clock_follows_its_ticks() {
     assert_eq!(m.replay, Some(status));
     assert_eq!(m.now, at(9));
     assert!(!m.paused, "the replay's pause is not the live one");
+}
+
+#[test]
+fn a_table_that_shrinks_under_the_cursor_keeps_it_on_a_row() {
+    let mut m = populated();
+    m.update(Msg::Key(Key::End));
+    assert_eq!(m.selected, 2);
+    // The probing connection (first row) dies: two rows are left.
+    m.update(Msg::Event(Box::new(event(
+        key(40003, 6700),
+        8,
+        death(Reason::PeerReset),
+    ))));
+    assert_eq!(m.rows().len(), 2);
+    assert_eq!(m.selected, 1, "on the last row that is left");
+    m.update(Msg::Snapshot(vec![live(
+        key(40001, 6699),
+        0,
+        1.0,
+        "client",
+    )]));
+    assert_eq!(m.selected, 0);
+    m.update(Msg::Snapshot(Vec::new()));
+    assert_eq!(m.selected, 0, "an empty table has the cursor at its top");
+}
+
+#[test]
+fn timelines_go_with_their_connection_and_are_bounded() {
+    let mut m = populated();
+    let (c, dead) = (key(40003, 6700), key(40004, 6700));
+    assert!(
+        !m.timelines.contains_key(&dead),
+        "a death takes its timeline"
+    );
+    // The one shown stays until the detail view is left.
+    m.update(Msg::Key(Key::Enter));
+    assert_eq!(m.detail, Some(c));
+    m.update(Msg::Event(Box::new(event(c, 8, death(Reason::PeerReset)))));
+    assert_eq!(m.timelines[&c].len(), 3, "two probes and the death, shown");
+    m.update(Msg::Key(Key::Esc));
+    assert!(!m.timelines.contains_key(&c));
+    // Connections that never die (their death lost) cannot pile up.
+    for i in 0..TIMELINES_KEPT + 10 {
+        let k = ConnKey {
+            sport: (i % 60_000) as u16,
+            dport: (i / 60_000) as u16,
+            ..key(0, 0)
+        };
+        m.update(Msg::Event(Box::new(event(
+            k,
+            10 + i as i64,
+            What::ProbeAnswered { probe: 1 },
+        ))));
+    }
+    assert_eq!(m.timelines.len(), TIMELINES_KEPT);
+    assert!(
+        !m.timelines.contains_key(&key(40001, 6699)),
+        "the oldest went first"
+    );
+    let newest = ConnKey {
+        sport: ((TIMELINES_KEPT + 9) % 60_000) as u16,
+        ..key(0, 0)
+    };
+    assert!(m.timelines.contains_key(&newest));
+}
+
+#[test]
+fn keys_are_routed_in_the_model() {
+    let mut m = populated();
+    assert_eq!(m.update(Msg::Key(Key::Char('p'))), Action::Continue);
+    assert!(m.paused, "live, p pauses the dashboard");
+    m.update(Msg::Key(Key::Char('p')));
+    m.update(Msg::Replay(ReplayStatus {
+        clock: at(9),
+        speed: 1.0,
+        paused: false,
+        at_end: false,
+        problems: 0,
+    }));
+    for c in ['p', ' ', '+', '=', '-', 'n', ']'] {
+        assert_eq!(
+            m.update(Msg::Key(Key::Char(c))),
+            Action::Replay(Key::Char(c)),
+            "{c} is the player's"
+        );
+    }
+    assert!(!m.paused, "the replay's pause is the player's");
+    assert_eq!(m.update(Msg::Key(Key::Char('s'))), Action::Continue);
+    assert_eq!(m.sort, Sort::Local, "the model's keys pass");
+    m.update(Msg::Key(Key::Char('/')));
+    assert_eq!(m.update(Msg::Key(Key::Char('n'))), Action::Continue);
+    assert_eq!(m.filter, "n", "while a filter is typed every key is text");
+}
+
+#[test]
+fn pid_keeps_its_process_and_the_owners_not_known_yet() {
+    let mut m = populated();
+    m.pid = Some(4242);
+    let deaths = m.deaths.len();
+    let mut other = event(key(1, 1), 8, death(Reason::PeerReset));
+    other.pid = Some(1);
+    m.update(Msg::Event(Box::new(other)));
+    assert_eq!(
+        m.deaths.len(),
+        deaths,
+        "another process's death is left out"
+    );
+    let mut unknown = event(key(2, 2), 9, death(Reason::PeerReset));
+    (unknown.pid, unknown.comm) = (None, None);
+    m.update(Msg::Event(Box::new(unknown)));
+    assert_eq!(m.deaths.len(), deaths + 1, "an owner not known yet is kept");
+    let mut unowned = live(key(3, 3), 0, 1.0, "x");
+    unowned.owner = None;
+    let mut foreign = live(key(4, 4), 0, 1.0, "x");
+    foreign.owner = Some(Owner {
+        pid: 1,
+        comm: "x".into(),
+    });
+    m.update(Msg::Snapshot(vec![
+        live(key(5, 5), 0, 1.0, "client"),
+        unowned,
+        foreign,
+    ]));
+    let shown: Vec<u16> = m.rows().iter().map(|r| r.live.key.sport).collect();
+    assert_eq!(shown.len(), 2);
+    assert!(shown.contains(&5) && shown.contains(&3), "{shown:?}");
 }

@@ -95,14 +95,13 @@ fn speed_scales_the_clock_and_keys_bound_it() {
 #[test]
 fn pause_stops_the_clock() {
     let mut r = replay(journal([probe(1.0, 1, 1), probe(5.0, 2, 1)]));
-    assert!(r.key(Key::Char('p')).is_some());
+    r.key(Key::Char('p'));
     assert!(r.status().paused);
     assert!(played(&r.advance(secs(10.0))).is_empty());
     assert_eq!(r.clock(), at(0.0));
     r.key(Key::Char(' '));
     assert!(!r.status().paused, "space resumes too");
     assert_eq!(played(&r.advance(secs(1.0))), [(1, 1.0)]);
-    assert!(r.key(Key::Char('s')).is_none(), "the model's keys pass");
 }
 
 #[test]
@@ -113,7 +112,7 @@ fn next_steps_exactly_one_event_even_at_the_same_time() {
         probe(9.0, 3, 1),
     ]));
     r.key(Key::Char('p'));
-    let step = |r: &mut Replay| played(&r.key(Key::Char('n')).expect("a replay key"));
+    let step = |r: &mut Replay| played(&r.key(Key::Char('n')));
     assert_eq!(step(&mut r), [(1, 1.0)]);
     assert_eq!(r.clock(), at(1.0));
     assert!(r.status().paused, "stepping keeps the pause");
@@ -129,7 +128,7 @@ fn next_steps_exactly_one_event_even_at_the_same_time() {
 fn skip_jumps_a_quiet_stretch_to_a_second_before_the_next_event() {
     let mut r = replay(journal([probe(1.0, 1, 1), probe(3600.0, 2, 1)]));
     r.advance(secs(1.0));
-    let msgs = r.key(Key::Char(']')).expect("a replay key");
+    let msgs = r.key(Key::Char(']'));
     assert!(played(&msgs).is_empty());
     assert_eq!(r.clock(), at(3599.0));
     assert_eq!(played(&r.advance(secs(1.0))), [(2, 3600.0)]);
