@@ -5,28 +5,56 @@ use std::io::Read as _;
 use anyhow::{anyhow, bail, Context as _, Result};
 use kat_common::context;
 
-/// Address of a text symbol from /proc/kallsyms (needs root to be non-zero).
-pub fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
-    kallsyms.lines().find_map(|line| {
-        let mut parts = line.split_whitespace();
-        let addr = parts.next()?;
-        let kind = parts.next()?;
-        let sym = parts.next()?;
-        (sym == name && matches!(kind, "t" | "T"))
-            .then(|| u64::from_str_radix(addr, 16).ok())
-            .flatten()
-    })
+/// Text symbols of /proc/kallsyms with their [start, end) ranges, read in
+/// one pass: the file has over 100 000 lines, and a pass per symbol was a
+/// good part of kat's start-up.
+#[derive(Debug, Default)]
+pub struct Kallsyms {
+    /// (name, start) of every text symbol kat asked for.
+    wanted: Vec<(&'static str, u64)>,
+    /// Every symbol's address, sorted: a symbol ends where the next begins.
+    addresses: Vec<u64>,
 }
 
-/// [start, end) of a text symbol: it ends where the next symbol starts.
-pub fn symbol_range(kallsyms: &str, name: &str) -> Option<[u64; 2]> {
-    let start = symbol_address(kallsyms, name)?;
-    let end = kallsyms
-        .lines()
-        .filter_map(|l| u64::from_str_radix(l.split_whitespace().next()?, 16).ok())
-        .filter(|&a| a > start)
-        .min()?;
-    Some([start, end])
+impl Kallsyms {
+    /// Reads the text symbols among `names` (needs root for non-zero
+    /// addresses).
+    pub fn parse(text: &str, names: &[&'static str]) -> Self {
+        let mut k = Self::default();
+        for line in text.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(addr), Some(kind), Some(sym)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            k.addresses.push(addr);
+            if matches!(kind, "t" | "T") {
+                if let Some(name) = names.iter().find(|&&n| n == sym) {
+                    k.wanted.push((name, addr));
+                }
+            }
+        }
+        k.addresses.sort_unstable();
+        k
+    }
+
+    /// Address of a text symbol.
+    pub fn address(&self, name: &str) -> Option<u64> {
+        self.wanted
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, a)| *a)
+    }
+
+    /// [start, end) of a text symbol: it ends where the next symbol starts.
+    pub fn range(&self, name: &str) -> Option<[u64; 2]> {
+        let start = self.address(name)?;
+        let next = self.addresses.partition_point(|&a| a <= start);
+        Some([start, *self.addresses.get(next)?])
+    }
 }
 
 /// Kernel functions whose presence on a RST's stack tells where it came
@@ -44,11 +72,11 @@ const CONTEXT_FUNCTIONS: [(&str, u8); 5] = [
 pub struct ContextRanges(Vec<([u64; 2], u8)>);
 
 impl ContextRanges {
-    pub fn from_kallsyms(kallsyms: &str) -> Self {
+    pub fn from_kallsyms(kallsyms: &Kallsyms) -> Self {
         Self(
             CONTEXT_FUNCTIONS
                 .iter()
-                .filter_map(|&(name, bit)| Some((symbol_range(kallsyms, name)?, bit)))
+                .filter_map(|&(name, bit)| Some((kallsyms.range(name)?, bit)))
                 .collect(),
         )
     }
@@ -66,12 +94,15 @@ impl ContextRanges {
     }
 }
 
-pub fn kallsyms() -> Result<String> {
-    std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")
+/// The keepalive timer's function and those of [`CONTEXT_FUNCTIONS`].
+pub fn kallsyms() -> Result<Kallsyms> {
+    let text = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
+    let names: Vec<&'static str> = CONTEXT_FUNCTIONS.iter().map(|&(name, _)| name).collect();
+    Ok(Kallsyms::parse(&text, &names))
 }
 
-pub fn keepalive_timer_address(kallsyms: &str) -> Result<u64> {
-    match symbol_address(kallsyms, "tcp_keepalive_timer") {
+pub fn keepalive_timer_address(kallsyms: &Kallsyms) -> Result<u64> {
+    match kallsyms.address("tcp_keepalive_timer") {
         Some(0) => bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run kat as root"),
         Some(addr) => Ok(addr),
         None => bail!("tcp_keepalive_timer is not in /proc/kallsyms"),
@@ -152,17 +183,18 @@ mod tests {
         let k = "ffffffff81243c71 t tcp_keepalive_timer.cold\n\
                  ffffffff8202b5f0 t tcp_keepalive_timer\n\
                  ffffffff8202b700 d tcp_keepalive_data\n";
-        assert_eq!(
-            symbol_address(k, "tcp_keepalive_timer"),
-            Some(0xffffffff8202b5f0)
+        let k = Kallsyms::parse(
+            k,
+            &["tcp_keepalive_timer", "tcp_keepalive_data", "tcp_nothing"],
         );
-        assert_eq!(symbol_address(k, "tcp_keepalive_data"), None);
-        assert_eq!(symbol_address(k, "tcp_nothing"), None);
+        assert_eq!(k.address("tcp_keepalive_timer"), Some(0xffffffff8202b5f0));
+        assert_eq!(k.address("tcp_keepalive_data"), None);
+        assert_eq!(k.address("tcp_nothing"), None);
         assert_eq!(
-            symbol_range(k, "tcp_keepalive_timer"),
+            k.range("tcp_keepalive_timer"),
             Some([0xffffffff8202b5f0, 0xffffffff8202b700])
         );
-        assert_eq!(symbol_range(k, "tcp_keepalive_data"), None);
+        assert_eq!(k.range("tcp_keepalive_data"), None);
     }
 
     #[test]
@@ -172,7 +204,8 @@ mod tests {
                  ffffffff82011720 T tcp_disconnect
                  ffffffff82011900 T tcp_other
 ";
-        let r = ContextRanges::from_kallsyms(k);
+        let names: Vec<&'static str> = CONTEXT_FUNCTIONS.iter().map(|&(n, _)| n).collect();
+        let r = ContextRanges::from_kallsyms(&Kallsyms::parse(k, &names));
         assert_eq!(r.of([0xffffffff82011000]), context::TCP_CLOSE);
         assert_eq!(
             r.of([0xffffffff82011730, 0xffffffff82011000, 0xdead]),

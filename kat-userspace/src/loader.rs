@@ -298,8 +298,18 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
         ports.len() <= MAX_PORTS,
         "at most {MAX_PORTS} --port filters are supported"
     );
-    let btf = KernelBtf::from_running_kernel().map_err(unsupported)?;
-    let kallsyms = kernel::kallsyms().map_err(unsupported)?;
+    // kallsyms is formatted by the kernel line by line as it is read: read
+    // it on a second core while this one parses the BTF.
+    let (btf, kallsyms) = std::thread::scope(|s| {
+        let kallsyms = s.spawn(kernel::kallsyms);
+        let btf = KernelBtf::from_running_kernel();
+        let kallsyms = kallsyms
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("reading /proc/kallsyms panicked")));
+        (btf, kallsyms)
+    });
+    let btf = btf.map_err(unsupported)?;
+    let kallsyms = kallsyms.map_err(unsupported)?;
     let keepalive_timer_fn = kernel::keepalive_timer_address(&kallsyms).map_err(unsupported)?;
     let hz = kernel::hz().map_err(unsupported)?;
     let reset_reasons = btf.reset_reasons();
