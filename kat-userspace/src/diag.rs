@@ -33,6 +33,36 @@ const NLMSG_HDRLEN: usize = 16;
 /// (net/ipv4/inet_diag.c, inet_sk_diag_fill); netlink-packet-sock-diag 0.5
 /// parses it only for the retransmit timer, so it is read from the bytes.
 const IDIAG_RETRANS: usize = 3;
+/// `nlmsg_type` of a socket in a reply (SOCK_DIAG_BY_FAMILY).
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `idiag_timer` while the keepalive timer is pending.
+const IDIAG_TIMER_KEEPALIVE: u8 = 2;
+
+/// Which sockets of a reply become rows, judged from the fixed start of
+/// `struct inet_diag_msg` before the message is parsed: on a host with
+/// 100 000 connections, parsing every one was most of a snapshot's cost
+/// though a few hundred have keepalive on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Keep<'a> {
+    /// Only sockets whose keepalive timer is pending.
+    keepalive_only: bool,
+    /// Only sockets with one of these ports at either end (all when empty).
+    ports: &'a [u16],
+}
+
+impl Keep<'_> {
+    /// `msg` is the payload after the netlink header.
+    fn keeps(&self, msg: &[u8]) -> bool {
+        // family, state, timer, retrans, then the ports, big-endian.
+        let Some(&[_, _, timer, _, s0, s1, d0, d1]) = msg.get(..8) else {
+            // Too short to judge: the parser says what is wrong with it.
+            return true;
+        };
+        let (sport, dport) = (u16::from_be_bytes([s0, s1]), u16::from_be_bytes([d0, d1]));
+        (!self.keepalive_only || timer == IDIAG_TIMER_KEEPALIVE)
+            && (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
+    }
+}
 
 /// The states where a keepalive timer can be pending and a user cares:
 /// not LISTEN, SYN_SENT, SYN_RECV, TIME_WAIT or CLOSE.
@@ -128,17 +158,32 @@ enum End {
     Errno(i32),
 }
 
-/// Parses the messages of one received buffer into `rows`.
-fn parse(buf: &[u8], rows: &mut Vec<Row>) -> Result<End> {
+/// Parses the messages of one received buffer into `rows`, those `keep`
+/// wants.
+fn parse(buf: &[u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
     let mut offset = 0;
     while offset < buf.len() {
-        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
-            .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
-        let len = msg.header.length as usize;
+        let Some(&[l0, l1, l2, l3, t0, t1, ..]) = buf.get(offset..offset + NLMSG_HDRLEN) else {
+            bail!(
+                "sock_diag reply: {} bytes left, no message",
+                buf.len() - offset
+            );
+        };
+        let len = u32::from_ne_bytes([l0, l1, l2, l3]) as usize;
         // A zero length would never move past this message.
         if len < NLMSG_HDRLEN {
             bail!("sock_diag reply: a message of {len} bytes");
         }
+        // Messages are 4-byte aligned (NLMSG_ALIGN).
+        let next = offset + ((len + 3) & !3);
+        if u16::from_ne_bytes([t0, t1]) == SOCK_DIAG_BY_FAMILY
+            && !keep.keeps(buf.get(offset + NLMSG_HDRLEN..).unwrap_or_default())
+        {
+            offset = next;
+            continue;
+        }
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
+            .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
         match msg.payload {
             NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(resp)) => {
                 let retrans = buf
@@ -153,8 +198,7 @@ fn parse(buf: &[u8], rows: &mut Vec<Row>) -> Result<End> {
             }
             _ => {}
         }
-        // Messages are 4-byte aligned (NLMSG_ALIGN).
-        offset += (len + 3) & !3;
+        offset = next;
     }
     Ok(End::More)
 }
@@ -288,7 +332,7 @@ pub fn visible_netns() -> Vec<u32> {
 
 /// Receives a reply into `rows` until it ends; a reply to a request for
 /// one socket (not `dump`) is one message.
-fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>) -> Result<End> {
+fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
     let mut reply = vec![0; 64 * 1024];
     loop {
         let n = socket
@@ -297,7 +341,7 @@ fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>) -> Result<End> {
         if n == 0 {
             bail!("sock_diag recv: an empty reply");
         }
-        match parse(&reply[..n], rows)? {
+        match parse(&reply[..n], rows, keep)? {
             End::More if dump => {}
             End::More => return Ok(End::Done),
             end => return Ok(end),
@@ -314,8 +358,9 @@ const DUMP_ABOVE: usize = 64;
 const DUMP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Diag {
-    /// Every TCP socket of a namespace in `keepalive_states`.
-    fn dump(&mut self, netns: u32) -> Result<Vec<Row>> {
+    /// The TCP sockets of a namespace in `keepalive_states` that `keep`
+    /// wants.
+    fn dump(&mut self, netns: u32, keep: Keep) -> Result<Vec<Row>> {
         let socket = self
             .socket(netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
@@ -327,17 +372,22 @@ impl Diag {
                 SocketId::new_v6()
             };
             send(socket, NLM_F_DUMP, family, keepalive_states(), socket_id)?;
-            if let End::Errno(e) = receive(socket, true, &mut rows)? {
+            if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
                 bail!("sock_diag dump: errno {e}");
             }
         }
         Ok(rows)
     }
 
-    /// Every TCP socket of a namespace whose keepalive timer is pending.
-    pub fn keepalive_sockets(&mut self, netns: u32) -> Result<Vec<KeepaliveSocket>> {
+    /// Every TCP socket of a namespace whose keepalive timer is pending,
+    /// with one of `ports` at either end (all when empty).
+    pub fn keepalive_sockets(&mut self, netns: u32, ports: &[u16]) -> Result<Vec<KeepaliveSocket>> {
+        let keep = Keep {
+            keepalive_only: true,
+            ports,
+        };
         Ok(self
-            .dump(netns)?
+            .dump(netns, keep)?
             .iter()
             .filter_map(|r| KeepaliveSocket::of(netns, r))
             .collect())
@@ -379,7 +429,7 @@ impl Diag {
         };
         send(socket, 0, family, StateFlags::all(), socket_id)?;
         let mut rows = Vec::new();
-        match receive(socket, false, &mut rows)? {
+        match receive(socket, false, &mut rows, Keep::default())? {
             End::Errno(e) if e == -libc::ENOENT => Ok(None),
             End::Errno(e) => bail!("sock_diag request: errno {e}"),
             _ => match rows.first() {
@@ -408,7 +458,8 @@ impl Diag {
                     continue;
                 }
                 self.dumped.insert(netns, std::time::Instant::now());
-                match self.dump(netns) {
+                // Every socket: one under another timer is there, not gone.
+                match self.dump(netns, Keep::default()) {
                     Ok(rows) => {
                         out.extend(match_dump(&group, &rows, crate::kernel::monotonic_now_ns()))
                     }
@@ -487,7 +538,10 @@ mod tests {
             5,
         ));
         let mut rows = Vec::new();
-        assert_eq!(parse(&buf, &mut rows).expect("parse"), End::More);
+        assert_eq!(
+            parse(&buf, &mut rows, Keep::default()).expect("parse"),
+            End::More
+        );
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].keepalive, Some(Duration::from_secs(3)));
         assert_eq!(rows[0].probes_out, 2);
@@ -504,7 +558,10 @@ mod tests {
         buf.extend(done());
         buf.extend(response(6700, None, 0));
         let mut rows = Vec::new();
-        assert_eq!(parse(&buf, &mut rows).expect("parse"), End::Done);
+        assert_eq!(
+            parse(&buf, &mut rows, Keep::default()).expect("parse"),
+            End::Done
+        );
         assert_eq!(rows.len(), 1);
     }
 
@@ -512,7 +569,49 @@ mod tests {
     fn a_zero_length_message_is_an_error_not_a_hang() {
         let mut buf = response(6699, None, 0);
         buf[..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(parse(&buf, &mut Vec::new()).is_err());
+        assert!(parse(&buf, &mut Vec::new(), Keep::default()).is_err());
+    }
+
+    #[test]
+    fn a_snapshot_parses_only_keepalive_sockets_with_a_wanted_port() {
+        let keepalive = || Some(Timer::KeepAlive(Duration::from_secs(1)));
+        let mut buf = response(6699, keepalive(), 0);
+        buf.extend(response(
+            6699,
+            Some(Timer::Retransmit(Duration::ZERO, 1)),
+            1,
+        ));
+        buf.extend(response(6699, None, 0));
+        buf.extend(response(7000, keepalive(), 0));
+        // The peer's port (40000) counts too.
+        buf.extend(response(7001, keepalive(), 0));
+        let parsed = |keep| {
+            let mut rows = Vec::new();
+            parse(&buf, &mut rows, keep).expect("parse");
+            rows.iter().map(|r| r.sport).collect::<Vec<_>>()
+        };
+        assert_eq!(parsed(Keep::default()), [6699, 6699, 6699, 7000, 7001]);
+        let keepalive_only = Keep {
+            keepalive_only: true,
+            ports: &[],
+        };
+        assert_eq!(parsed(keepalive_only), [6699, 7000, 7001]);
+        let ports = Keep {
+            keepalive_only: true,
+            ports: &[6699, 7000],
+        };
+        assert_eq!(parsed(ports), [6699, 7000]);
+        let peer = Keep {
+            keepalive_only: true,
+            ports: &[40000],
+        };
+        assert_eq!(parsed(peer), [6699, 7000, 7001]);
+    }
+
+    #[test]
+    fn a_message_cut_short_is_an_error() {
+        let buf = response(6699, None, 0);
+        assert!(parse(&buf[..NLMSG_HDRLEN - 2], &mut Vec::new(), Keep::default()).is_err());
     }
 
     fn probing(sk: u64, sport: u16) -> Probing {
@@ -541,7 +640,7 @@ mod tests {
             0,
         ));
         let mut rows = Vec::new();
-        parse(&buf, &mut rows).expect("parse");
+        parse(&buf, &mut rows, Keep::default()).expect("parse");
         let probing = [
             probing(10, 1),
             probing(20, 2),

@@ -14,8 +14,8 @@ use chrono::{DateTime, Utc};
 use tokio::time::Interval;
 
 use crate::closes::ClosesSource;
-use crate::diag::worker::Worker;
-use crate::diag::{Answer, KeepaliveSocket};
+use crate::diag::worker::{Snapshot, Worker};
+use crate::diag::Answer;
 use crate::event::{Closes, Event};
 use crate::kernel;
 use crate::loader::{self, Lane, Loaded};
@@ -79,7 +79,7 @@ pub enum Step {
     /// every 100 ms, so a view also hears of new losses that often.
     Events(Vec<Event>),
     /// The keepalive sockets the view asked for (`ask_snapshot`).
-    Snapshot(Vec<KeepaliveSocket>),
+    Snapshot(Snapshot),
     /// SIGINT or SIGTERM: the view reports what `finish` returns and ends.
     Stop,
 }
@@ -95,16 +95,30 @@ pub struct Engine {
     stop: StopSignals,
 }
 
+/// What a view asks of the engine besides its selection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wants {
+    /// Every orderly close sent one by one (`--all`) rather than counted.
+    pub closed_one_by_one: bool,
+    /// A snapshot of the keepalive sockets at once (`ask_snapshot`),
+    /// taken while the programs load: on a host with 100 000 connections
+    /// both take a good part of a second, and `kat top`'s first frame
+    /// waits for both.
+    pub snapshot: bool,
+}
+
 impl Engine {
-    /// Loads and attaches; `closed_one_by_one` sends every orderly close
-    /// (`kat trace --all`) rather than only counting them. SIGINT and
-    /// SIGTERM are caught from here on.
-    pub fn start(selection: &Selection, closed_one_by_one: bool) -> Result<Self> {
+    /// Loads and attaches. SIGINT and SIGTERM are caught from here on.
+    pub fn start(selection: &Selection, wants: Wants) -> Result<Self> {
+        let diag = Worker::start(selection.ports.clone());
+        if wants.snapshot {
+            diag.ask_snapshot(Vec::new());
+        }
         let mut loaded = loader::load(&loader::Options {
             ports: &selection.ports,
             lane: selection.lane,
             ring_bytes: selection.ring_size,
-            emit_closed: closed_one_by_one,
+            emit_closed: wants.closed_one_by_one,
         })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;
@@ -119,7 +133,7 @@ impl Engine {
             source,
             closes,
             tracker,
-            diag: Worker::start(selection.ports.clone()),
+            diag,
             owners: Owners::new(Index::start()),
             answer_poll: tokio::time::interval(ANSWER_POLL),
             stop: StopSignals::catch()?,
@@ -145,7 +159,7 @@ impl Engine {
                 }
                 Some(found) = self.diag.answers.recv() => Step::Events(self.answers(found)),
                 () = self.owners.ready() => Step::Events(self.owners.release(false)),
-                Some(sockets) = self.diag.snapshots.recv() => Step::Snapshot(sockets),
+                Some(snapshot) = self.diag.snapshots.recv() => Step::Snapshot(snapshot),
                 () = self.stop.recv() => Step::Stop,
             };
             return step;

@@ -8,7 +8,7 @@ use anyhow::Result;
 use bytesize::ByteSize;
 use chrono::Utc;
 
-use crate::engine::{Engine, Selection, Step};
+use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{Event, Lost};
 use crate::exit::Failure;
 use crate::journal::writer::{Limits, Writer};
@@ -63,7 +63,13 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let limits =
         Limits::new(args.max_size, args.file_size).map_err(|e| Failure::Usage(e.to_string()))?;
     kernel::require_root("record")?;
-    let mut engine = Engine::start(&args.selection, args.all)?;
+    let mut engine = Engine::start(
+        &args.selection,
+        Wants {
+            closed_one_by_one: args.all,
+            ..Wants::default()
+        },
+    )?;
     let now = Utc::now();
     let header = Header {
         format: FORMAT,

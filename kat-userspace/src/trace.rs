@@ -5,7 +5,7 @@ use std::io::{BufWriter, Stdout, Write as _};
 use anyhow::Result;
 use chrono::Utc;
 
-use crate::engine::{Engine, Selection, Step};
+use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
 use crate::source::LostCounts;
@@ -101,7 +101,13 @@ impl Output {
 
 pub async fn run(args: TraceArgs) -> Result<()> {
     kernel::require_root("trace")?;
-    let mut engine = Engine::start(&args.selection, args.all)?;
+    let mut engine = Engine::start(
+        &args.selection,
+        Wants {
+            closed_one_by_one: args.all,
+            ..Wants::default()
+        },
+    )?;
     let mut out = Output {
         args,
         lost_shown: 0,

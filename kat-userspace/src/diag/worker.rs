@@ -7,6 +7,8 @@ use std::sync::mpsc;
 
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
+use std::time::{Duration, Instant};
+
 use super::{visible_netns, Answer, Diag, KeepaliveSocket};
 use crate::tracker::Probing;
 
@@ -16,16 +18,25 @@ enum Request {
     Snapshot(Vec<u32>),
 }
 
+/// Every socket with a pending keepalive timer, and how long listing them
+/// took (the view paces its requests by it).
+#[derive(Debug)]
+pub struct Snapshot {
+    pub sockets: Vec<KeepaliveSocket>,
+    pub took: Duration,
+}
+
 pub struct Worker {
     requests: mpsc::Sender<Request>,
     pub answers: UnboundedReceiver<Vec<Answer>>,
-    pub snapshots: UnboundedReceiver<Vec<KeepaliveSocket>>,
+    pub snapshots: UnboundedReceiver<Snapshot>,
 }
 
 impl Worker {
     /// Starts the thread; snapshots keep only connections with one of
-    /// `ports` (all when empty). The filter runs here, not in the kernel:
-    /// netlink-packet-sock-diag 0.5 cannot attach INET_DIAG_REQ_BYTECODE.
+    /// `ports` (all when empty). The filter runs here, on each reply's
+    /// fixed header, not in the kernel: netlink-packet-sock-diag 0.5
+    /// cannot attach INET_DIAG_REQ_BYTECODE.
     pub fn start(ports: Vec<u16>) -> Self {
         let (requests, inbox) = mpsc::channel();
         let (answers_tx, answers) = unbounded_channel();
@@ -58,7 +69,7 @@ impl Worker {
 fn run(
     inbox: &mpsc::Receiver<Request>,
     answers: &UnboundedSender<Vec<Answer>>,
-    snapshots: &UnboundedSender<Vec<KeepaliveSocket>>,
+    snapshots: &UnboundedSender<Snapshot>,
     ports: &[u16],
 ) {
     let mut diag = Diag::default();
@@ -90,20 +101,21 @@ fn run(
     }
 }
 
-fn take_snapshot(diag: &mut Diag, extra_netns: &[u32], ports: &[u16]) -> Vec<KeepaliveSocket> {
+fn take_snapshot(diag: &mut Diag, extra_netns: &[u32], ports: &[u16]) -> Snapshot {
+    let began = Instant::now();
     let mut all = visible_netns();
     all.extend_from_slice(extra_netns);
     all.sort_unstable();
     all.dedup();
     let mut out = Vec::new();
     for netns in all {
-        match diag.keepalive_sockets(netns) {
-            Ok(sockets) => out.extend(sockets.into_iter().filter(|s| {
-                let s = &s.socket;
-                ports.is_empty() || ports.contains(&s.sport) || ports.contains(&s.dport)
-            })),
+        match diag.keepalive_sockets(netns, ports) {
+            Ok(sockets) => out.extend(sockets),
             Err(e) => log::debug!("snapshot of netns {netns}: {e:#}"),
         }
     }
-    out
+    Snapshot {
+        sockets: out,
+        took: began.elapsed(),
+    }
 }

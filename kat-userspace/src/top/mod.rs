@@ -21,7 +21,7 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
-use crate::engine::{Engine, Selection, Step, StopSignals};
+use crate::engine::{Engine, Selection, Step, StopSignals, Wants};
 use crate::journal::{reader, Entry};
 use crate::tracker::state_name;
 use crate::{diag, kernel};
@@ -140,23 +140,24 @@ fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
 /// time spent dumping), at most once a second, and never while one is out.
 #[derive(Debug, Default)]
 struct SnapshotPace {
-    asked: Option<Instant>,
+    out: bool,
     next: Option<Instant>,
 }
 
 impl SnapshotPace {
     /// Whether to ask for a snapshot now (and if so, it is asked).
     fn due(&mut self, now: Instant) -> bool {
-        if self.asked.is_some() || self.next.is_some_and(|n| now < n) {
+        if self.out || self.next.is_some_and(|n| now < n) {
             return false;
         }
-        self.asked = Some(now);
+        self.out = true;
         true
     }
 
-    fn answered(&mut self, now: Instant) {
-        if let Some(asked) = self.asked.take() {
-            self.next = Some(now + now.duration_since(asked) * 19);
+    /// The snapshot asked for came back `now`, after `took` listing.
+    fn answered(&mut self, now: Instant, took: Duration) {
+        if std::mem::take(&mut self.out) {
+            self.next = Some(now + took * 19);
         }
     }
 }
@@ -199,7 +200,15 @@ pub async fn run(args: TopArgs) -> Result<()> {
         return run_replay(dir, &args).await;
     }
     kernel::require_root("top")?;
-    let mut engine = Engine::start(&args.selection, false)?;
+    let mut pace = SnapshotPace::default();
+    pace.due(Instant::now());
+    let mut engine = Engine::start(
+        &args.selection,
+        Wants {
+            snapshot: true,
+            ..Wants::default()
+        },
+    )?;
     let mut model = Model::new(
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
@@ -220,7 +229,6 @@ pub async fn run(args: TopArgs) -> Result<()> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut keys = EventStream::new();
     let mut second = tokio::time::interval(Duration::from_secs(1));
-    let mut pace = SnapshotPace::default();
     loop {
         terminal.draw(|f| view::view(f, &model))?;
         let mut msgs = Vec::new();
@@ -234,13 +242,13 @@ pub async fn run(args: TopArgs) -> Result<()> {
                         msgs.push(Msg::Event(Box::new(ev)));
                     }
                 }
-                Step::Snapshot(sockets) => {
-                    pace.answered(Instant::now());
-                    msgs.push(Msg::Snapshot(live(&engine, sockets)));
+                Step::Snapshot(snapshot) => {
+                    pace.answered(Instant::now(), snapshot.took);
+                    msgs.push(Msg::Snapshot(live(&engine, snapshot.sockets)));
                 }
                 Step::Stop => break,
             },
-            // The first tick is at once: the first snapshot is asked for then.
+            // The first snapshot was asked for at the engine's start.
             _ = second.tick() => {
                 msgs.push(Msg::Tick(Utc::now()));
                 let lost = engine.lost();
@@ -330,9 +338,9 @@ mod pace_tests {
         let mut pace = SnapshotPace::default();
         assert!(pace.due(at(0)), "the first at once");
         assert!(!pace.due(at(1000)), "not while one is out");
-        pace.answered(at(10));
+        pace.answered(at(10), Duration::from_millis(10));
         assert!(pace.due(at(1000)), "a quick one: every tick");
-        pace.answered(at(1500));
+        pace.answered(at(1500), Duration::from_millis(500));
         assert!(!pace.due(at(2000)));
         assert!(!pace.due(at(10_000)), "500 ms dumping: 9.5 s of rest");
         assert!(pace.due(at(11_000)));
