@@ -531,3 +531,76 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
     }
     Ok(attempts)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::{Object, ProgramSection};
+
+    use super::*;
+
+    /// Every program `programs` names, on every kind of kernel.
+    fn table() -> Vec<Prog> {
+        let mut all = Vec::new();
+        for tracepoint_reason in [false, true] {
+            for function_reason in [false, true] {
+                let v = Variants {
+                    tracepoint_reason,
+                    function_reason,
+                };
+                for hook in HOOKS {
+                    for lane in LANES {
+                        all.extend(programs(hook, lane, v).into_iter().flatten());
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    fn object() -> Object {
+        Object::parse(EBPF_OBJECT).expect("kat's eBPF object parses")
+    }
+
+    #[test]
+    fn every_program_the_loader_asks_for_is_in_the_object_as_its_kind() {
+        let object = object();
+        for p in table() {
+            let section = &object
+                .programs
+                .get(p.name)
+                .unwrap_or_else(|| panic!("{} is not in kat's eBPF object", p.name))
+                .section;
+            let as_kind = match p.kind {
+                Kind::TpBtf => matches!(section, ProgramSection::BtfTracePoint),
+                Kind::FEntry => matches!(section, ProgramSection::FEntry { sleepable: false }),
+                Kind::FExit => matches!(section, ProgramSection::FExit { sleepable: false }),
+                Kind::KProbe => {
+                    matches!(section, ProgramSection::KProbe | ProgramSection::KRetProbe)
+                }
+            };
+            assert!(
+                as_kind,
+                "{} is {section:?} in the object; the loader attaches it as {:?}",
+                p.name, p.kind
+            );
+        }
+    }
+
+    #[test]
+    fn the_object_holds_only_programs_the_loader_attaches() {
+        let asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
+        let object = object();
+        let unused: BTreeSet<&str> = object
+            .programs
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !asked.contains(name))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "kat ships programs it never attaches: {unused:?}"
+        );
+    }
+}
