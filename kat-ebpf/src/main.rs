@@ -411,14 +411,6 @@ pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-/// An empty program on the same tracepoint: the baseline that
-/// `cargo xtask bench` measures kat's timer hooks against. Never attached
-/// by kat itself.
-#[btf_tracepoint(function = "timer_expire_entry")]
-pub fn timer_expire_baseline(_ctx: BtfTracePointContext) -> i32 {
-    0
-}
-
 #[btf_tracepoint(function = "timer_expire_exit")]
 pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
     if let Some(sk) = keepalive_sock(&ctx) {

@@ -50,30 +50,6 @@ fn sysctl(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// The lanes `loader::load` would pick, from what attached in each.
-fn chosen(attempts: &[Attempt]) -> Vec<(Hook, Lane)> {
-    let ok = |hook, lane| {
-        attempts
-            .iter()
-            .any(|a| a.hook == hook && a.lane == lane && a.error.is_none())
-    };
-    let first = |hook| LANES.into_iter().find(|&l| ok(hook, l));
-    let mut lanes = Vec::new();
-    if let Some(timer) = first(Hook::KeepaliveTimer) {
-        lanes.push((Hook::KeepaliveTimer, timer));
-        if ok(Hook::ProbeSent, timer) {
-            lanes.push((Hook::ProbeSent, timer));
-        }
-    }
-    if let Some(reset) = first(Hook::ResetSent) {
-        lanes.push((Hook::ResetSent, reset));
-    }
-    if ok(Hook::SocketEvents, Lane::Tracepoint) {
-        lanes.push((Hook::SocketEvents, Lane::Tracepoint));
-    }
-    lanes
-}
-
 fn report() -> Report {
     let mut r = Report {
         kernel: kernel::release(),
@@ -114,11 +90,13 @@ fn report() -> Report {
             return r;
         }
     }
-    r.lanes = chosen(&r.attempts);
-    let has = |h| r.lanes.iter().any(|(hook, _)| *hook == h);
-    let missing: Vec<&str> = [Hook::KeepaliveTimer, Hook::ResetSent, Hook::SocketEvents]
+    r.lanes = loader::choose(&LANES, |hook, lane| {
+        r.attempts
+            .iter()
+            .any(|a| a.hook == hook && a.lane == lane && a.error.is_none())
+    });
+    let missing: Vec<&str> = loader::missing(&r.lanes)
         .into_iter()
-        .filter(|&h| !has(h))
         .map(Hook::name)
         .collect();
     r.can_run = missing.is_empty();
@@ -168,10 +146,11 @@ fn text(r: &Report) -> String {
         ),
     );
     if !r.attempts.is_empty() {
-        out.push_str(&format!(
-            "\n{:<18}{:<12}{:<12}{:<12}{}\n",
-            "hook", "fentry", "kprobe", "tracepoint", "kat uses"
-        ));
+        out.push_str(&format!("\n{:<18}", "hook"));
+        for lane in LANES {
+            out.push_str(&format!("{:<12}", lane.name()));
+        }
+        out.push_str("kat uses\n");
         let mut notes = Vec::new();
         for hook in HOOKS {
             out.push_str(&format!("{:<18}", hook.name()));

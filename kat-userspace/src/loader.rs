@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program};
+use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kat_common::{Config, MAX_PORTS};
 use serde::Serialize;
@@ -163,41 +163,68 @@ fn programs(hook: Hook, lane: Lane, v: Variants) -> Option<Vec<Prog>> {
     Some(progs)
 }
 
+/// What differs between the kinds of program: tracing programs (tp_btf,
+/// fentry, fexit) are bound to their target when loaded, kprobes when
+/// attached.
+trait Attachable {
+    fn load_for(&mut self, target: &str, btf: &Btf) -> Result<(), ProgramError>;
+    fn attach_to(&mut self, target: &str) -> Result<(), ProgramError>;
+    fn unload_now(&mut self) -> Result<(), ProgramError>;
+}
+
+macro_rules! tracing_program {
+    ($($ty:ty),+) => {$(
+        impl Attachable for $ty {
+            fn load_for(&mut self, target: &str, btf: &Btf) -> Result<(), ProgramError> {
+                self.load(target, btf)
+            }
+            fn attach_to(&mut self, _target: &str) -> Result<(), ProgramError> {
+                self.attach().map(drop)
+            }
+            fn unload_now(&mut self) -> Result<(), ProgramError> {
+                self.unload()
+            }
+        }
+    )+};
+}
+
+tracing_program!(BtfTracePoint, FEntry, FExit);
+
+impl Attachable for KProbe {
+    fn load_for(&mut self, _target: &str, _btf: &Btf) -> Result<(), ProgramError> {
+        self.load()
+    }
+    fn attach_to(&mut self, target: &str) -> Result<(), ProgramError> {
+        self.attach(target, 0).map(drop)
+    }
+    fn unload_now(&mut self) -> Result<(), ProgramError> {
+        self.unload()
+    }
+}
+
+/// `program` as the aya type of `kind`.
+fn as_kind(program: &mut Program, kind: Kind) -> Result<&mut dyn Attachable, ProgramError> {
+    let typed: &mut dyn Attachable = match kind {
+        Kind::TpBtf => <&mut BtfTracePoint>::try_from(program)?,
+        Kind::FEntry => <&mut FEntry>::try_from(program)?,
+        Kind::FExit => <&mut FExit>::try_from(program)?,
+        Kind::KProbe => <&mut KProbe>::try_from(program)?,
+    };
+    Ok(typed)
+}
+
 fn attach_one(ebpf: &mut Ebpf, btf: &Btf, p: &Prog) -> Result<()> {
     let program = ebpf
         .program_mut(p.name)
         .ok_or_else(|| anyhow!("program {} is missing from kat's eBPF object", p.name))?;
+    let program = as_kind(program, p.kind)?;
     let what = || format!("{} on {}", p.name, p.target);
-    match p.kind {
-        Kind::TpBtf => {
-            let prog: &mut BtfTracePoint = program.try_into()?;
-            prog.load(p.target, btf)
-                .with_context(|| format!("the kernel refused to load {}", what()))?;
-            prog.attach()
-                .with_context(|| format!("cannot attach {}", what()))?;
-        }
-        Kind::FEntry => {
-            let prog: &mut FEntry = program.try_into()?;
-            prog.load(p.target, btf)
-                .with_context(|| format!("the kernel refused to load {}", what()))?;
-            prog.attach()
-                .with_context(|| format!("cannot attach {}", what()))?;
-        }
-        Kind::FExit => {
-            let prog: &mut FExit = program.try_into()?;
-            prog.load(p.target, btf)
-                .with_context(|| format!("the kernel refused to load {}", what()))?;
-            prog.attach()
-                .with_context(|| format!("cannot attach {}", what()))?;
-        }
-        Kind::KProbe => {
-            let prog: &mut KProbe = program.try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel refused to load {}", what()))?;
-            prog.attach(p.target, 0)
-                .with_context(|| format!("cannot attach {}", what()))?;
-        }
-    }
+    program
+        .load_for(p.target, btf)
+        .with_context(|| format!("the kernel refused to load {}", what()))?;
+    program
+        .attach_to(p.target)
+        .with_context(|| format!("cannot attach {}", what()))?;
     Ok(())
 }
 
@@ -205,14 +232,10 @@ fn attach_one(ebpf: &mut Ebpf, btf: &Btf, p: &Prog) -> Result<()> {
 /// half-attached lane does not run beside the one that replaces it.
 fn unload(ebpf: &mut Ebpf, progs: &[Prog]) {
     for p in progs {
-        let result = match ebpf.program_mut(p.name) {
-            Some(Program::BtfTracePoint(x)) => x.unload(),
-            Some(Program::FEntry(x)) => x.unload(),
-            Some(Program::FExit(x)) => x.unload(),
-            Some(Program::KProbe(x)) => x.unload(),
-            _ => Ok(()),
+        let Some(program) = ebpf.program_mut(p.name) else {
+            continue;
         };
-        if let Err(e) = result {
+        if let Err(e) = as_kind(program, p.kind).and_then(|x| x.unload_now()) {
             log::debug!("unloading {}: {e}", p.name);
         }
     }
@@ -230,6 +253,65 @@ fn attach_hook(ebpf: &mut Ebpf, btf: &Btf, hook: Hook, lane: Lane, v: Variants) 
         }
     }
     Ok(true)
+}
+
+/// Tries `hook` in `lane` and notes how it went in `attempts`: false when
+/// it failed, or when the lane has no programs for it (nothing noted then).
+fn try_hook(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    hook: Hook,
+    lane: Lane,
+    v: Variants,
+    attempts: &mut Vec<Attempt>,
+) -> bool {
+    let error = match attach_hook(ebpf, btf, hook, lane, v) {
+        Ok(false) => return false,
+        Ok(true) => None,
+        Err(e) => Some(format!("{e:#}")),
+    };
+    let attached = error.is_none();
+    attempts.push(Attempt { hook, lane, error });
+    attached
+}
+
+/// The lane policy, for `load` and for `kat doctor`: the keepalive timer
+/// and the RST hook each in the first lane of `order` where they work;
+/// probes through tcp_write_wakeup in the timer's lane where they work
+/// there; the socket events in the tracepoint lane whatever `order` says.
+/// `works` tries a hook in a lane (`load`) or looks up how that went
+/// (`kat doctor`). Returns the chosen lanes in the order of [`HOOKS`].
+pub fn choose(order: &[Lane], mut works: impl FnMut(Hook, Lane) -> bool) -> Vec<(Hook, Lane)> {
+    let mut lanes = Vec::new();
+    if let Some(timer) = order
+        .iter()
+        .copied()
+        .find(|&lane| works(Hook::KeepaliveTimer, lane))
+    {
+        lanes.push((Hook::KeepaliveTimer, timer));
+        if works(Hook::ProbeSent, timer) {
+            lanes.push((Hook::ProbeSent, timer));
+        }
+    }
+    if let Some(reset) = order
+        .iter()
+        .copied()
+        .find(|&lane| works(Hook::ResetSent, lane))
+    {
+        lanes.push((Hook::ResetSent, reset));
+    }
+    if works(Hook::SocketEvents, Lane::Tracepoint) {
+        lanes.push((Hook::SocketEvents, Lane::Tracepoint));
+    }
+    lanes
+}
+
+/// The hooks kat cannot run without that `lanes` has no lane for.
+pub fn missing(lanes: &[(Hook, Lane)]) -> Vec<Hook> {
+    [Hook::KeepaliveTimer, Hook::ResetSent, Hook::SocketEvents]
+        .into_iter()
+        .filter(|&h| !lanes.iter().any(|(hook, _)| *hook == h))
+        .collect()
 }
 
 /// How one hook was tried in one lane.
@@ -376,36 +458,6 @@ pub fn open(config: &Config, ring_bytes: u32) -> Result<(Ebpf, Btf)> {
     Ok((ebpf, btf))
 }
 
-/// Tries `hook` in each of `lanes` in order; the first that attaches wins.
-fn attach_best(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    hook: Hook,
-    lanes: &[Lane],
-    v: Variants,
-    attempts: &mut Vec<Attempt>,
-) -> Option<Lane> {
-    for &lane in lanes {
-        match attach_hook(ebpf, btf, hook, lane, v) {
-            Ok(true) => {
-                attempts.push(Attempt {
-                    hook,
-                    lane,
-                    error: None,
-                });
-                return Some(lane);
-            }
-            Ok(false) => {}
-            Err(e) => attempts.push(Attempt {
-                hook,
-                lane,
-                error: Some(format!("{e:#}")),
-            }),
-        }
-    }
-    None
-}
-
 /// What a live command asks of the programs.
 #[derive(Debug, Clone, Copy)]
 pub struct Options<'a> {
@@ -436,46 +488,12 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let (mut ebpf, btf) = open(&config, opts.ring_bytes)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();
-    let mut lanes = Vec::new();
-
-    for hook in [Hook::KeepaliveTimer, Hook::ResetSent] {
-        match attach_best(&mut ebpf, &btf, hook, &order, v, &mut attempts) {
-            Some(lane) => lanes.push((hook, lane)),
-            None => {
-                let why: Vec<String> = attempts
-                    .iter()
-                    .filter(|a| a.hook == hook)
-                    .filter_map(|a| a.error.as_ref().map(|e| format!("{}: {e}", a.lane.name())))
-                    .collect();
-                let what = match forced {
-                    Some(lane) => format!("--lane {} cannot hook {}", lane.name(), hook.name()),
-                    None => format!("no lane can hook {}", hook.name()),
-                };
-                return Err(unsupported(anyhow!(
-                    "{what} on this kernel ({}); `kat doctor` shows every lane",
-                    why.join("; ")
-                )));
-            }
-        }
+    let lanes = choose(&order, |hook, lane| {
+        try_hook(&mut ebpf, &btf, hook, lane, v, &mut attempts)
+    });
+    if let Some(&hook) = missing(&lanes).first() {
+        return Err(unsupported(cannot_hook(hook, forced, &attempts)));
     }
-    // Probes are seen through tcp_write_wakeup where the timer hook is a
-    // function hook; the probe count tells them apart otherwise.
-    let timer_lane = lanes[0].1;
-    if timer_lane != Lane::Tracepoint
-        && attach_best(
-            &mut ebpf,
-            &btf,
-            Hook::ProbeSent,
-            &[timer_lane],
-            v,
-            &mut attempts,
-        )
-        .is_some()
-    {
-        lanes.push((Hook::ProbeSent, timer_lane));
-    }
-    attach_hook(&mut ebpf, &btf, Hook::SocketEvents, Lane::Tracepoint, v).map_err(unsupported)?;
-    lanes.push((Hook::SocketEvents, Lane::Tracepoint));
     Ok(Loaded {
         ebpf,
         hz,
@@ -486,6 +504,30 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     })
 }
 
+/// Why `load` cannot run: how `hook` failed in each lane it was tried in.
+fn cannot_hook(hook: Hook, forced: Option<Lane>, attempts: &[Attempt]) -> anyhow::Error {
+    let failed = attempts
+        .iter()
+        .filter(|a| a.hook == hook)
+        .filter_map(|a| Some((a.lane, a.error.as_deref()?)));
+    if hook == Hook::SocketEvents {
+        // Tried in the tracepoint lane only, whatever `--lane` says.
+        let why: Vec<&str> = failed.map(|(_, e)| e).collect();
+        return anyhow!("{}", why.join("; "));
+    }
+    let why: Vec<String> = failed
+        .map(|(lane, e)| format!("{}: {e}", lane.name()))
+        .collect();
+    let what = match forced {
+        Some(lane) => format!("--lane {} cannot hook {}", lane.name(), hook.name()),
+        None => format!("no lane can hook {}", hook.name()),
+    };
+    anyhow!(
+        "{what} on this kernel ({}); `kat doctor` shows every lane",
+        why.join("; ")
+    )
+}
+
 /// For `kat doctor`: whether each hook loads and attaches in each lane,
 /// each lane tried in a fresh copy of the programs.
 pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
@@ -494,20 +536,81 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
     for lane in LANES {
         let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
         for hook in HOOKS {
-            match attach_hook(&mut ebpf, &btf, hook, lane, v) {
-                Ok(false) => {}
-                Ok(true) => attempts.push(Attempt {
-                    hook,
-                    lane,
-                    error: None,
-                }),
-                Err(e) => attempts.push(Attempt {
-                    hook,
-                    lane,
-                    error: Some(format!("{e:#}")),
-                }),
-            }
+            try_hook(&mut ebpf, &btf, hook, lane, v, &mut attempts);
         }
     }
     Ok(attempts)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use aya_obj::{Object, ProgramSection};
+
+    use super::*;
+
+    /// Every program `programs` names, on every kind of kernel.
+    fn table() -> Vec<Prog> {
+        let mut all = Vec::new();
+        for tracepoint_reason in [false, true] {
+            for function_reason in [false, true] {
+                let v = Variants {
+                    tracepoint_reason,
+                    function_reason,
+                };
+                for hook in HOOKS {
+                    for lane in LANES {
+                        all.extend(programs(hook, lane, v).into_iter().flatten());
+                    }
+                }
+            }
+        }
+        all
+    }
+
+    fn object() -> Object {
+        Object::parse(EBPF_OBJECT).expect("kat's eBPF object parses")
+    }
+
+    #[test]
+    fn every_program_the_loader_asks_for_is_in_the_object_as_its_kind() {
+        let object = object();
+        for p in table() {
+            let section = &object
+                .programs
+                .get(p.name)
+                .unwrap_or_else(|| panic!("{} is not in kat's eBPF object", p.name))
+                .section;
+            let as_kind = match p.kind {
+                Kind::TpBtf => matches!(section, ProgramSection::BtfTracePoint),
+                Kind::FEntry => matches!(section, ProgramSection::FEntry { sleepable: false }),
+                Kind::FExit => matches!(section, ProgramSection::FExit { sleepable: false }),
+                Kind::KProbe => {
+                    matches!(section, ProgramSection::KProbe | ProgramSection::KRetProbe)
+                }
+            };
+            assert!(
+                as_kind,
+                "{} is {section:?} in the object; the loader attaches it as {:?}",
+                p.name, p.kind
+            );
+        }
+    }
+
+    #[test]
+    fn the_object_holds_only_programs_the_loader_attaches() {
+        let asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
+        let object = object();
+        let unused: BTreeSet<&str> = object
+            .programs
+            .keys()
+            .map(String::as_str)
+            .filter(|name| !asked.contains(name))
+            .collect();
+        assert!(
+            unused.is_empty(),
+            "kat ships programs it never attaches: {unused:?}"
+        );
+    }
 }
