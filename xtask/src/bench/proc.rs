@@ -38,16 +38,26 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok((tick(14)? + tick(15)?) / clk_tck())
 }
 
-/// Peak resident memory (VmHWM) of a process, in MiB.
-pub fn hwm_mib(pid: u32) -> Result<f64> {
+/// A memory figure of /proc/PID/status (`VmHWM`, `VmRSS`), in MiB.
+fn status_mib(pid: u32, field: &str) -> Result<f64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("process {pid} is gone"))?;
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmHWM")?;
+        .with_context(|| format!("no {field}"))?;
     Ok(kib / 1024.0)
+}
+
+/// Peak resident memory (VmHWM) of a process, in MiB.
+pub fn hwm_mib(pid: u32) -> Result<f64> {
+    status_mib(pid, "VmHWM")
+}
+
+/// Resident memory now (VmRSS) of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Result<f64> {
+    status_mib(pid, "VmRSS")
 }
 
 /// CPU use of a process over a window, as % of one core.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
-use super::proc::{hwm_mib, CpuWindow, Kat, TempDir, Tmux};
+use super::proc::{hwm_mib, rss_mib, CpuWindow, Kat, TempDir, Tmux};
 use super::work::{field, number, Load};
 use super::{median, Ctx};
 
@@ -52,7 +52,7 @@ pub fn run(ctx: &Ctx) -> Result<String> {
         "kat: tracing",
     )?;
     std::thread::sleep(Duration::from_secs(3));
-    let idle_rss = hwm_mib(idle.pid())?;
+    let (idle_rss, idle_hwm) = (rss_mib(idle.pid())?, hwm_mib(idle.pid())?);
     idle.stop("INT")?;
 
     let load = Load::start(
@@ -133,7 +133,8 @@ pub fn run(ctx: &Ctx) -> Result<String> {
          | `kat top`'s header line | `{conns_line}` |\n\
          | `ss -tonie` (both namespaces) once a second: CPU | {ss_cpu:.1} % of a core |\n\
          | `ss -tonie`: time per call (median, one namespace) | {:.2} s |\n\
-         | idle `kat trace` (no lab traffic): max RSS | {idle_rss:.1} MiB |\n",
+         | idle `kat trace` (no lab traffic), 3 s after start: resident (VmRSS) | {idle_rss:.1} MiB |\n\
+         | idle `kat trace`: start-up peak (VmHWM) | {idle_hwm:.1} MiB |\n",
         connections * 2,
         median(&walls)
     ))
