@@ -1,9 +1,10 @@
 //! Project chores: `cargo xtask setup | run | test | bench`.
 //!
-//! Only std and process calls here, so xtask builds on a fresh machine
-//! before anything it installs is present.
+//! Only crates that build with Rust alone here, so xtask builds on a fresh
+//! machine before anything it installs is present.
 
 mod bench;
+mod cargo;
 mod setup;
 mod vm;
 
@@ -62,7 +63,7 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// `cargo test`, passed through; the totals of every test binary (cargo's
 /// own last line is its doc-test run's, so xtask prints the sum).
 fn cargo_test() -> Result<(u64, u64)> {
-    let mut child = cargo()
+    let mut child = cargo::command()
         .arg("test")
         .stdout(Stdio::piped())
         .spawn()
@@ -91,24 +92,20 @@ fn cargo_test() -> Result<(u64, u64)> {
     Ok((passed, failed))
 }
 
-pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::all(),
         Cmd::Run { args } => {
             setup::all()?;
-            run(cargo().args(["build", "--release", "--package", "kat-userspace"]))?;
-            run(Command::new("target/release/kat").args(&args))
+            let built = cargo::build(&["--release", "--package", "kat-userspace"])?;
+            run(Command::new(built.bin("kat")?).args(&args))
         }
         Cmd::Test => {
             setup::all()?;
-            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo::command().args(["fmt", "--all", "--", "--check"]))?;
             // Default members: everything but the eBPF crate, linted below
             // for its own target.
-            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo::command().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             // The eBPF crate builds with nightly only (build-std).
             run(Command::new("rustup").args([
                 "run",

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 
+use crate::cargo::{self, Built};
 use crate::run;
 
 /// Debian 12's cloud kernels: 6.1 (no reset reasons) and 6.12 (with).
@@ -101,9 +102,8 @@ fn kernel(package: &str) -> Result<(PathBuf, PathBuf, String)> {
 }
 
 /// Static builds of kat and the scenario runner.
-fn binaries() -> Result<PathBuf> {
-    run(crate::cargo().args([
-        "build",
+fn binaries() -> Result<Built> {
+    cargo::build(&[
         "--release",
         "--target",
         MUSL,
@@ -115,11 +115,10 @@ fn binaries() -> Result<PathBuf> {
         "kat",
         "--bin",
         "kat-scenarios",
-    ]))?;
-    Ok(PathBuf::from("target").join(MUSL).join("release"))
+    ])
 }
 
-fn initramfs(work: &Path, bins: &Path, config: &Path, release: &str) -> Result<PathBuf> {
+fn initramfs(work: &Path, bins: &Built, config: &Path, release: &str) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -128,8 +127,9 @@ fn initramfs(work: &Path, bins: &Path, config: &Path, release: &str) -> Result<P
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
-    fs::copy(bins.join("kat"), root.join("kat"))?;
-    fs::copy(bins.join("kat-scenarios"), root.join("kat-scenarios"))?;
+    for bin in ["kat", "kat-scenarios"] {
+        fs::copy(bins.bin(bin)?, root.join(bin))?;
+    }
     fs::copy(config, root.join(format!("boot/config-{release}")))?;
     fs::write(root.join("init"), INIT)?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -227,7 +227,7 @@ fn parse(console: &str) -> (Results, bool) {
 /// Runs the matrix; Ok((passed, failed)) only when nothing failed.
 pub fn test() -> Result<(u64, u64)> {
     let bins = binaries()?;
-    let work = PathBuf::from("target/vm");
+    let work = cargo::workspace()?.target_dir.join("vm");
     fs::create_dir_all(&work)?;
     let mut failures = Vec::new();
     let mut table: Vec<(String, Results)> = Vec::new();
