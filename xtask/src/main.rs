@@ -179,20 +179,13 @@ fn main() -> Result<()> {
                 print_totals(&[&host]);
                 return host.verdict;
             }
-            let vm = match vm::test() {
-                Ok((passed, failed)) => Outcome {
-                    passed,
-                    failed,
-                    verdict: Ok(()),
-                },
-                Err(e) => Outcome::broken(e),
-            };
+            let vm = vm::test().unwrap_or_else(Outcome::broken);
             print_totals(&[&host, &vm]);
             vm.verdict
         }
         Cmd::VmTest => {
             setup::all()?;
-            vm::test().map(|_| ())
+            vm::test()?.verdict
         }
         Cmd::Bench { only, quick } => {
             setup::all()?;
