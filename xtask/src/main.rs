@@ -1,16 +1,17 @@
 //! Project chores: `cargo xtask setup | run | test | bench`.
 //!
-//! Only std and process calls here, so xtask builds on a fresh machine
-//! before anything it installs is present.
+//! Only crates that build with Rust alone here, so xtask builds on a fresh
+//! machine before anything it installs is present.
 
 mod bench;
+mod cargo;
 mod setup;
 mod vm;
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -59,40 +60,86 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// `cargo test`, passed through; the totals of every test binary (cargo's
-/// own last line is its doc-test run's, so xtask prints the sum).
-fn cargo_test() -> Result<(u64, u64)> {
-    let mut child = cargo()
-        .arg("test")
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start cargo test")?;
-    let (mut passed, mut failed) = (0u64, 0u64);
-    let stdout = child.stdout.take().context("cargo test stdout")?;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo test output")?;
-        println!("{line}");
-        if let Some(counts) = line.strip_prefix("test result: ") {
-            let count = |word: &str| -> u64 {
-                counts
-                    .split([';', '.'])
-                    .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            passed += count("passed");
-            failed += count("failed");
-        }
-    }
-    let status = child.wait().context("waiting for cargo test")?;
-    if !status.success() {
-        println!("tests: {passed} passed, {failed} failed");
-        bail!("cargo test failed: {status}");
-    }
-    Ok((passed, failed))
+/// What one part of `cargo xtask test` counted, and whether it passed:
+/// the verdict is the part's own (cargo's exit status, the VM harness's),
+/// never read from the counts.
+pub struct Outcome {
+    pub passed: u64,
+    pub failed: u64,
+    pub verdict: Result<()>,
 }
 
-pub fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+impl Outcome {
+    /// A part that could not run at all.
+    fn broken(e: anyhow::Error) -> Outcome {
+        Outcome {
+            passed: 0,
+            failed: 0,
+            verdict: Err(e),
+        }
+    }
+}
+
+/// The totals line CI reads.
+fn print_totals(parts: &[&Outcome]) {
+    let (passed, failed) = totals(parts);
+    println!("tests: {passed} passed, {failed} failed");
+}
+
+/// A part that failed without a failed test to show for it (a build error,
+/// a crashed test binary, a VM that never booted) counts as one, so a
+/// failed run never reads "0 failed".
+fn totals(parts: &[&Outcome]) -> (u64, u64) {
+    let passed = parts.iter().map(|p| p.passed).sum();
+    let failed = parts
+        .iter()
+        .map(|p| p.failed.max(u64::from(p.verdict.is_err())))
+        .sum();
+    (passed, failed)
+}
+
+/// `cargo test`, passed through, with the totals of every test binary
+/// (cargo's own last line is its doc-test run's).
+fn cargo_test() -> Outcome {
+    let mut child = match cargo::command().arg("test").stdout(Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => return Outcome::broken(anyhow::Error::new(e).context("cannot start cargo test")),
+    };
+    let (mut passed, mut failed) = (0, 0);
+    if let Some(stdout) = child.stdout.take() {
+        // Lossy and to the end: a test printing odd bytes must not stop the
+        // count or leave cargo blocked on a full pipe.
+        for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
+            let line = String::from_utf8_lossy(&line);
+            println!("{line}");
+            if let Some((p, f)) = test_result(&line) {
+                passed += p;
+                failed += f;
+            }
+        }
+    }
+    let verdict = match child.wait() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(anyhow!("cargo test failed: {status}")),
+        Err(e) => Err(anyhow::Error::new(e).context("waiting for cargo test")),
+    };
+    Outcome {
+        passed,
+        failed,
+        verdict,
+    }
+}
+
+/// (passed, failed) from a test binary's `test result:` line.
+fn test_result(line: &str) -> Option<(u64, u64)> {
+    let counts = line.strip_prefix("test result: ")?;
+    let count = |word: &str| -> u64 {
+        counts
+            .split([';', '.'])
+            .find_map(|part| part.trim().strip_suffix(word)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Some((count("passed"), count("failed")))
 }
 
 fn main() -> Result<()> {
@@ -100,15 +147,15 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::all(),
         Cmd::Run { args } => {
             setup::all()?;
-            run(cargo().args(["build", "--release", "--package", "kat-userspace"]))?;
-            run(Command::new("target/release/kat").args(&args))
+            let built = cargo::build(&["--release", "--package", "kat-userspace"])?;
+            run(Command::new(built.bin("kat")?).args(&args))
         }
         Cmd::Test => {
             setup::all()?;
-            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo::command().args(["fmt", "--all", "--", "--check"]))?;
             // Default members: everything but the eBPF crate, linted below
             // for its own target.
-            run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+            run(cargo::command().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
             // The eBPF crate builds with nightly only (build-std).
             run(Command::new("rustup").args([
                 "run",
@@ -126,23 +173,62 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
-            let (passed, failed) = cargo_test()?;
-            let vm = vm::test();
-            let (vm_passed, vm_failed) = vm.as_ref().map_or((0, 1), |&counts| counts);
-            println!(
-                "tests: {} passed, {} failed",
-                passed + vm_passed,
-                failed + vm_failed
-            );
-            vm.map(|_| ())
+            // The slow VM matrix only once the host tests passed.
+            let host = cargo_test();
+            if host.verdict.is_err() {
+                print_totals(&[&host]);
+                return host.verdict;
+            }
+            let vm = vm::test().unwrap_or_else(Outcome::broken);
+            print_totals(&[&host, &vm]);
+            vm.verdict
         }
         Cmd::VmTest => {
             setup::all()?;
-            vm::test().map(|_| ())
+            vm::test()?.verdict
         }
         Cmd::Bench { only, quick } => {
             setup::all()?;
             bench::run_parts(&only, quick)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_from_test_result_lines() {
+        assert_eq!(
+            test_result("test result: ok. 46 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 1.03s"),
+            Some((46, 0))
+        );
+        assert_eq!(
+            test_result("test result: FAILED. 10 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.46s"),
+            Some((10, 1))
+        );
+        assert_eq!(test_result("test vm::tests::one_failed ... ok"), None);
+    }
+
+    fn outcome(passed: u64, failed: u64, ok: bool) -> Outcome {
+        Outcome {
+            passed,
+            failed,
+            verdict: if ok { Ok(()) } else { Err(anyhow!("failed")) },
+        }
+    }
+
+    #[test]
+    fn a_failed_part_never_totals_zero_failed() {
+        let host = outcome(120, 0, true);
+        assert_eq!(totals(&[&host, &outcome(78, 0, true)]), (198, 0));
+        assert_eq!(totals(&[&host, &outcome(75, 3, false)]), (195, 3));
+        // A build error: no test ran, none failed, cargo said no.
+        assert_eq!(totals(&[&outcome(0, 0, false)]), (0, 1));
+        assert_eq!(
+            totals(&[&host, &Outcome::broken(anyhow!("no kernel"))]),
+            (120, 1)
+        );
     }
 }

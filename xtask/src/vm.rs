@@ -5,16 +5,17 @@
 //! (VM_CACHE); each VM boots an initramfs holding busybox, static builds of
 //! `kat` and `kat-scenarios`, and the kernel's config (for CONFIG_HZ).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 
-use crate::run;
+use crate::cargo::{self, Built};
+use crate::{run, Outcome};
 
 /// Debian 12's cloud kernels: 6.1 (no reset reasons) and 6.12 (with).
 const KERNELS: [&str; 2] = [
@@ -101,9 +102,8 @@ fn kernel(package: &str) -> Result<(PathBuf, PathBuf, String)> {
 }
 
 /// Static builds of kat and the scenario runner.
-fn binaries() -> Result<PathBuf> {
-    run(crate::cargo().args([
-        "build",
+fn binaries() -> Result<Built> {
+    cargo::build(&[
         "--release",
         "--target",
         MUSL,
@@ -115,11 +115,10 @@ fn binaries() -> Result<PathBuf> {
         "kat",
         "--bin",
         "kat-scenarios",
-    ]))?;
-    Ok(PathBuf::from("target").join(MUSL).join("release"))
+    ])
 }
 
-fn initramfs(work: &Path, bins: &Path, config: &Path, release: &str) -> Result<PathBuf> {
+fn initramfs(work: &Path, bins: &Built, config: &Path, release: &str) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -128,8 +127,9 @@ fn initramfs(work: &Path, bins: &Path, config: &Path, release: &str) -> Result<P
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
-    fs::copy(bins.join("kat"), root.join("kat"))?;
-    fs::copy(bins.join("kat-scenarios"), root.join("kat-scenarios"))?;
+    for bin in ["kat", "kat-scenarios"] {
+        fs::copy(bins.bin(bin)?, root.join(bin))?;
+    }
     fs::copy(config, root.join(format!("boot/config-{release}")))?;
     fs::write(root.join("init"), INIT)?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -197,10 +197,32 @@ fn cmdline() -> String {
     )
 }
 
-/// scenario → lane → result, from the console's RESULT lines.
+/// The scenarios the runner is given, picked as it picks them: those whose
+/// name contains KAT_SCENARIO.
+fn expected() -> Vec<&'static str> {
+    let only = env("KAT_SCENARIO");
+    kat_scenarios::SCENARIOS
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| name.contains(&only))
+        .collect()
+}
+
+/// scenario → lane → result ("PASS", or "FAIL" and why).
 type Results = BTreeMap<String, BTreeMap<String, String>>;
 
-fn parse(console: &str) -> (Results, bool) {
+/// One kernel's run as its console tells it.
+struct Console {
+    results: Results,
+    /// The runner's closing line came: it got through every scenario.
+    done: bool,
+    panicked: bool,
+}
+
+/// Reads the runner's lines out of a console full of other things (boot
+/// messages, kernel log, kat's own output). A RESULT line the kernel wrote
+/// into is no PASS.
+fn parse(console: &str) -> Console {
     let mut results = Results::new();
     let mut done = false;
     for line in console.lines().map(str::trim) {
@@ -221,18 +243,88 @@ fn parse(console: &str) -> (Results, bool) {
                 .insert(lane.to_string(), result.to_string());
         }
     }
-    (results, done)
+    Console {
+        results,
+        done,
+        panicked: console.contains("Kernel panic"),
+    }
 }
 
-/// Runs the matrix; Ok((passed, failed)) only when nothing failed.
-pub fn test() -> Result<(u64, u64)> {
-    let bins = binaries()?;
-    let work = PathBuf::from("target/vm");
-    fs::create_dir_all(&work)?;
+/// The matrix's rows: every scenario expected, and any other one that
+/// reported.
+fn rows<'a>(
+    expected: &[&str],
+    consoles: impl IntoIterator<Item = &'a Console>,
+) -> BTreeSet<String> {
+    let mut rows: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
+    for console in consoles {
+        rows.extend(console.results.keys().cloned());
+    }
+    rows
+}
+
+fn cell<'a>(console: &'a Console, scenario: &str, lane: &str) -> Option<&'a str> {
+    console
+        .results
+        .get(scenario)
+        .and_then(|by_lane| by_lane.get(lane))
+        .map(String::as_str)
+}
+
+/// Why one kernel's run failed, a line each; none when it passed. Every row
+/// must PASS in every lane: a missing result (the VM died or timed out, the
+/// line came garbled) fails like a FAIL.
+fn failures(
+    console: &Console,
+    timed_out: bool,
+    rows: &BTreeSet<String>,
+    lanes: &[String],
+) -> Vec<String> {
     let mut failures = Vec::new();
-    let mut table: Vec<(String, Results)> = Vec::new();
+    if console.panicked {
+        failures.push("kernel panic".to_string());
+    } else if timed_out {
+        failures.push(format!("timed out after {VM_TIMEOUT:?}"));
+    } else if !console.done {
+        failures.push("the scenario runner did not finish".to_string());
+    }
+    for scenario in rows {
+        for lane in lanes {
+            match cell(console, scenario, lane) {
+                Some("PASS") => {}
+                Some(r) => failures.push(format!("{lane} {scenario}: {r}")),
+                None => failures.push(format!("{lane} {scenario}: no result")),
+            }
+        }
+    }
+    failures
+}
+
+/// One kernel booted.
+struct Run {
+    release: String,
+    log: PathBuf,
+    console: Console,
+    timed_out: bool,
+}
+
+/// Runs the matrix. Err when it cannot run at all (a build, a kernel
+/// download); the outcome's verdict says whether every cell passed.
+pub fn test() -> Result<Outcome> {
+    let expected = expected();
+    if expected.is_empty() {
+        bail!("KAT_SCENARIO={:?} names no scenario", env("KAT_SCENARIO"));
+    }
     let only = env("KAT_VM_KERNEL");
-    for package in KERNELS.iter().filter(|k| k.contains(&only)) {
+    let kernels: Vec<&str> = KERNELS.into_iter().filter(|k| k.contains(&only)).collect();
+    if kernels.is_empty() {
+        bail!("KAT_VM_KERNEL={only:?} names no kernel");
+    }
+    let lanes = lanes();
+    let bins = binaries()?;
+    let work = cargo::workspace()?.target_dir.join("vm");
+    let mut runs = Vec::new();
+    for package in kernels {
         let (vmlinuz, config, release) = kernel(package)?;
         let kwork = work.join(&release);
         fs::create_dir_all(&kwork)?;
@@ -248,60 +340,59 @@ pub fn test() -> Result<(u64, u64)> {
             "xtask: {release} done in {:.0} s",
             started.elapsed().as_secs_f64()
         );
-        let (results, done) = parse(&console);
-        if console.contains("Kernel panic") {
-            failures.push(format!("{release}: kernel panic (see {})", log.display()));
-        } else if timed_out {
-            failures.push(format!("{release}: timed out after {VM_TIMEOUT:?}"));
-        } else if !done {
-            failures.push(format!("{release}: the scenario runner did not finish"));
-        }
-        for (scenario, by_lane) in &results {
-            for lane in lanes() {
-                match by_lane.get(&lane) {
-                    Some(r) if r == "PASS" => {}
-                    Some(r) => failures.push(format!("{release} {lane} {scenario}: {r}")),
-                    None => failures.push(format!("{release} {lane} {scenario}: no result")),
-                }
-            }
-        }
-        if results.is_empty() {
-            failures.push(format!("{release}: no scenario result"));
-        }
-        table.push((release, results));
+        runs.push(Run {
+            release,
+            log,
+            console: parse(&console),
+            timed_out,
+        });
     }
-    let counts = print_matrix(&table);
-    if !failures.is_empty() {
+    let rows = rows(&expected, runs.iter().map(|r| &r.console));
+    let (matrix, passed, failed) = matrix(&runs, &rows, &lanes);
+    print!("{matrix}");
+    let mut count = 0;
+    for run in &runs {
+        let failures = failures(&run.console, run.timed_out, &rows, &lanes);
         for f in &failures {
-            eprintln!("FAIL {f}");
+            eprintln!("FAIL {} {f}", run.release);
         }
-        bail!("{} VM failures", failures.len());
+        if !failures.is_empty() {
+            eprintln!("xtask: {}'s console: {}", run.release, run.log.display());
+        }
+        count += failures.len();
     }
-    Ok(counts)
+    let verdict = match count {
+        0 => Ok(()),
+        n => Err(anyhow!("{n} VM failures")),
+    };
+    Ok(Outcome {
+        passed,
+        failed,
+        verdict,
+    })
 }
 
-/// Prints the matrix; returns (passed, failed) cells.
-fn print_matrix(table: &[(String, Results)]) -> (u64, u64) {
-    let mut header = format!("{:<34}", "scenario");
-    for (release, _) in table {
-        for lane in lanes() {
-            let short: Vec<&str> = release.split(['.', '-', '+']).take(2).collect();
-            let short = short.join(".");
-            header.push_str(&format!("{:<18}", format!("{short} {lane}")));
+/// The matrix as printed, and its (passed, failed) cells: a cell without a
+/// result counts as failed.
+fn matrix(runs: &[Run], rows: &BTreeSet<String>, lanes: &[String]) -> (String, u64, u64) {
+    let width = rows.iter().map(String::len).max().unwrap_or(0).max(8) + 2;
+    let mut text = format!("{:<width$}", "scenario");
+    for run in runs {
+        let short: Vec<&str> = run.release.split(['.', '-', '+']).take(2).collect();
+        let short = short.join(".");
+        for lane in lanes {
+            text.push_str(&format!("{:<18}", format!("{short} {lane}")));
         }
     }
-    println!("{header}");
-    let scenarios: std::collections::BTreeSet<&String> =
-        table.iter().flat_map(|(_, r)| r.keys()).collect();
+    text.push('\n');
     let mut passed = 0;
     let mut failed = 0;
-    for s in scenarios {
-        let mut row = format!("{s:<34}");
-        for (_, results) in table {
-            for lane in lanes() {
-                let cell = results.get(s).and_then(|l| l.get(&lane));
-                let mark = match cell {
-                    Some(r) if r == "PASS" => {
+    for scenario in rows {
+        text.push_str(&format!("{scenario:<width$}"));
+        for run in runs {
+            for lane in lanes {
+                let mark = match cell(&run.console, scenario, lane) {
+                    Some("PASS") => {
                         passed += 1;
                         "pass"
                     }
@@ -314,11 +405,198 @@ fn print_matrix(table: &[(String, Results)]) -> (u64, u64) {
                         "-"
                     }
                 };
-                row.push_str(&format!("{mark:<18}"));
+                text.push_str(&format!("{mark:<18}"));
             }
         }
-        println!("{row}");
+        text.push('\n');
     }
-    println!("vm: {passed} passed, {failed} failed");
-    (passed, failed)
+    text.push_str(&format!("vm: {passed} passed, {failed} failed\n"));
+    (text, passed, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCENARIOS: [&str; 3] = ["healthy_probes_answered", "ipv6", "user_timeout"];
+
+    /// What the serial console shows before the runner's first line (from
+    /// a 6.1 run: the firmware's screen clear runs into the first line).
+    const BOOT: &str = "\x1bc\x1b[?7l\x1b[2J\x1b[0mSeaBIOS (version 1.16.2-debian-1.16.2-1)\r
+\r
+iPXE (http://ipxe.org) 00:03.0 CA00 PCI2.10 PnP PMM+3EFCF000+3EF0F000 CA00\r
+Booting from ROM..\x1bc\x1b[?7l\x1b[2JKAT-VM kernel 6.1.0-56-cloud-amd64\r
+kernel                 6.1.0-56-cloud-amd64\r
+reset reasons          none (kernel before 6.10): told from the stack\r
+hook              fentry      kprobe      tracepoint  kat uses\r
+keepalive_timer   yes         yes         yes         fentry\r
+kat can run here.\r
+";
+
+    const END: &str = "RESULTS DONE\r\nKAT-VM exit 0\r\n[  391.220431] reboot: Power down\r\n";
+
+    /// Every scenario's line, lane by lane as the runner goes.
+    fn all_pass() -> String {
+        let mut text = String::new();
+        for lane in LANES {
+            for scenario in SCENARIOS {
+                text.push_str(&format!("RESULT {lane} {scenario} PASS\r\n"));
+            }
+        }
+        text
+    }
+
+    /// (failures, passed cells, failed cells) of one kernel's console.
+    fn judge(console: &str, timed_out: bool) -> (Vec<String>, u64, u64) {
+        let lanes: Vec<String> = LANES.map(String::from).to_vec();
+        let console = parse(console);
+        let rows = rows(&SCENARIOS, [&console]);
+        let failures = failures(&console, timed_out, &rows, &lanes);
+        let run = Run {
+            release: "6.12.117+deb12-cloud-amd64".into(),
+            log: PathBuf::new(),
+            console,
+            timed_out,
+        };
+        let (_, passed, failed) = matrix(&[run], &rows, &lanes);
+        (failures, passed, failed)
+    }
+
+    #[test]
+    fn all_passed() {
+        let (failures, passed, failed) = judge(&format!("{BOOT}{}{END}", all_pass()), false);
+        assert_eq!(failures, Vec::<String>::new());
+        assert_eq!((passed, failed), (9, 0));
+    }
+
+    #[test]
+    fn one_failed() {
+        let console = all_pass().replace(
+            "RESULT kprobe user_timeout PASS",
+            "RESULT kprobe user_timeout FAIL no death within 30 s",
+        );
+        let (failures, passed, failed) = judge(&format!("{BOOT}{console}{END}"), false);
+        assert_eq!(failures, ["kprobe user_timeout: FAIL no death within 30 s"]);
+        assert_eq!((passed, failed), (8, 1));
+    }
+
+    #[test]
+    fn a_vm_dying_mid_run_fails_every_missing_cell() {
+        // The fentry lane done, then an oops took the runner down.
+        let fentry: String = all_pass()
+            .lines()
+            .take(3)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let console = format!(
+            "{BOOT}{fentry}[  140.118204] BUG: kernel NULL pointer dereference, address: 0000000000000008\r
+[  140.118911] Oops: 0000 [#1] PREEMPT SMP NOPTI\r
+"
+        );
+        let (failures, passed, failed) = judge(&console, false);
+        assert_eq!(failures[0], "the scenario runner did not finish");
+        assert!(failures.contains(&"kprobe healthy_probes_answered: no result".to_string()));
+        assert!(failures.contains(&"tracepoint user_timeout: no result".to_string()));
+        assert_eq!(failures.len(), 1 + 6);
+        assert_eq!((passed, failed), (3, 6));
+    }
+
+    #[test]
+    fn a_vm_that_never_got_to_the_runner_fails_every_cell() {
+        let (failures, passed, failed) = judge(BOOT, false);
+        assert_eq!(failures.len(), 1 + 9);
+        assert_eq!((passed, failed), (0, 9));
+    }
+
+    #[test]
+    fn a_timeout_fails_even_when_the_results_are_in() {
+        let (failures, passed, failed) = judge(&format!("{BOOT}{}", all_pass()), true);
+        assert_eq!(failures, [format!("timed out after {VM_TIMEOUT:?}")]);
+        assert_eq!((passed, failed), (9, 0));
+    }
+
+    #[test]
+    fn a_kernel_panic_fails_even_after_the_last_result() {
+        let console = format!(
+            "{BOOT}{}{END}[  391.301377] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000000\r\n",
+            all_pass()
+        );
+        let (failures, ..) = judge(&console, false);
+        assert_eq!(failures, ["kernel panic"]);
+    }
+
+    #[test]
+    fn noise_between_and_inside_the_lines() {
+        let console = all_pass()
+            // kat's log and the kernel's between results.
+            .replace(
+                "RESULT fentry ipv6 PASS\r\n",
+                "[2026-12-02T16:20:11Z INFO  kat] attached the fentry lane\r
+RESULT fentry ipv6 PASS\r
+[   61.004113] hrtimer: interrupt took 4113024 ns\r
+",
+            )
+            // The kernel writing into a line: that result is lost.
+            .replace(
+                "RESULT kprobe ipv6 PASS\r\n",
+                "RESULT kprobe ipv6 PA[   98.551092] clocksource: timekeeping watchdog on CPU0\r\nSS\r\n",
+            )
+            // Kernel messages naming a result are not one.
+            .replace(
+                "RESULT tracepoint ipv6 PASS\r\n",
+                "[  250.000001] audit: comm=\"RESULT tracepoint ipv6 PASS\"\r\n",
+            );
+        let (failures, passed, failed) = judge(&format!("{BOOT}{console}{END}"), false);
+        assert_eq!(
+            failures,
+            [
+                "kprobe ipv6: PA[   98.551092] clocksource: timekeeping watchdog on CPU0",
+                "tracepoint ipv6: no result",
+            ]
+        );
+        assert_eq!((passed, failed), (7, 2));
+    }
+
+    #[test]
+    fn a_scenario_nobody_expected_still_counts() {
+        let console = format!(
+            "{BOOT}{}RESULT fentry renamed_scenario FAIL gone\r\n{END}",
+            all_pass()
+        );
+        let (failures, passed, failed) = judge(&console, false);
+        assert_eq!(
+            failures,
+            [
+                "fentry renamed_scenario: FAIL gone",
+                "kprobe renamed_scenario: no result",
+                "tracepoint renamed_scenario: no result",
+            ]
+        );
+        assert_eq!((passed, failed), (9, 3));
+    }
+
+    #[test]
+    fn the_matrix_names_each_kernel_and_lane() {
+        let lanes: Vec<String> = LANES.map(String::from).to_vec();
+        let console = parse(&format!("{BOOT}{}{END}", all_pass()));
+        let rows = rows(&SCENARIOS, [&console]);
+        let run = Run {
+            release: "6.1.0-56-cloud-amd64".into(),
+            log: PathBuf::new(),
+            console,
+            timed_out: false,
+        };
+        let (text, ..) = matrix(&[run], &rows, &lanes);
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        // The longest name still leaves a gap before the first cell.
+        assert_eq!(
+            lines[0],
+            "scenario                 6.1 fentry        6.1 kprobe        6.1 tracepoint"
+        );
+        assert_eq!(
+            lines[1],
+            "healthy_probes_answered  pass              pass              pass"
+        );
+        assert_eq!(lines.last(), Some(&"vm: 9 passed, 0 failed"));
+    }
 }

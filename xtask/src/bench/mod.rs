@@ -18,7 +18,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, run};
+use crate::cargo;
 
 /// The parts, in the order a full run takes them.
 pub const PARTS: [&str; 6] = ["hooks", "tax", "needle", "storm", "scale", "report"];
@@ -54,27 +54,20 @@ pub fn run_parts(only: &[String], quick: bool) -> Result<()> {
             bail!("unknown part {p:?}; parts: {}", PARTS.join(","));
         }
     }
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "kat-userspace",
-        "--bin",
-        "kat",
-    ]))?;
-    run(cargo().args([
-        "build",
+    let kat = cargo::build(&["--release", "--package", "kat-userspace", "--bin", "kat"])?;
+    let kat_load = cargo::build(&[
         "--release",
         "--package",
         "kat-scenarios",
         "--bin",
         "kat-load",
-    ]))?;
+    ])?;
     let ctx = Ctx {
-        kat: fs::canonicalize("target/release/kat")?,
-        kat_load: fs::canonicalize("target/release/kat-load")?,
+        kat: kat.bin("kat")?.to_path_buf(),
+        kat_load: kat_load.bin("kat-load")?.to_path_buf(),
         quick,
     };
+    let doc = cargo::workspace()?.root.join(DOC);
     let mut failed = Vec::new();
     for part in PARTS
         .iter()
@@ -93,7 +86,7 @@ pub fn run_parts(only: &[String], quick: bool) -> Result<()> {
         let took = started.elapsed().as_secs_f64();
         let md = format!("{}\n{body}", stamp(&ctx, took));
         println!("{md}");
-        write_section(Path::new(DOC), part, &md)?;
+        write_section(&doc, part, &md)?;
     }
     if !failed.is_empty() {
         bail!("bench parts failed: {}", failed.join(", "));

@@ -15,7 +15,7 @@ use super::Ctx;
 /// `journal` example of kat-userspace, also used by `cargo bench --bench
 /// report`); returns the events written.
 fn journal(dir: &Path, mib: u64) -> Result<u64> {
-    let out = crate::cargo()
+    let out = crate::cargo::command()
         .args([
             "run",
             "--release",
