@@ -9,6 +9,7 @@ pub mod load;
 pub mod loopback;
 pub mod net;
 pub mod netns;
+pub mod ns;
 pub mod spawn;
 pub mod tmux;
 
