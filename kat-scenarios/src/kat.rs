@@ -25,6 +25,8 @@ pub struct Kat {
     events: Receiver<Value>,
     pub seen: Vec<Value>,
     stderr: Receiver<String>,
+    /// The line kat said it was ready with (it names the lanes).
+    pub started: String,
 }
 
 /// How long kat may take to load and attach (TCG virtual machines are slow).
@@ -86,24 +88,24 @@ impl Kat {
                 }
             }
         });
-        let kat = Kat {
+        // Ready once the programs are attached.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let started = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match stderr.recv_timeout(left) {
+                Ok(l) if l.starts_with(ready) => break l,
+                Ok(l) => eprintln!("kat stderr: {l}"),
+                Err(_) => panic!("kat {subcommand} did not start within {START_TIMEOUT:?}"),
+            }
+        };
+        drop(starting);
+        Kat {
             child,
             events,
             seen: Vec::new(),
             stderr,
-        };
-        // Ready once the programs are attached.
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match kat.stderr.recv_timeout(left) {
-                Ok(l) if l.starts_with(ready) => break,
-                Ok(l) => eprintln!("kat stderr: {l}"),
-                Err(_) => panic!("kat {subcommand} did not start within {START_TIMEOUT:?}"),
-            }
+            started,
         }
-        drop(starting);
-        kat
     }
 
     /// Waits for an event matching `pred`, keeping every event seen.

@@ -9,6 +9,7 @@ pub mod load;
 pub mod loopback;
 pub mod net;
 pub mod netns;
+pub mod ns;
 pub mod spawn;
 pub mod tmux;
 
@@ -27,33 +28,39 @@ pub use net::{keepalive, Net, Side};
 /// `port` (and `port + 1` where it needs a second one).
 pub type Scenario = (&'static str, fn(&dyn Net, &KatCmd, u16));
 
-pub const SCENARIOS: [Scenario; 13] = [
-    ("healthy_probes_answered", healthy_probes_answered),
-    (
-        "vanished_peer_keepalive_timeout",
-        vanished_peer_keepalive_timeout,
-    ),
-    (
-        "restarted_peer_found_by_probe",
-        restarted_peer_found_by_probe,
-    ),
-    ("abort_on_close_and_linger", abort_on_close_and_linger),
-    ("user_timeout", user_timeout),
-    ("retransmit_timeout", retransmit_timeout),
-    ("orderly_close_only_with_all", orderly_close_only_with_all),
-    ("port_filter_in_kernel", port_filter_in_kernel),
-    ("ipv6", ipv6),
-    (
-        "recorded_death_in_the_journal",
-        recorded_death_in_the_journal,
-    ),
-    (
-        "orderly_closes_counted_in_the_kernel",
-        orderly_closes_counted_in_the_kernel,
-    ),
-    ("probe_names_its_owner", probe_names_its_owner),
-    ("keepalive_death_during_churn", keepalive_death_during_churn),
-];
+/// Calls the macro `$then!` with every scenario's name: the one list the
+/// suite is made of. [`SCENARIOS`] and the host suite's tests (one
+/// `#[test]` per scenario, `kat-userspace/tests/trace.rs`) are both made
+/// from it, so adding a scenario here adds its test.
+#[macro_export]
+macro_rules! with_scenarios {
+    ($then:ident) => {
+        $then! {
+            healthy_probes_answered,
+            vanished_peer_keepalive_timeout,
+            restarted_peer_found_by_probe,
+            abort_on_close_and_linger,
+            user_timeout,
+            retransmit_timeout,
+            orderly_close_only_with_all,
+            port_filter_in_kernel,
+            ipv6,
+            recorded_death_in_the_journal,
+            orderly_closes_counted_in_the_kernel,
+            probe_names_its_owner,
+            keepalive_death_during_churn,
+        }
+    };
+}
+
+macro_rules! scenario_list {
+    ($($name:ident),* $(,)?) => {
+        /// Every scenario, in the order the VMs and the recorded suite run them.
+        pub const SCENARIOS: &[Scenario] = &[$((stringify!($name), $name)),*];
+    };
+}
+
+with_scenarios!(scenario_list);
 
 /// True when a root-only test may run; without root it is skipped, except
 /// under CI=true, where skipping is a failure.
@@ -607,4 +614,36 @@ pub fn keepalive_death_during_churn(net: &dyn Net, kat_cmd: &KatCmd, port: u16) 
         );
     }
     assert!(closed > 0, "orderly closes of the churn were traced too");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SCENARIOS;
+
+    /// The scenarios docs/testing.md's table names.
+    fn documented() -> Vec<String> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/testing.md");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        text.lines()
+            .skip_while(|l| !l.starts_with("| scenario |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.split('`').nth(1).map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_scenarios_are_the_listed_ones() {
+        let mut listed: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        listed.sort_unstable();
+        let count = listed.len();
+        listed.dedup();
+        assert_eq!(listed.len(), count, "a scenario is listed twice");
+        let mut documented = documented();
+        documented.sort_unstable();
+        assert_eq!(
+            documented, listed,
+            "docs/testing.md's table of scenarios and with_scenarios! differ"
+        );
+    }
 }

@@ -6,38 +6,18 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Socket, TcpKeepalive, Type};
+use socket2::{Domain, Socket, Type};
 
-/// Moves the calling thread into namespace `ns` (None: stays where it is).
-pub fn enter(ns: Option<&str>) -> io::Result<()> {
-    let Some(ns) = ns else { return Ok(()) };
-    let file = std::fs::File::open(format!("/run/netns/{ns}"))?;
-    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
-}
-
-/// Runs `f` on a thread inside `ns`: the sockets it creates live there.
-fn within<T: Send + 'static>(
-    ns: Option<String>,
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    std::thread::spawn(move || {
-        enter(ns.as_deref())?;
-        f()
-    })
-    .join()
-    .map_err(|_| io::Error::other("namespace thread panicked"))?
-}
+use crate::ns::{self, enter, within};
 
 /// A listener with a backlog deep enough for connections made in bursts
 /// (the kernel caps it at the namespace's `net.core.somaxconn`).
-fn listen(ns: Option<String>, addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(ns: Option<&str>, addr: SocketAddr) -> io::Result<TcpListener> {
     within(ns, move || {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
         s.set_reuse_address(true)?;
@@ -94,7 +74,7 @@ pub struct Churn {
 
 /// Starts a churn generator on two threads (connecting, accepting).
 pub fn churn(spec: ChurnSpec) -> io::Result<Churn> {
-    let listener = listen(spec.server_ns.clone(), spec.server)?;
+    let listener = listen(spec.server_ns.as_deref(), spec.server)?;
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + spec.max_time;
@@ -192,16 +172,7 @@ pub struct Storm {
 }
 
 fn connect(addr: SocketAddr, keepalive: Option<(u64, u64, u32)>) -> io::Result<TcpStream> {
-    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    if let Some((idle, intvl, count)) = keepalive {
-        let ka = TcpKeepalive::new()
-            .with_time(Duration::from_secs(idle))
-            .with_interval(Duration::from_secs(intvl))
-            .with_retries(count);
-        s.set_tcp_keepalive(&ka)?;
-    }
-    s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
-    Ok(s.into())
+    ns::connect(addr, keepalive, Duration::from_secs(5))
 }
 
 /// Opens every connection of `spec` and returns once all are accepted.
@@ -223,10 +194,7 @@ pub fn storm(spec: StormSpec) -> io::Result<Storm> {
     }
     let mut accepting = Vec::new();
     for &(port, count) in &targets {
-        let l = listen(
-            Some(spec.server_ns.clone()),
-            SocketAddr::new(spec.server, port),
-        )?;
+        let l = listen(Some(&spec.server_ns), SocketAddr::new(spec.server, port))?;
         accepting.push(std::thread::spawn(move || -> io::Result<Vec<TcpStream>> {
             let mut got = Vec::with_capacity(count);
             while got.len() < count {
@@ -241,7 +209,8 @@ pub fn storm(spec: StormSpec) -> io::Result<Storm> {
     }
     let clients = {
         let spec = spec.clone();
-        within(spec.client_ns.clone(), move || {
+        let client_ns = spec.client_ns.clone();
+        within(client_ns.as_deref(), move || {
             let mut clients = Vec::with_capacity(total);
             let ka = |i: usize| {
                 (spec.keepalive_every > 0 && i.is_multiple_of(spec.keepalive_every))
@@ -292,8 +261,8 @@ impl Storm {
 }
 
 /// Drops everything to and from server ports `first..=last` in namespace
-/// `ns` (nftables).
-pub fn silence(ns: &str, first: u16, last: u16) -> io::Result<()> {
+/// `name` (nftables).
+pub fn silence(name: &str, first: u16, last: u16) -> io::Result<()> {
     let rules = format!(
         "add table inet katload; \
          add chain inet katload in {{ type filter hook input priority 0; }}; \
@@ -301,11 +270,5 @@ pub fn silence(ns: &str, first: u16, last: u16) -> io::Result<()> {
          add rule inet katload in tcp dport {first}-{last} drop; \
          add rule inet katload out tcp sport {first}-{last} drop"
     );
-    let status = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", &rules])
-        .status()?;
-    if !status.success() {
-        return Err(io::Error::other(format!("nft failed: {status}")));
-    }
-    Ok(())
+    ns::nft(name, &rules)
 }

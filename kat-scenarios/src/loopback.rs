@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 use socket2::{Domain, SockFilter, SockRef, Socket, Type};
 
-use crate::net::{abort, Net, Side};
+use crate::net::{abort, on_port, Net, Side};
 
 /// `ret #0`: accept nothing.
 const DROP_ALL: [SockFilter; 1] = [SockFilter::new(0x06, 0, 0, 0)];
@@ -58,11 +58,7 @@ impl Net for Loopback {
     }
 
     fn is(&self, v: &Value, ty: &str, side: Side, port: u16) -> bool {
-        let mine = match side {
-            Side::Client => v["dport"] == port && v["sport"] != port,
-            Side::Server => v["sport"] == port,
-        };
-        v["type"] == ty && mine
+        v["type"] == ty && on_port(v, side, port)
     }
 
     fn slack(&self) -> f64 {

@@ -3,10 +3,9 @@
 //! kernels ship veth and nftables only as modules).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
 
 use serde_json::Value;
-use socket2::{Socket, TcpKeepalive};
+use socket2::Socket;
 
 /// Which end of a scenario's connection an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,18 +38,42 @@ pub trait Net {
     fn client_ns(&self) -> Option<String>;
 }
 
+/// Whether an event is about this side of a connection to `port`: the
+/// client's end has it as destination (and not as source, which a
+/// connection on loopback to itself would), the server's as source.
+pub fn on_port(v: &Value, side: Side, port: u16) -> bool {
+    match side {
+        Side::Client => v["dport"] == port && v["sport"] != port,
+        Side::Server => v["sport"] == port,
+    }
+}
+
 /// SO_KEEPALIVE with TCP_KEEPIDLE/INTVL/CNT.
 pub fn keepalive(s: &Socket, idle_s: u64, intvl_s: u64, count: u32) {
-    let ka = TcpKeepalive::new()
-        .with_time(Duration::from_secs(idle_s))
-        .with_interval(Duration::from_secs(intvl_s))
-        .with_retries(count);
-    s.set_tcp_keepalive(&ka).expect("keepalive");
+    crate::ns::set_keepalive(s, (idle_s, intvl_s, count)).expect("keepalive");
 }
 
 /// Closes a socket with SO_LINGER 0: a RST instead of a FIN.
 pub fn abort(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
+    crate::ns::abort(s).expect("linger");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_event_is_on_the_port_of_its_side() {
+        let out = json!({"sport": 40000, "dport": 6701});
+        assert!(on_port(&out, Side::Client, 6701));
+        assert!(!on_port(&out, Side::Client, 6702), "another port");
+        assert!(!on_port(&out, Side::Server, 6701), "the other side");
+        let back = json!({"sport": 6701, "dport": 40000});
+        assert!(on_port(&back, Side::Server, 6701));
+        assert!(!on_port(&back, Side::Server, 6702));
+        // Loopback to itself: the server's end, not the client's.
+        let both = json!({"sport": 6701, "dport": 6701});
+        assert!(!on_port(&both, Side::Client, 6701));
+    }
 }

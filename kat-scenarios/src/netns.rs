@@ -3,43 +3,23 @@
 //! dropped with nftables. Removed on drop, also when a scenario fails.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
-use std::os::unix::fs::MetadataExt as _;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use crate::net::{abort, Net, Side};
-use crate::spawn::starting;
+use crate::net::{abort, on_port, Net, Side};
+use crate::ns;
 
 pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const SERVER_ADDR: &str = "198.18.0.2";
 pub const CLIENT_ADDR6: &str = "fd00:6b61:74::1";
 pub const SERVER_ADDR6: &str = "fd00:6b61:74::2";
 
-fn run(cmd: &[&str]) {
-    let _starting = starting();
-    let status = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .status()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed: {status}");
-}
-
-/// `ip` with space-separated arguments.
-fn ip(args: &str) {
-    let mut cmd = vec!["ip"];
-    cmd.extend(args.split_whitespace());
-    run(&cmd);
-}
-
-fn netns_inode(name: &str) -> u64 {
-    std::fs::metadata(format!("/run/netns/{name}"))
-        .expect("netns")
-        .ino()
+/// A lab step that cannot fail unless the machine cannot run the suite.
+fn must<T>(what: &str, r: std::io::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 static LABS: AtomicU32 = AtomicU32::new(0);
@@ -63,54 +43,28 @@ impl Lab {
             client: format!("{tag}-c"),
             server: format!("{tag}-s"),
         };
-        ip(&format!("netns add {}", lab.client));
-        ip(&format!("netns add {}", lab.server));
-        ip(&format!("-n {} link set lo up", lab.client));
+        must("client namespace", ns::add(&lab.client));
+        must("server namespace", ns::add(&lab.server));
         lab.connect_server();
         lab
     }
 
-    /// (Re)creates the server namespace's side of the link.
+    /// Links the (new) server namespace to the client's.
     fn connect_server(&self) {
-        let (c, s) = (&self.client, &self.server);
-        ip(&format!("-n {s} link set lo up"));
-        ip(&format!(
-            "-n {c} link add veth0 type veth peer name veth0 netns {s}"
-        ));
-        for (ns, addr, addr6) in [
-            (c, CLIENT_ADDR, CLIENT_ADDR6),
-            (s, SERVER_ADDR, SERVER_ADDR6),
-        ] {
-            ip(&format!("-n {ns} addr add {addr}/24 dev veth0"));
-            // nodad: usable at once, without duplicate address detection.
-            ip(&format!("-n {ns} addr add {addr6}/64 dev veth0 nodad"));
-            ip(&format!("-n {ns} link set veth0 up"));
-        }
+        let (c4, c6) = (format!("{CLIENT_ADDR}/24"), format!("{CLIENT_ADDR6}/64"));
+        let (s4, s6) = (format!("{SERVER_ADDR}/24"), format!("{SERVER_ADDR6}/64"));
+        must(
+            "veth pair",
+            ns::veth(
+                "veth0",
+                (&self.client, &[&c4, &c6]),
+                (&self.server, &[&s4, &s6]),
+            ),
+        );
     }
 
-    /// Runs `f` on a thread inside namespace `ns`: sockets it creates live there.
-    fn within<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{ns}");
-        std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("open netns");
-            nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("netns thread")
-    }
-
-    fn drop_all(ns: &str) {
-        run(&[
-            "ip",
-            "netns",
-            "exec",
-            ns,
-            "nft",
-            "add table inet katlab; \
-             add chain inet katlab in { type filter hook input priority 0; policy drop; }; \
-             add chain inet katlab out { type filter hook output priority 0; policy drop; }",
-        ]);
+    fn drop_all(name: &str) {
+        must("nftables drop", ns::drop_all(name, "katlab"));
     }
 }
 
@@ -121,18 +75,17 @@ impl Net for Lab {
     }
 
     fn listen(&self, addr: SocketAddr) -> TcpListener {
-        Self::within(&self.server, move || {
-            TcpListener::bind(addr).expect("listen")
-        })
+        must("listen", ns::listen(Some(&self.server), addr))
     }
 
     fn connect(&self, addr: SocketAddr, setup: Box<dyn FnOnce(&Socket) + Send>) -> TcpStream {
-        Self::within(&self.client, move || {
-            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        let connected = ns::within(Some(&self.client), move || {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
             setup(&s);
-            s.connect(&addr.into()).expect("connect");
-            s.into()
-        })
+            s.connect(&addr.into())?;
+            Ok(s.into())
+        });
+        must("connect", connected)
     }
 
     fn blackhole(&self, _server: &TcpStream) {
@@ -145,43 +98,41 @@ impl Net for Lab {
         Self::drop_all(&self.server);
         abort(server);
         drop(listener);
-        ip(&format!("netns del {}", self.server));
+        must("server namespace gone", ns::del(&self.server));
         let deadline = Instant::now() + Duration::from_secs(10);
         // The veth pair goes away with the namespace, once its last socket is freed.
-        while {
-            let _starting = starting();
-            Command::new("ip")
-                .args(["-n", &self.client, "link", "show", "veth0"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        } {
+        while ns::ip(&format!("-n {} link show veth0", self.client)).is_ok() {
             assert!(
                 Instant::now() < deadline,
                 "old server namespace did not go away"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        ip(&format!("netns add {}", self.server));
+        must("server namespace again", ns::add(&self.server));
         self.connect_server();
     }
 
     fn client_sysctl(&self, key: &str, value: &str) {
-        ip(&format!(
-            "netns exec {} sysctl -qw {key}={value}",
-            self.client
-        ));
+        must(
+            "sysctl",
+            ns::ip(&format!(
+                "netns exec {} sysctl -qw {key}={value}",
+                self.client
+            )),
+        );
     }
 
-    /// Matched by local address *and* namespace inode: other labs use the
-    /// same addresses.
-    fn is(&self, v: &Value, ty: &str, side: Side, _port: u16) -> bool {
-        let (ns, addrs) = match side {
+    /// Matched by port, local address *and* namespace inode: other labs
+    /// use the same addresses (and maybe the same ports).
+    fn is(&self, v: &Value, ty: &str, side: Side, port: u16) -> bool {
+        let (name, addrs) = match side {
             Side::Client => (&self.client, [CLIENT_ADDR, CLIENT_ADDR6]),
             Side::Server => (&self.server, [SERVER_ADDR, SERVER_ADDR6]),
         };
-        v["type"] == ty && addrs.iter().any(|a| v["saddr"] == *a) && v["netns"] == netns_inode(ns)
+        v["type"] == ty
+            && on_port(v, side, port)
+            && addrs.iter().any(|a| v["saddr"] == *a)
+            && v["netns"] == must("netns", ns::inode(name))
     }
 
     fn slack(&self) -> f64 {
@@ -195,12 +146,8 @@ impl Net for Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        for ns in [&self.client, &self.server] {
-            let _starting = starting();
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+        for name in [&self.client, &self.server] {
+            let _ = ns::del(name);
         }
     }
 }

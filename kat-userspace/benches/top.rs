@@ -6,12 +6,11 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use chrono::DateTime;
 use criterion::{criterion_group, criterion_main, Criterion};
 use kat_common::{flag, kind, tcp_state, Record, AF_INET};
-use kat_userspace::event::{Event, Origin, Settings, What};
-use kat_userspace::owner::Owner;
-use kat_userspace::top::model::{ConnKey, Live, Model, Msg};
+use kat_userspace::event::{ConnKey, Event, Origin, Settings};
+use kat_userspace::testkit::{at, conn, event, live, probe, settings};
+use kat_userspace::top::model::{Model, Msg};
 use kat_userspace::top::view::view;
 use kat_userspace::tracker::{Setup, Tracker};
 use ratatui::backend::TestBackend;
@@ -43,59 +42,31 @@ fn addr(i: u32) -> IpAddr {
 }
 
 fn model() -> Model {
-    let t = DateTime::from_timestamp(1_763_700_000, 0).expect("ts");
+    let t = at(0.0);
     let mut m = Model::new("bench".into(), "6.18".into(), "tracepoint lane".into(), t);
     let keys: Vec<ConnKey> = (0..N)
-        .map(|i| ConnKey {
-            netns: 1,
-            saddr: addr(i),
-            sport: 30000 + (i % 30000) as u16,
-            daddr: addr(i + 7),
-            dport: 6699,
-        })
+        .map(|i| conn(addr(i), 30000 + (i % 30000) as u16, addr(i + 7), 6699))
         .collect();
     m.update(Msg::Snapshot(
         keys.iter()
             .enumerate()
-            .map(|(i, &key)| Live {
-                key,
-                state: "ESTABLISHED",
-                uid: 0,
-                owner: Some(Owner {
-                    pid: 1000 + i as u32 % 50,
-                    comm: "svc".into(),
-                }),
-                next_run_s: (i % 7200) as f64,
-                probes_out: (i % 4) as u8,
+            .map(|(i, &key)| {
+                let (probes_out, next_run_s) = ((i % 4) as u8, (i % 7200) as f64);
+                live(key, 1000 + i as u32 % 50, "svc", probes_out, next_run_s)
             })
             .collect(),
     ));
+    // The kernel's defaults, from the sysctls.
+    let defaults = Settings {
+        idle_from: Origin::Sysctl,
+        intvl_from: Origin::Sysctl,
+        ..settings(7200.0, 75.0, 9)
+    };
     for (i, key) in keys.iter().enumerate().step_by(10) {
         m.update(Msg::Event(Box::new(Event {
-            what: What::Probe {
-                probe: 1,
-                probes_max: 3,
-                idle_s: 7200.0,
-            },
-            ts: t,
-            saddr: key.saddr,
-            sport: key.sport,
-            daddr: key.daddr,
-            dport: key.dport,
-            netns: key.netns,
-            uid: 0,
             pid: Some(i as u32),
-            comm: None,
-            keepalive: Some(Settings {
-                idle_s: 7200.0,
-                idle_from: Origin::Sysctl,
-                intvl_s: 75.0,
-                intvl_from: Origin::Sysctl,
-                probes: 9,
-                probes_from: Origin::Sysctl,
-                user_timeout_ms: None,
-            }),
-            sock_ino: 0,
+            keepalive: Some(defaults),
+            ..event(*key, t, probe(1, 3, 7200.0))
         })));
     }
     m

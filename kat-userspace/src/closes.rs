@@ -154,10 +154,7 @@ pub fn aggregate(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn at(s: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_700_000_000 + s, 0).expect("ts")
-    }
+    use crate::testkit::at;
 
     fn key(peer: [u8; 4], port: u16, direction: u8) -> CloseKey {
         let mut k = CloseKey {
@@ -187,8 +184,8 @@ mod tests {
                 key([198, 18, 0, 2], 80, flag::PASSIVE_OPEN),
                 vec![stats(3, 3, 300, 200), stats(2, 1, 50, 50)],
             )],
-            at(0),
-            at(10),
+            at(0.0),
+            at(10.0),
         );
         assert_eq!(out.len(), 1);
         let c = &out[0];
@@ -196,7 +193,7 @@ mod tests {
         assert!((c.lifetime_sum_s - 0.35).abs() < 1e-9);
         assert!((c.lifetime_max_s - 0.2).abs() < 1e-9);
         assert_eq!(c.interval_s, 10.0);
-        assert_eq!(c.ts, at(10));
+        assert_eq!(c.ts, at(10.0));
         assert_eq!(c.direction, Direction::In);
         assert_eq!(c.peer, "198.18.0.2".parse::<IpAddr>().expect("addr"));
         assert_eq!((c.netns, c.port), (7, 80));
@@ -216,8 +213,8 @@ mod tests {
                     vec![stats(2, 0, 0, 0)],
                 ),
             ],
-            at(0),
-            at(1),
+            at(0.0),
+            at(1.0),
         );
         let peers: Vec<String> = out.iter().map(|c| c.peer.to_string()).collect();
         assert_eq!(peers, ["198.18.0.1", "198.18.0.9"]);
@@ -228,8 +225,8 @@ mod tests {
     fn the_overflow_key_reads_as_port_0_of_no_peer() {
         let out = aggregate(
             vec![(overflow_key(1), vec![stats(4, 0, 0, 0)])],
-            at(0),
-            at(1),
+            at(0.0),
+            at(1.0),
         );
         assert_eq!(out[0].port, 0);
         assert_eq!(out[0].peer, IpAddr::V4(Ipv4Addr::UNSPECIFIED));

@@ -8,15 +8,14 @@
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsFd as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context as _, Result};
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
+use anyhow::{Context as _, Result};
+use kat_scenarios::ns;
 
 use crate::engine::Selection;
 use crate::kernel;
@@ -39,29 +38,6 @@ pub const PORTS: [u16; 4] = [HEALTHY, BLACKHOLE, RESTART, UNREAD];
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {}
 
-fn command(cmd: &[&str]) -> Result<()> {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("cannot run {} (is iproute2/nftables installed?)", cmd[0]))?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed: {}",
-            cmd.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn ip(args: &str) -> Result<()> {
-    let mut cmd = vec!["ip"];
-    cmd.extend(args.split_whitespace());
-    command(&cmd)
-}
-
 /// Namespaces left by an earlier demo (killed hard), or by this one.
 fn remove_all() {
     let list = Command::new("ip").args(["netns", "list"]).output();
@@ -70,70 +46,29 @@ fn remove_all() {
         .unwrap_or_default();
     for name in names.lines().filter_map(|l| l.split_whitespace().next()) {
         if name.starts_with(PREFIX) {
-            let _ = ip(&format!("netns del {name}"));
+            let _ = ns::del(name);
         }
     }
 }
 
-/// A veth pair `name` between two namespaces with a /24 on each end.
+/// A veth pair `name` between two namespaces, `NET.1/24` and `NET.2/24`.
 fn link(a: &str, b: &str, name: &str, net: &str) -> Result<()> {
-    ip(&format!(
-        "-n {a} link add {name} type veth peer name {name} netns {b}"
-    ))?;
-    ip(&format!("-n {a} addr add {net}.1/24 dev {name}"))?;
-    ip(&format!("-n {b} addr add {net}.2/24 dev {name}"))?;
-    ip(&format!("-n {a} link set {name} up"))?;
-    ip(&format!("-n {b} link set {name} up"))
+    let (end_a, end_b) = (format!("{net}.1/24"), format!("{net}.2/24"));
+    Ok(ns::veth(name, (a, &[&end_a]), (b, &[&end_b]))?)
 }
 
-fn namespace(name: &str) -> Result<()> {
-    ip(&format!("netns add {name}"))?;
-    ip(&format!("-n {name} link set lo up"))
-}
-
-/// Runs `f` on a thread inside namespace `ns`: sockets made there live there.
-fn within<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("namespace thread panicked"))?
-}
-
+/// A connection from the client namespace.
 fn connect(addr: &str, port: u16, keepalive: Option<(u64, u64, u32)>) -> Result<TcpStream> {
     let addr: SocketAddr = format!("{addr}:{port}").parse()?;
-    within(CLIENT, move || {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
-        if let Some((idle, intvl, count)) = keepalive {
-            s.set_tcp_keepalive(
-                &TcpKeepalive::new()
-                    .with_time(Duration::from_secs(idle))
-                    .with_interval(Duration::from_secs(intvl))
-                    .with_retries(count),
-            )?;
-        }
-        s.connect_timeout(&addr.into(), Duration::from_secs(2))?;
-        Ok(s.into())
-    })
+    let timeout = Duration::from_secs(2);
+    Ok(ns::within(Some(CLIENT), move || {
+        ns::connect(addr, keepalive, timeout)
+    })?)
 }
 
-fn listen(ns: &str, addr: &str, port: u16) -> Result<TcpListener> {
-    let addr = format!("{addr}:{port}");
-    within(ns, move || Ok(TcpListener::bind(&addr)?))
-}
-
-fn nft(ns: &str, script: &str) -> Result<()> {
-    command(&["ip", "netns", "exec", ns, "nft", script])
-}
-
-fn abort(s: TcpStream) {
-    let _ = SockRef::from(&s).set_linger(Some(Duration::ZERO));
+fn listen(name: &str, addr: &str, port: u16) -> Result<TcpListener> {
+    let addr: SocketAddr = format!("{addr}:{port}").parse()?;
+    Ok(ns::listen(Some(name), addr)?)
 }
 
 /// Sleeps in small steps; false once the demo is stopping.
@@ -154,13 +89,13 @@ fn pause(stop: &AtomicBool, d: Duration) -> bool {
 /// The peer host "restarts": nothing leaves it, its namespace goes away
 /// with its sockets and comes back with the same address.
 fn restart_peer(server: TcpStream, listener: TcpListener) -> Result<TcpListener> {
-    nft(PEER, "add table inet katdemo; add chain inet katdemo out { type filter hook output priority 0; policy drop; }")?;
-    abort(server);
+    ns::drop_all(PEER, "katdemo")?;
+    let _ = ns::abort(server);
     drop(listener);
-    ip(&format!("netns del {PEER}"))?;
+    ns::del(PEER)?;
     // The namespace is torn down in the background: cut the link now.
-    let _ = ip(&format!("-n {CLIENT} link del to-peer"));
-    namespace(PEER)?;
+    let _ = ns::ip(&format!("-n {CLIENT} link del to-peer"));
+    ns::add(PEER)?;
     link(CLIENT, PEER, "to-peer", "198.18.2")?;
     listen(PEER, "198.18.2.2", RESTART)
 }
@@ -190,7 +125,7 @@ impl Stories {
         // A peer whose packets are dropped: probes 1, 2, 3, then the RST.
         let lost = connect("198.18.1.2", BLACKHOLE, Some((2, 1, 3)))?;
         let (lost_peer, _) = self.blackhole.accept()?;
-        nft(
+        ns::nft(
             SERVER,
             &format!(
                 "add table inet katdemo; \
@@ -219,7 +154,7 @@ impl Stories {
         drop(unread);
 
         let over = pause(stop, Duration::from_secs(9));
-        let _ = nft(SERVER, "delete table inet katdemo");
+        let _ = ns::nft(SERVER, "delete table inet katdemo");
         drop((lost, lost_peer, half_open, talker));
         if over {
             pause(stop, Duration::from_secs(2));
@@ -242,8 +177,8 @@ impl Lab {
 
     fn build() -> Result<Self> {
         remove_all();
-        for ns in [CLIENT, SERVER, PEER] {
-            namespace(ns)?;
+        for name in [CLIENT, SERVER, PEER] {
+            ns::add(name)?;
         }
         link(CLIENT, SERVER, "to-server", "198.18.1")?;
         link(CLIENT, PEER, "to-peer", "198.18.2")?;

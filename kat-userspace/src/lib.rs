@@ -16,6 +16,8 @@ pub mod owner;
 pub mod record;
 pub mod report;
 pub mod source;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod text;
 pub mod top;
 pub mod trace;

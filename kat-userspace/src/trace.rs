@@ -161,31 +161,16 @@ pub async fn run(args: TraceArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Origin, Settings, What};
-    use chrono::DateTime;
+    use crate::event::What;
+    use crate::testkit::{self, addr, at, conn, settings};
 
     fn ev(what: What) -> Event {
+        let k = conn(addr("198.18.0.1"), 6699, addr("fd00:6b61:74::2"), 40000);
         Event {
-            what,
-            ts: DateTime::from_timestamp(1_700_000_000, 0).expect("ts"),
-            saddr: "198.18.0.1".parse().expect("addr"),
-            sport: 6699,
-            daddr: "fd00:6b61:74::2".parse().expect("addr"),
-            dport: 40000,
-            netns: 1,
-            uid: 0,
             pid: Some(42),
             comm: Some("server".into()),
-            keepalive: Some(Settings {
-                idle_s: 55.0,
-                idle_from: Origin::Socket,
-                intvl_s: 6.0,
-                intvl_from: Origin::Socket,
-                probes: 2,
-                probes_from: Origin::Sysctl,
-                user_timeout_ms: None,
-            }),
-            sock_ino: 0,
+            keepalive: Some(settings(55.0, 6.0, 2)),
+            ..testkit::event(k, at(0.0), what)
         }
     }
 

@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, SocketAddr};
-use std::os::unix::fs::MetadataExt as _;
 use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -50,9 +49,7 @@ fn get<T: std::str::FromStr>(args: &Args, key: &str, default: T) -> Result<T, St
 }
 
 fn inode(ns: &str) -> Result<u64, String> {
-    std::fs::metadata(format!("/run/netns/{ns}"))
-        .map(|m| m.ino())
-        .map_err(|e| format!("namespace {ns}: {e}"))
+    kat_scenarios::ns::inode(ns).map_err(|e| format!("namespace {ns}: {e}"))
 }
 
 fn server() -> IpAddr {

@@ -4,57 +4,35 @@
 use std::net::IpAddr;
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
-use kat_userspace::event::{Event, Origin, Reason, Settings, What};
+use kat_userspace::event::{Event, Reason, What};
+use kat_userspace::journal::files;
 use kat_userspace::journal::writer::{Limits, Writer};
-use kat_userspace::journal::{files, Header, FORMAT};
+use kat_userspace::testkit::{self, conn, death, probe, settings};
 
-fn at(i: u32) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(1_763_700_000_000 + i64::from(i) * 37).expect("ts")
-}
-
-/// Connections of four events: probe, answer, probe, death.
+/// Connections of four events: probe, answer, probe, death; 37 ms apart.
 pub fn event(i: u32) -> Event {
-    let conn = i / 4;
+    let conn_no = i / 4;
     let what = match i % 4 {
-        0 | 2 => What::Probe {
-            probe: 1,
-            probes_max: 2,
-            idle_s: 55.0,
-        },
+        0 | 2 => probe(1, 2, 55.0),
         1 => What::ProbeAnswered { probe: 1 },
-        _ => What::Death {
-            reason: [Reason::KeepaliveTimeout, Reason::PeerReset, Reason::Closed]
-                [conn as usize % 3],
-            errno: Some("ETIMEDOUT".into()),
-            unanswered_probes: 2,
-            found_by_probe: false,
-            lifetime_s: Some(70.5),
-            state: "ESTABLISHED".into(),
-            kernel_reset_reason: None,
-        },
+        _ => death(
+            [Reason::KeepaliveTimeout, Reason::PeerReset, Reason::Closed][conn_no as usize % 3],
+            Some("ETIMEDOUT"),
+            2,
+            Some(70.5),
+        ),
     };
+    let k = conn(
+        IpAddr::from([198, 18, 1, 2]),
+        30000 + (conn_no % 30000) as u16,
+        IpAddr::from([198, 18, (conn_no >> 8) as u8, conn_no as u8]),
+        6699,
+    );
     Event {
-        what,
-        ts: at(i),
-        saddr: IpAddr::from([198, 18, 1, 2]),
-        sport: 30000 + (conn % 30000) as u16,
-        daddr: IpAddr::from([198, 18, (conn >> 8) as u8, conn as u8]),
-        dport: 6699,
-        netns: 4026531840,
-        uid: 0,
         pid: Some(1234),
         comm: Some("server".into()),
-        keepalive: Some(Settings {
-            idle_s: 55.0,
-            idle_from: Origin::Socket,
-            intvl_s: 6.0,
-            intvl_from: Origin::Socket,
-            probes: 2,
-            probes_from: Origin::Sysctl,
-            user_timeout_ms: None,
-        }),
-        sock_ino: 0,
+        keepalive: Some(settings(55.0, 6.0, 2)),
+        ..testkit::event(k, testkit::at(f64::from(i) * 0.037), what)
     }
 }
 
@@ -69,16 +47,7 @@ pub struct Written {
 /// `max_size` first (kat record's cap: files of an eighth of it). Stops
 /// short of the cap, so no file is dropped.
 pub fn write(dir: &Path, events: u32, max_size: u64) -> Written {
-    let header = Header {
-        format: FORMAT,
-        kat: "bench".into(),
-        host: "bench".into(),
-        kernel: "6.18".into(),
-        lanes: "tracepoint lane".into(),
-        ports: vec![],
-        run_started: at(0),
-        file_started: at(0),
-    };
+    let header = testkit::header();
     let limits = Limits::new(max_size, None).expect("limits");
     let mut w = Writer::open(dir, limits, header).expect("writer");
     let size = || -> u64 {

@@ -6,67 +6,30 @@ use chrono::{DateTime, Utc};
 use super::reader::{self, Journal};
 use super::writer::{Limits, Writer};
 use super::*;
-use crate::event::{Reason, What};
+use crate::event::{Origin, Reason, Settings, What};
+use crate::testkit::{self, addr, at, conn, header};
 
-pub(crate) fn at(s: f64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(1_795_000_000_000 + (s * 1000.0) as i64).expect("ts")
-}
-
-pub(crate) fn header() -> Header {
-    Header {
-        format: FORMAT,
-        kat: "0.1.0".into(),
-        host: "web-1".into(),
-        kernel: "6.18.44".into(),
-        lanes: "tracepoint lane".into(),
-        ports: vec![],
-        run_started: at(0.0),
-        file_started: at(0.0),
-    }
-}
-
+/// `what` at second `ts` on a connection from local port `sport` of
+/// 198.18.1.2 to 198.18.2.2:6699, held by pid 7 (client): the stories of
+/// the journal, report and replay tests.
 pub(crate) fn event(ts: f64, sport: u16, what: What) -> Event {
+    let k = conn(addr("198.18.1.2"), sport, addr("198.18.2.2"), 6699);
     Event {
-        what,
-        ts: at(ts),
-        saddr: "198.18.1.2".parse().expect("addr"),
-        sport,
-        daddr: "198.18.2.2".parse().expect("addr"),
-        dport: 6699,
-        netns: 4026531840,
-        uid: 0,
         pid: Some(7),
         comm: Some("client".into()),
-        keepalive: None,
-        sock_ino: 0,
+        ..testkit::event(k, at(ts), what)
     }
 }
 
 pub(crate) fn probe(ts: f64, sport: u16, n: u8) -> Event {
-    event(
-        ts,
-        sport,
-        What::Probe {
-            probe: n,
-            probes_max: 3,
-            idle_s: ts,
-        },
-    )
+    event(ts, sport, testkit::probe(n, 3, ts))
 }
 
 pub(crate) fn death(ts: f64, sport: u16, reason: Reason) -> Event {
     event(
         ts,
         sport,
-        What::Death {
-            reason,
-            errno: Some("ETIMEDOUT".into()),
-            unanswered_probes: 3,
-            found_by_probe: false,
-            lifetime_s: Some(ts),
-            state: "ESTABLISHED".into(),
-            kernel_reset_reason: None,
-        },
+        testkit::death(reason, Some("ETIMEDOUT"), 3, Some(ts)),
     )
 }
 
@@ -216,7 +179,7 @@ fn corrupt_and_foreign_lines_are_named_and_skipped() {
 
 #[test]
 fn names_sort_by_sequence_and_foreign_files_are_ignored() {
-    assert_eq!(file_name(7, at(0.0)), "kat-000007-20261118T110640Z.jsonl");
+    assert_eq!(file_name(7, at(0.0)), "kat-000007-20251121T044000Z.jsonl");
     assert_eq!(
         seq_of(Path::new("/x/kat-000007-20261118T110640Z.jsonl")),
         Some(7)
@@ -313,14 +276,10 @@ fn entries_stream_file_by_file_and_bad_lines_keep_their_place() {
 #[test]
 fn every_kind_of_event_reads_back_field_for_field() {
     let mut with_settings = probe(1.0, 40000, 2);
-    with_settings.keepalive = Some(crate::event::Settings {
-        idle_s: 55.0,
-        idle_from: crate::event::Origin::Socket,
-        intvl_s: 6.5,
-        intvl_from: crate::event::Origin::Sysctl,
-        probes: 4,
-        probes_from: crate::event::Origin::Sysctl,
+    with_settings.keepalive = Some(Settings {
+        intvl_from: Origin::Sysctl,
         user_timeout_ms: Some(2500),
+        ..testkit::settings(55.0, 6.5, 4)
     });
     let mut bare = death(3.0, 40000, Reason::Unknown);
     bare.pid = None;

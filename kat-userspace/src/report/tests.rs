@@ -3,8 +3,9 @@ use chrono::{Local, TimeZone as _};
 use super::summary::*;
 use super::*;
 use crate::event::{Closes, Direction, Lost, Reason, What};
-use crate::journal::tests::{at, death, event, header, probe};
+use crate::journal::tests::{death, event, probe};
 use crate::journal::Entry;
+use crate::testkit::{at, header};
 
 fn answered(ts: f64, sport: u16) -> Entry {
     Entry::Event(event(ts, sport, What::ProbeAnswered { probe: 1 }))

@@ -488,9 +488,10 @@ mod tests {
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
-    use super::super::model::tests::{at, populated};
+    use super::super::model::tests::populated;
     use super::super::model::{Key, Model, Msg};
     use super::view;
+    use crate::testkit::at;
 
     fn screen(m: &Model, w: u16, h: u16) -> String {
         let mut t = Terminal::new(TestBackend::new(w, h)).expect("terminal");
@@ -518,7 +519,7 @@ mod tests {
                 "lab-host".into(),
                 "6.18.0".into(),
                 "tracepoint lane".into(),
-                at(0),
+                at(0.0),
             ),
         );
     }
@@ -555,13 +556,13 @@ mod tests {
     /// replayed at 4× up to its 5th second, with two bad lines skipped.
     fn replayed() -> Model {
         use crate::event::{Event, Reason, What};
-        use crate::journal::tests::{death, event, header, probe};
+        use crate::journal::tests::{death, event, probe};
         use crate::journal::Entry;
-        use crate::top::model::tests::settings;
+        use crate::testkit::header;
         use crate::top::replay::Replay;
 
         let known = |mut ev: Event| {
-            ev.keepalive = Some(settings());
+            ev.keepalive = Some(crate::testkit::settings(2.0, 1.0, 3));
             ev
         };
         let entries = [

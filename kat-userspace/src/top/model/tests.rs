@@ -1,74 +1,33 @@
 use super::*;
-use crate::event::Origin;
 use crate::owner::Owner;
+use crate::testkit::{self, addr, at, conn};
 
-pub(crate) fn at(s: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp(1_763_700_000 + s, 0).expect("ts")
+/// A connection of the dashboard's lab, from client port `sport`.
+fn key(sport: u16, dport: u16) -> ConnKey {
+    conn(addr("198.18.1.1"), sport, addr("198.18.1.2"), dport)
 }
 
-pub(crate) fn key(sport: u16, dport: u16) -> ConnKey {
-    ConnKey {
-        netns: 4026531840,
-        saddr: "198.18.1.1".parse().expect("addr"),
-        sport,
-        daddr: "198.18.1.2".parse().expect("addr"),
-        dport,
-    }
+fn live(k: ConnKey, probes_out: u8, next: f64, comm: &str) -> Live {
+    testkit::live(k, 4242, comm, probes_out, next)
 }
 
-pub(crate) fn live(k: ConnKey, probes_out: u8, next: f64, comm: &str) -> Live {
-    Live {
-        key: k,
-        state: "ESTABLISHED",
-        uid: 0,
-        owner: Some(Owner {
-            pid: 4242,
-            comm: comm.into(),
-        }),
-        next_run_s: next,
-        probes_out,
-    }
+/// The settings every event of the model's tests carries.
+fn settings() -> Settings {
+    testkit::settings(2.0, 1.0, 3)
 }
 
-pub(crate) fn settings() -> Settings {
-    Settings {
-        idle_s: 2.0,
-        idle_from: Origin::Socket,
-        intvl_s: 1.0,
-        intvl_from: Origin::Socket,
-        probes: 3,
-        probes_from: Origin::Sysctl,
-        user_timeout_ms: None,
-    }
-}
-
-pub(crate) fn event(k: ConnKey, ts: i64, what: What) -> Event {
+/// `what` at second `ts`, from the client (pid 4242).
+fn event(k: ConnKey, ts: i64, what: What) -> Event {
     Event {
-        what,
-        ts: at(ts),
-        saddr: k.saddr,
-        sport: k.sport,
-        daddr: k.daddr,
-        dport: k.dport,
-        netns: k.netns,
-        uid: 0,
         pid: Some(4242),
         comm: Some("client".into()),
         keepalive: Some(settings()),
-        sock_ino: 0,
+        ..testkit::event(k, at(ts as f64), what)
     }
 }
 
-pub(crate) fn death(reason: Reason) -> What {
-    What::Death {
-        reason,
-        errno: Some("ETIMEDOUT".into()),
-        unanswered_probes: 3,
-        found_by_probe: false,
-        lifetime_s: Some(5.0),
-        state: "ESTABLISHED".into(),
-        kernel_reset_reason: None,
-    }
+fn death(reason: Reason) -> What {
+    testkit::death(reason, Some("ETIMEDOUT"), 3, Some(5.0))
 }
 
 /// A model with two healthy connections and one probing, one death.
@@ -77,7 +36,7 @@ pub(crate) fn populated() -> Model {
         "lab-host".into(),
         "6.18.0".into(),
         "tracepoint lane".into(),
-        at(0),
+        at(0.0),
     );
     let (a, b, c, dead) = (
         key(40001, 6699),
@@ -116,13 +75,13 @@ pub(crate) fn populated() -> Model {
             idle_s: 3.0,
         },
     ))));
-    m.update(Msg::Tick(at(5)));
+    m.update(Msg::Tick(at(5.0)));
     m.update(Msg::Event(Box::new(event(
         dead,
         6,
         death(Reason::KeepaliveTimeout),
     ))));
-    m.update(Msg::Tick(at(7)));
+    m.update(Msg::Tick(at(7.0)));
     m
 }
 
@@ -257,16 +216,16 @@ fn a_replay_sets_its_status_and_the_clock_follows_its_ticks() {
     let mut m = populated();
     assert_eq!(m.replay, None, "live by default");
     let status = ReplayStatus {
-        clock: at(9),
+        clock: at(9.0),
         speed: 2.0,
         paused: true,
         at_end: false,
         problems: 1,
     };
     m.update(Msg::Replay(status));
-    m.update(Msg::Tick(at(9)));
+    m.update(Msg::Tick(at(9.0)));
     assert_eq!(m.replay, Some(status));
-    assert_eq!(m.now, at(9));
+    assert_eq!(m.now, at(9.0));
     assert!(!m.paused, "the replay's pause is not the live one");
 }
 
@@ -341,7 +300,7 @@ fn keys_are_routed_in_the_model() {
     assert!(m.paused, "live, p pauses the dashboard");
     m.update(Msg::Key(Key::Char('p')));
     m.update(Msg::Replay(ReplayStatus {
-        clock: at(9),
+        clock: at(9.0),
         speed: 1.0,
         paused: false,
         at_end: false,

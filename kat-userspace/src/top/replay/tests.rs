@@ -1,8 +1,8 @@
 use super::*;
 use crate::event::{Lost, Reason};
-use crate::journal::tests::{at, death, event, header, probe};
+use crate::journal::tests::{death, event, probe};
 use crate::journal::Header;
-use crate::top::model::tests::settings;
+use crate::testkit::{at, header, settings};
 
 fn replay(entries: Vec<Entry>) -> Replay {
     Replay::new(entries, |_| true, 1.0, 0).expect("events")
@@ -170,7 +170,7 @@ fn ticks_are_capped_at_the_history_a_chart_can_show() {
 #[test]
 fn the_table_follows_probes_answers_and_deaths() {
     let with_settings = |mut ev: Event| {
-        ev.keepalive = Some(settings());
+        ev.keepalive = Some(settings(2.0, 1.0, 3));
         ev
     };
     let mut r = replay(journal([
