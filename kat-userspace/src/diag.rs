@@ -35,6 +35,14 @@ const NLMSG_HDRLEN: usize = 16;
 const IDIAG_RETRANS: usize = 3;
 /// `nlmsg_type` of a socket in a reply (SOCK_DIAG_BY_FAMILY).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `nlmsg_type` of inet_diag's first request, TCPDIAG_GETSOCK, and of the
+/// sockets in its replies. It alone takes AF_UNSPEC: one walk of the
+/// kernel's socket hash for both families, where SOCK_DIAG_BY_FAMILY
+/// walks it once per family.
+const TCPDIAG_GETSOCK: u16 = 18;
+/// `sizeof(struct inet_diag_req)`: family, src_len, dst_len, ext, the
+/// 48-byte `inet_diag_sockid`, states, dbs.
+const INET_DIAG_REQ_LEN: usize = 60;
 /// `idiag_timer` while the keepalive timer is pending.
 const IDIAG_TIMER_KEEPALIVE: u8 = 2;
 
@@ -159,8 +167,10 @@ enum End {
 }
 
 /// Parses the messages of one received buffer into `rows`, those `keep`
-/// wants.
-fn parse(buf: &[u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
+/// wants. A socket in a reply to TCPDIAG_GETSOCK is the same
+/// `inet_diag_msg` under the old type: it is retyped in place so that the
+/// sock_diag crate parses it.
+fn parse(buf: &mut [u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
     let mut offset = 0;
     while offset < buf.len() {
         let Some(&[l0, l1, l2, l3, t0, t1, ..]) = buf.get(offset..offset + NLMSG_HDRLEN) else {
@@ -176,11 +186,13 @@ fn parse(buf: &[u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
         }
         // Messages are 4-byte aligned (NLMSG_ALIGN).
         let next = offset + ((len + 3) & !3);
-        if u16::from_ne_bytes([t0, t1]) == SOCK_DIAG_BY_FAMILY
-            && !keep.keeps(buf.get(offset + NLMSG_HDRLEN..).unwrap_or_default())
-        {
-            offset = next;
-            continue;
+        let kind = u16::from_ne_bytes([t0, t1]);
+        if kind == SOCK_DIAG_BY_FAMILY || kind == TCPDIAG_GETSOCK {
+            if !keep.keeps(buf.get(offset + NLMSG_HDRLEN..).unwrap_or_default()) {
+                offset = next;
+                continue;
+            }
+            buf[offset + 4..offset + 6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
         }
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..])
             .map_err(|e| anyhow!("sock_diag reply: {e}"))?;
@@ -229,17 +241,30 @@ pub fn match_dump(probing: &[&Probing], rows: &[Row], ts_ns: u64) -> Vec<Answer>
         .collect()
 }
 
-/// Sends one TCP request (no extensions: the header says all kat needs);
-/// `flags` adds NLM_F_DUMP for a dump.
-fn send(
-    socket: &Socket,
-    flags: u16,
-    family: u8,
-    states: StateFlags,
-    socket_id: SocketId,
-) -> Result<()> {
+/// A request for a dump of the TCP sockets of both families in `states`,
+/// in one walk (TCPDIAG_GETSOCK with AF_UNSPEC; no extensions: the header
+/// says all kat needs). netlink-packet-sock-diag builds only the newer
+/// request, so this one is laid out here.
+fn dump_request(states: StateFlags) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + INET_DIAG_REQ_LEN;
+    let mut buf = Vec::with_capacity(len);
+    buf.extend_from_slice(&(len as u32).to_ne_bytes());
+    buf.extend_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    // Sequence and port: 0, as for every request of this socket.
+    buf.extend_from_slice(&[0; 8]);
+    // AF_UNSPEC, no address lengths, no extensions, a zero socket id.
+    buf.extend_from_slice(&[0; 4 + 48]);
+    buf.extend_from_slice(&states.bits().to_ne_bytes());
+    buf.extend_from_slice(&0u32.to_ne_bytes());
+    buf
+}
+
+/// Sends one TCP request for one socket (no extensions: the header says
+/// all kat needs).
+fn send(socket: &Socket, family: u8, states: StateFlags, socket_id: SocketId) -> Result<()> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
+    header.flags = NLM_F_REQUEST;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -341,7 +366,7 @@ fn receive(socket: &Socket, dump: bool, rows: &mut Vec<Row>, keep: Keep) -> Resu
         if n == 0 {
             bail!("sock_diag recv: an empty reply");
         }
-        match parse(&reply[..n], rows, keep)? {
+        match parse(&mut reply[..n], rows, keep)? {
             End::More if dump => {}
             End::More => return Ok(End::Done),
             end => return Ok(end),
@@ -365,16 +390,11 @@ impl Diag {
             .socket(netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
         let mut rows = Vec::new();
-        for family in [AF_INET, AF_INET6] {
-            let socket_id = if family == AF_INET {
-                SocketId::new_v4()
-            } else {
-                SocketId::new_v6()
-            };
-            send(socket, NLM_F_DUMP, family, keepalive_states(), socket_id)?;
-            if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
-                bail!("sock_diag dump: errno {e}");
-            }
+        socket
+            .send(&dump_request(keepalive_states()), 0)
+            .context("sock_diag send")?;
+        if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
+            bail!("sock_diag dump: errno {e}");
         }
         Ok(rows)
     }
@@ -427,7 +447,7 @@ impl Diag {
             // INET_DIAG_NOCOOKIE: match on the tuple alone.
             cookie: [0xff; 8],
         };
-        send(socket, 0, family, StateFlags::all(), socket_id)?;
+        send(socket, family, StateFlags::all(), socket_id)?;
         let mut rows = Vec::new();
         match receive(socket, false, &mut rows, Keep::default())? {
             End::Errno(e) if e == -libc::ENOENT => Ok(None),
@@ -539,7 +559,7 @@ mod tests {
         ));
         let mut rows = Vec::new();
         assert_eq!(
-            parse(&buf, &mut rows, Keep::default()).expect("parse"),
+            parse(&mut buf, &mut rows, Keep::default()).expect("parse"),
             End::More
         );
         assert_eq!(rows.len(), 2);
@@ -559,7 +579,7 @@ mod tests {
         buf.extend(response(6700, None, 0));
         let mut rows = Vec::new();
         assert_eq!(
-            parse(&buf, &mut rows, Keep::default()).expect("parse"),
+            parse(&mut buf, &mut rows, Keep::default()).expect("parse"),
             End::Done
         );
         assert_eq!(rows.len(), 1);
@@ -569,7 +589,7 @@ mod tests {
     fn a_zero_length_message_is_an_error_not_a_hang() {
         let mut buf = response(6699, None, 0);
         buf[..4].copy_from_slice(&0u32.to_ne_bytes());
-        assert!(parse(&buf, &mut Vec::new(), Keep::default()).is_err());
+        assert!(parse(&mut buf, &mut Vec::new(), Keep::default()).is_err());
     }
 
     #[test]
@@ -587,7 +607,7 @@ mod tests {
         buf.extend(response(7001, keepalive(), 0));
         let parsed = |keep| {
             let mut rows = Vec::new();
-            parse(&buf, &mut rows, keep).expect("parse");
+            parse(&mut buf.clone(), &mut rows, keep).expect("parse");
             rows.iter().map(|r| r.sport).collect::<Vec<_>>()
         };
         assert_eq!(parsed(Keep::default()), [6699, 6699, 6699, 7000, 7001]);
@@ -610,8 +630,37 @@ mod tests {
 
     #[test]
     fn a_message_cut_short_is_an_error() {
-        let buf = response(6699, None, 0);
-        assert!(parse(&buf[..NLMSG_HDRLEN - 2], &mut Vec::new(), Keep::default()).is_err());
+        let mut buf = response(6699, None, 0);
+        assert!(parse(
+            &mut buf[..NLMSG_HDRLEN - 2],
+            &mut Vec::new(),
+            Keep::default()
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn the_dump_request_is_an_inet_diag_req_for_both_families() {
+        let req = dump_request(keepalive_states());
+        assert_eq!(req.len(), 76);
+        assert_eq!(u32::from_ne_bytes(req[..4].try_into().expect("4")), 76);
+        assert_eq!(u16::from_ne_bytes([req[4], req[5]]), TCPDIAG_GETSOCK);
+        assert_eq!(req[NLMSG_HDRLEN], 0, "AF_UNSPEC");
+        let states = u32::from_ne_bytes(req[68..72].try_into().expect("4"));
+        assert_eq!(states, keepalive_states().bits());
+        assert_eq!(states & (1 << 10), 0, "no LISTEN");
+    }
+
+    #[test]
+    fn a_socket_in_a_reply_to_the_old_request_is_parsed_like_a_new_one() {
+        let keepalive = Some(Timer::KeepAlive(Duration::from_secs(1)));
+        let mut buf = response(6699, keepalive, 1);
+        buf[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+        buf.extend(response(7000, None, 0));
+        let mut rows = Vec::new();
+        parse(&mut buf, &mut rows, Keep::default()).expect("parse");
+        let got: Vec<(u16, u8)> = rows.iter().map(|r| (r.sport, r.probes_out)).collect();
+        assert_eq!(got, [(6699, 1), (7000, 0)]);
     }
 
     fn probing(sk: u64, sport: u16) -> Probing {
@@ -640,7 +689,7 @@ mod tests {
             0,
         ));
         let mut rows = Vec::new();
-        parse(&buf, &mut rows, Keep::default()).expect("parse");
+        parse(&mut buf, &mut rows, Keep::default()).expect("parse");
         let probing = [
             probing(10, 1),
             probing(20, 2),
@@ -654,5 +703,44 @@ mod tests {
         // the socket on port 9 was not asked about.
         assert_eq!(got, vec![(10, Some(0)), (20, Some(1)), (40, None)]);
         assert!(answers.iter().all(|a| a.ts_ns == 5));
+    }
+
+    /// A connected pair on loopback with keepalive on the client; the
+    /// listener is returned too so that the server end stays.
+    fn keepalive_pair(addr: &str) -> (std::net::TcpListener, socket2::Socket, u16) {
+        let listener = std::net::TcpListener::bind(addr).expect("bind");
+        let server = listener.local_addr().expect("addr");
+        let client = socket2::Socket::new(
+            socket2::Domain::for_address(server),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("socket");
+        client.set_keepalive(true).expect("SO_KEEPALIVE");
+        client.connect(&server.into()).expect("connect");
+        (listener, client, server.port())
+    }
+
+    /// The real kernel (no root: sock_diag dumps are open to any user):
+    /// one dump lists the keepalive sockets of both families.
+    #[test]
+    fn one_dump_lists_both_families() {
+        let (_l4, _c4, p4) = keepalive_pair("127.0.0.1:0");
+        let (_l6, _c6, p6) = keepalive_pair("[::1]:0");
+        let netns = netns_inode("/proc/self/ns/net").expect("own netns");
+        let mut diag = Diag::default();
+        let found = diag
+            .keepalive_sockets(netns, &[p4, p6])
+            .expect("sock_diag dump");
+        let mut got: Vec<(IpAddr, u16)> = found
+            .iter()
+            .map(|k| (k.socket.daddr, k.socket.dport))
+            .collect();
+        got.sort();
+        let want: Vec<(IpAddr, u16)> = vec![
+            ("127.0.0.1".parse().expect("v4"), p4),
+            ("::1".parse().expect("v6"), p6),
+        ];
+        assert_eq!(got, want, "only the clients have keepalive on");
     }
 }
