@@ -278,7 +278,30 @@ offsets! {
     tp_ka_time: u32,
     tp_ka_intvl: u32,
     tp_ka_probes: u8,
+    /// The owner iterator's fields: `bpf_iter_meta.seq` (a `struct
+    /// seq_file *`), the task's `tgid` and `comm`, `file.f_inode`, and the
+    /// inode's `i_mode` and `i_ino`.
+    iter_meta_seq: u64,
+    task_tgid: u32,
+    task_comm: [u8; 16],
+    file_inode: u64,
+    inode_mode: u16,
+    inode_ino: u64,
 }
+
+/// One socket descriptor as the owner iterator (`kat_owners`, over every
+/// task's files) writes it: the socket's inode and the process holding it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OwnerRecord {
+    pub ino: u64,
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+pub const OWNER_RECORD_SIZE: usize = 32;
+const _: () = assert!(core::mem::size_of::<OwnerRecord>() == OWNER_RECORD_SIZE);
 
 /// Everything the programs are told at load time (one read-only global).
 #[repr(C)]

@@ -23,8 +23,8 @@ use aya_ebpf::{
     },
 };
 use kat_common::{
-    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Field, Record, SockState,
-    AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
+    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Field, OwnerRecord, Record,
+    SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
 };
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
@@ -159,6 +159,7 @@ const _: () = assert!(size_of::<Record>().is_multiple_of(8));
 const _: () = assert!(size_of::<SockState>().is_multiple_of(8));
 const _: () = assert!(size_of::<CloseKey>().is_multiple_of(8));
 const _: () = assert!(size_of::<CloseStats>().is_multiple_of(8));
+const _: () = assert!(size_of::<OwnerRecord>().is_multiple_of(8));
 
 #[inline(always)]
 fn port_wanted(sport: u16, dport: u16) -> bool {
@@ -764,6 +765,52 @@ fn count_close(key: &CloseKey, lifetime: Option<u64>) {
             }
         }
     }
+}
+
+// --- the owner index: an iterator over every process's open files ---
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+
+/// For each socket descriptor of each process (threads that share their
+/// leader's file table are skipped by the kernel): the socket's inode and
+/// the process, written to the reader of the iterator. One pass over the
+/// host's descriptors in the kernel, where a walk of /proc/*/fd costs a
+/// readlink each. The context is `struct bpf_iter__task_file`: meta, task,
+/// fd, file, each in an 8-byte slot; task and file are NULL at the end.
+#[no_mangle]
+#[link_section = "iter/task_file"]
+pub extern "C" fn kat_owners(ctx: *mut c_void) -> i32 {
+    let slots = ctx as *const u64;
+    let (meta, task, file) = unsafe {
+        (
+            core::ptr::read_volatile(slots),
+            core::ptr::read_volatile(slots.add(1)),
+            core::ptr::read_volatile(slots.add(3)),
+        )
+    };
+    if task == 0 || file == 0 {
+        return 0;
+    }
+    let o = &config().offsets;
+    let inode: u64 = read(file, &o.file_inode);
+    if inode == 0 || read(inode, &o.inode_mode) & S_IFMT != S_IFSOCK {
+        return 0;
+    }
+    let mut out: OwnerRecord = zeroed();
+    out.ino = read(inode, &o.inode_ino);
+    out.pid = read(task, &o.task_tgid);
+    out.comm = read(task, &o.task_comm);
+    // meta->seq: a BTF pointer, as the helper wants it.
+    let seq: u64 = load(meta, &o.iter_meta_seq);
+    unsafe {
+        generated::bpf_seq_write(
+            seq as *mut _,
+            (&out as *const OwnerRecord).cast::<c_void>(),
+            size_of::<OwnerRecord>() as u32,
+        );
+    }
+    0
 }
 
 #[cfg(not(test))]

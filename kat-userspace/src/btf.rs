@@ -137,6 +137,12 @@ impl KernelBtf {
             tp_ka_time: self.field("tcp_sock", "keepalive_time")?,
             tp_ka_intvl: self.field("tcp_sock", "keepalive_intvl")?,
             tp_ka_probes: self.field("tcp_sock", "keepalive_probes")?,
+            iter_meta_seq: self.field("bpf_iter_meta", "seq")?,
+            task_tgid: self.field("task_struct", "tgid")?,
+            task_comm: self.field("task_struct", "comm")?,
+            file_inode: self.field("file", "f_inode")?,
+            inode_mode: self.field("inode", "i_mode")?,
+            inode_ino: i_ino,
         })
     }
 

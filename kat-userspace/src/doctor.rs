@@ -38,6 +38,11 @@ struct Report {
     attempts: Vec<Attempt>,
     /// The lane kat picks for each hook.
     lanes: Vec<(Hook, Lane)>,
+    /// How sockets' owners are found: "iterator" (kat's task_file
+    /// iterator in the kernel) or "proc" (a walk of /proc/*/fd).
+    owners: &'static str,
+    /// Why the iterator cannot load, where it cannot.
+    owners_problem: Option<String>,
     can_run: bool,
     problem: Option<String>,
 }
@@ -68,6 +73,8 @@ fn report() -> Report {
         },
         attempts: Vec::new(),
         lanes: Vec::new(),
+        owners: "proc",
+        owners_problem: None,
         can_run: false,
         problem: None,
     };
@@ -89,6 +96,10 @@ fn report() -> Report {
             r.problem = Some(format!("{e:#}"));
             return r;
         }
+    }
+    match loader::probe_owner_iterator(&facts) {
+        Ok(()) => r.owners = "iterator",
+        Err(e) => r.owners_problem = Some(format!("{e:#}")),
     }
     r.lanes = loader::choose(&LANES, |hook, lane| {
         r.attempts
@@ -146,6 +157,13 @@ fn text(r: &Report) -> String {
         ),
     );
     if !r.attempts.is_empty() {
+        line(
+            "socket owners",
+            match &r.owners_problem {
+                None => "task_file iterator in the kernel".into(),
+                Some(why) => format!("walk of /proc/*/fd (no iterator: {why})"),
+            },
+        );
         out.push_str(&format!("\n{:<18}", "hook"));
         for lane in LANES {
             out.push_str(&format!("{:<12}", lane.name()));

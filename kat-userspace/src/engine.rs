@@ -122,6 +122,7 @@ impl Engine {
         })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;
+        let owners = Owners::new(Index::start(std::mem::take(&mut loaded.owners)));
         release_startup_memory();
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,
@@ -134,7 +135,7 @@ impl Engine {
             closes,
             tracker,
             diag,
-            owners: Owners::new(Index::start()),
+            owners,
             answer_poll: tokio::time::interval(ANSWER_POLL),
             stop: StopSignals::catch()?,
         })

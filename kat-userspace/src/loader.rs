@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, Context as _, Result};
-use aya::programs::{BtfTracePoint, FEntry, FExit, KProbe, Program, ProgramError};
+use aya::programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 use kat_common::{Config, MAX_PORTS};
 use serde::Serialize;
 
-use crate::{btf::KernelBtf, exit::Failure, kernel};
+use crate::{btf::KernelBtf, exit::Failure, kernel, owner::Census};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kat-ebpf"));
 
@@ -323,10 +323,32 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
+/// The iterator over every process's files that finds sockets' owners.
+pub const OWNER_ITERATOR: &str = "kat_owners";
+
+/// Loads the owner iterator and returns a handle of its own on it, which
+/// the owner walker's thread keeps (each walk attaches and reads it).
+/// Optional: where it cannot load, owners come from a walk of /proc.
+fn owner_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<Iter> {
+    let program: &mut Iter = ebpf
+        .program_mut(OWNER_ITERATOR)
+        .ok_or_else(|| anyhow!("program {OWNER_ITERATOR} is missing from kat's eBPF object"))?
+        .try_into()?;
+    program
+        .load("task_file", btf)
+        .context("the kernel refused to load the task_file iterator")?;
+    Ok(Iter::from_program_info(
+        program.info()?,
+        OWNER_ITERATOR.into(),
+    )?)
+}
+
 /// Loaded, attached programs and what userspace needs to read their records.
 pub struct Loaded {
     /// Keeps the programs attached: dropping it detaches them.
     pub ebpf: Ebpf,
+    /// Where the owner index learns sockets' owners (taken by the engine).
+    pub owners: Census,
     pub hz: u32,
     /// Kernel reset reasons by value; None on kernels without them.
     pub reset_reasons: Option<BTreeMap<u32, String>>,
@@ -494,7 +516,15 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     if let Some(&hook) = missing(&lanes).first() {
         return Err(unsupported(cannot_hook(hook, forced, &attempts)));
     }
+    let owners = match owner_iterator(&mut ebpf, &btf) {
+        Ok(iter) => Census::Kernel(Box::new(iter)),
+        Err(e) => {
+            log::info!("socket owners from a walk of /proc: {e:#}");
+            Census::default()
+        }
+    };
     Ok(Loaded {
+        owners,
         ebpf,
         hz,
         reset_reasons,
@@ -540,6 +570,12 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
         }
     }
     Ok(attempts)
+}
+
+/// For `kat doctor`: whether the owner iterator loads here.
+pub fn probe_owner_iterator(facts: &KernelFacts) -> Result<()> {
+    let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
+    owner_iterator(&mut ebpf, &btf).map(drop)
 }
 
 #[cfg(test)]
@@ -599,8 +635,23 @@ mod tests {
     }
 
     #[test]
+    fn the_owner_iterator_is_in_the_object_as_an_iterator() {
+        let object = object();
+        let program = object
+            .programs
+            .get(OWNER_ITERATOR)
+            .expect("the owner iterator is in kat's eBPF object");
+        assert!(
+            matches!(program.section, ProgramSection::Iter { sleepable: false }),
+            "{:?}",
+            program.section
+        );
+    }
+
+    #[test]
     fn the_object_holds_only_programs_the_loader_attaches() {
-        let asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
+        let mut asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
+        asked.insert(OWNER_ITERATOR);
         let object = object();
         let unused: BTreeSet<&str> = object
             .programs

@@ -1,13 +1,20 @@
 //! Which process owns a socket: an index from socket inode to process,
-//! built by walking /proc/*/fd on a background thread. Timer callbacks run
-//! in softirq, so the kernel's "current task" there says nothing about the
+//! rebuilt on a background thread by a census of every process's open
+//! files — kat's iterator in the kernel (`kat_owners`), or a walk of
+//! /proc/*/fd where the kernel cannot run it. Timer callbacks run in
+//! softirq, so the kernel's "current task" there says nothing about the
 //! owner. The loop that drains the ring only looks the index up (O(1));
-//! a miss asks for a walk, and walks are rate-limited, so a flood of new
-//! sockets costs at most one walk per `Timing::min_gap`.
+//! a miss asks for a census, and they are rate-limited, so a flood of new
+//! sockets costs at most one per `Timing::min_gap`.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
+use std::io::{BufReader, ErrorKind, Read as _};
 use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use aya::programs::Iter;
+use kat_common::OWNER_RECORD_SIZE;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -28,6 +35,85 @@ fn socket_inode(link: &OsStr) -> Option<u64> {
         .strip_suffix(']')?
         .parse()
         .ok()
+}
+
+/// Where a census learns every socket's owner.
+pub enum Census {
+    /// kat's iterator over every process's files: one pass in the kernel.
+    Kernel(Box<Iter>),
+    /// A readlink of every descriptor under this root (normally /proc).
+    Proc(PathBuf),
+}
+
+impl Default for Census {
+    fn default() -> Self {
+        Census::Proc(PathBuf::from("/proc"))
+    }
+}
+
+impl Census {
+    /// Every socket inode held by a process, and the process.
+    pub fn take(&mut self) -> HashMap<u64, Owner> {
+        match self {
+            Census::Kernel(iter) => match iterate(iter) {
+                Ok(index) => index,
+                Err(e) => {
+                    log::warn!("the owner iterator failed ({e:#}); walking /proc from now on");
+                    *self = Census::default();
+                    self.take()
+                }
+            },
+            Census::Proc(root) => walk(root),
+        }
+    }
+}
+
+/// A socket held by several processes (fork, SCM_RIGHTS) goes to the
+/// lowest pid, so the answer does not depend on the order processes are
+/// listed in.
+fn keep_lowest(
+    index: &mut HashMap<u64, Owner>,
+    inode: u64,
+    pid: u32,
+    comm: impl FnOnce() -> String,
+) {
+    if index.get(&inode).is_some_and(|o| o.pid < pid) {
+        return;
+    }
+    index.insert(inode, Owner { pid, comm: comm() });
+}
+
+/// One record of the owner iterator: the socket's inode and its owner.
+fn decode(rec: &[u8; OWNER_RECORD_SIZE]) -> (u64, u32, String) {
+    // OwnerRecord: ino u64, pid u32, padding, comm [u8; 16].
+    let mut ino = [0; 8];
+    ino.copy_from_slice(&rec[..8]);
+    let pid = u32::from_ne_bytes([rec[8], rec[9], rec[10], rec[11]]);
+    let comm = &rec[16..];
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    (
+        u64::from_ne_bytes(ino),
+        pid,
+        String::from_utf8_lossy(&comm[..end]).into_owned(),
+    )
+}
+
+/// One run of the owner iterator, read to its end.
+fn iterate(iter: &mut Iter) -> Result<HashMap<u64, Owner>> {
+    let link = iter.attach()?;
+    let file = iter.take_link(link)?.into_file()?;
+    let mut reader = BufReader::with_capacity(64 << 10, file);
+    let mut index = HashMap::new();
+    let mut rec = [0; OWNER_RECORD_SIZE];
+    loop {
+        match reader.read_exact(&mut rec) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(index),
+            Err(e) => return Err(e.into()),
+        }
+        let (inode, pid, comm) = decode(&rec);
+        keep_lowest(&mut index, inode, pid, || comm);
+    }
 }
 
 /// One walk of `root`/*/fd: every socket inode held by a process.
@@ -56,20 +142,14 @@ pub fn walk(root: &Path) -> HashMap<u64, Owner> {
             else {
                 continue;
             };
-            // A socket held by several processes (fork, SCM_RIGHTS) goes
-            // to the lowest pid, so the answer does not depend on the
-            // order /proc lists them in.
-            if index.get(&inode).is_some_and(|o| o.pid < pid) {
-                continue;
-            }
-            let comm = comm
-                .get_or_insert_with(|| {
+            keep_lowest(&mut index, inode, pid, || {
+                comm.get_or_insert_with(|| {
                     std::fs::read_to_string(proc_entry.path().join("comm"))
                         .map(|c| c.trim_end().to_string())
                         .unwrap_or_default()
                 })
-                .clone();
-            index.insert(inode, Owner { pid, comm });
+                .clone()
+            });
         }
     }
     index
@@ -141,12 +221,12 @@ pub struct Index {
 }
 
 impl Index {
-    /// Starts the walker on the real /proc (first walk at once).
-    pub fn start() -> Self {
-        Self::start_in(PathBuf::from("/proc"), Timing::default())
+    /// Starts the walker (first census at once).
+    pub fn start(census: Census) -> Self {
+        Self::start_with(census, Timing::default())
     }
 
-    pub fn start_in(root: PathBuf, timing: Timing) -> Self {
+    pub fn start_with(census: Census, timing: Timing) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 owners: HashMap::new(),
@@ -163,7 +243,7 @@ impl Index {
         // Not joined: a walk in progress must not delay kat's exit.
         std::thread::Builder::new()
             .name("kat-owners".into())
-            .spawn(move || walker(&worker, &root, timing))
+            .spawn(move || walker(&worker, census, timing))
             .map_err(|e| log::warn!("cannot start the owner walker: {e}"))
             .ok();
         Self { shared, timing }
@@ -225,7 +305,7 @@ impl Drop for Index {
     }
 }
 
-fn walker(shared: &Shared, root: &Path, timing: Timing) {
+fn walker(shared: &Shared, mut census: Census, timing: Timing) {
     let mut last: Option<Instant> = None;
     // A host with 200 000 socket descriptors makes a walk of seconds: the
     // gaps stretch so that at most 5 % of the time is spent walking.
@@ -253,7 +333,7 @@ fn walker(shared: &Shared, root: &Path, timing: Timing) {
         drop(st);
         let began = Instant::now();
         last = Some(began);
-        let fresh = walk(root);
+        let fresh = census.take();
         took = began.elapsed();
         log::debug!(
             "owner walk {number}: {} sockets in {:?}",
@@ -389,6 +469,29 @@ mod tests {
     }
 
     #[test]
+    fn an_iterator_record_reads_as_inode_pid_and_comm() {
+        let mut rec = [0u8; OWNER_RECORD_SIZE];
+        rec[..8].copy_from_slice(&123_456_789_u64.to_ne_bytes());
+        rec[8..12].copy_from_slice(&4242_u32.to_ne_bytes());
+        rec[16..21].copy_from_slice(b"nginx");
+        assert_eq!(decode(&rec), (123_456_789, 4242, "nginx".to_string()));
+        // A comm of all 16 bytes has no NUL.
+        rec[16..].copy_from_slice(b"0123456789abcdef");
+        assert_eq!(decode(&rec).2, "0123456789abcdef");
+    }
+
+    #[test]
+    fn a_shared_socket_goes_to_the_lowest_pid_whatever_the_order() {
+        let mut index = HashMap::new();
+        keep_lowest(&mut index, 7, 300, || "c".into());
+        keep_lowest(&mut index, 7, 100, || "a".into());
+        keep_lowest(&mut index, 7, 200, || {
+            panic!("not asked: a lower pid holds it")
+        });
+        assert_eq!(index[&7], owner(100, "a").expect("owner"));
+    }
+
+    #[test]
     fn a_walk_finds_sockets_and_skips_other_fds() {
         let proc = FakeProc::new();
         proc.process(10, "server");
@@ -448,7 +551,7 @@ mod tests {
     fn a_miss_asks_for_a_walk_that_finds_the_new_socket() {
         let proc = FakeProc::new();
         proc.process(10, "server");
-        let index = Index::start_in(proc.root(), fast());
+        let index = Index::start_with(Census::Proc(proc.root()), fast());
         wait_for(&index, 1);
         proc.socket(10, 3, 123);
         assert_eq!(index.lookup(123), Lookup::Pending);
@@ -460,7 +563,7 @@ mod tests {
     fn a_burst_of_misses_costs_one_walk() {
         let proc = FakeProc::new();
         proc.process(10, "server");
-        let index = Index::start_in(proc.root(), fast());
+        let index = Index::start_with(Census::Proc(proc.root()), fast());
         wait_for(&index, 1);
         for inode in 1000..3000 {
             assert_eq!(index.lookup(inode), Lookup::Pending);
