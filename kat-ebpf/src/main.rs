@@ -534,7 +534,8 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
     });
     // tcp_close and tcp_disconnect set CLOSE before they send their RST:
     // the CLOSE held back then goes now, after the RST that explains it.
-    if let Some((close_ns, old_state)) = held {
+    let (close_ns, old_state) = held;
+    if close_ns != 0 {
         emit(sk, sport, dport, kind::STATE_CHANGE, |rec| {
             fill_task(rec);
             rec.ts_ns = close_ns;
@@ -546,17 +547,22 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
 }
 
 /// A RST went or came: the socket's end is not orderly. Returns the CLOSE
-/// held back for it, if any (its time and the state it left).
+/// held back for it as (its time, the state it left); a time of 0: none.
+/// Not an Option: rustc reads an Option's payload from the stack even when
+/// it is None, and verifiers before 5.14 refuse any read of a stack slot
+/// never written.
 #[inline(always)]
-fn mark_reset(sk: u64, sport: u16, dport: u16) -> Option<(u64, u8)> {
-    let st = sock_state(sk, sport, dport)?;
+fn mark_reset(sk: u64, sport: u16, dport: u16) -> (u64, u8) {
+    let Some(st) = sock_state(sk, sport, dport) else {
+        return (0, 0);
+    };
     unsafe {
         (*st).flags |= sock_flag::RESET;
         if (*st).flags & sock_flag::CLOSING == 0 {
-            return None;
+            return (0, 0);
         }
         (*st).flags &= !sock_flag::CLOSING;
-        Some(((*st).close_ns, (*st).close_old_state))
+        ((*st).close_ns, (*st).close_old_state)
     }
 }
 

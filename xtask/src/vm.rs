@@ -2,7 +2,7 @@
 //! QEMU, once per lane, and a kernel × lane × scenario matrix.
 //!
 //! Kernel packages come from apt and are cached outside the repository
-//! (VM_CACHE); each VM boots an initramfs holding busybox, static builds of
+//! (`kernels.rs`); the VMs boot side by side, one per core, and each boots an initramfs holding busybox, static builds of
 //! `kat` and `kat-scenarios`, and the kernel's config (for CONFIG_HZ).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,15 +15,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::cargo::{self, Built};
+use kernels::KERNELS;
+
+mod kernels;
 use crate::{run, Outcome};
 
-/// Debian 12's cloud kernels: 6.1 (no reset reasons) and 6.12 (with).
-const KERNELS: [&str; 2] = [
-    "linux-image-6.1.0-56-cloud-amd64-unsigned",
-    "linux-image-6.12.117+deb12-cloud-amd64-unsigned",
-];
 const LANES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
-const VM_CACHE: &str = "/var/cache/kat-vm";
 const MUSL: &str = "x86_64-unknown-linux-musl";
 /// A whole VM run (boot, three lanes of scenarios, power off) under TCG.
 const VM_TIMEOUT: Duration = Duration::from_secs(2400);
@@ -44,62 +41,6 @@ echo "KAT-VM kernel $(uname -r)"
 echo "KAT-VM exit $?"
 poweroff -f
 "#;
-
-/// The kernel package unpacked in the cache: (vmlinuz, config, release).
-fn kernel(package: &str) -> Result<(PathBuf, PathBuf, String)> {
-    let cache = Path::new(VM_CACHE);
-    fs::create_dir_all(cache)?;
-    let dir = cache.join(package);
-    if !dir.join("boot").is_dir() {
-        let deb_prefix = format!("{package}_");
-        let find_deb = || {
-            fs::read_dir(cache).ok().and_then(|entries| {
-                entries.flatten().map(|e| e.path()).find(|p| {
-                    p.file_name()
-                        .is_some_and(|n| n.to_string_lossy().starts_with(&deb_prefix))
-                })
-            })
-        };
-        if find_deb().is_none() {
-            eprintln!("xtask: downloading {package}");
-            let downloaded = Command::new("apt-get")
-                .args(["download", package])
-                .current_dir(cache)
-                .status()
-                .is_ok_and(|s| s.success());
-            if !downloaded {
-                run(Command::new("apt-get").args(["update", "-q"]))?;
-                run(Command::new("apt-get")
-                    .args(["download", package])
-                    .current_dir(cache))?;
-            }
-        }
-        let deb = find_deb().with_context(|| format!("{package} did not download"))?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&dir))?;
-    }
-    let boot = dir.join("boot");
-    let mut vmlinuz = None;
-    let mut config = None;
-    for e in fs::read_dir(&boot)?.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("vmlinuz-") {
-            vmlinuz = Some(e.path());
-        } else if name.starts_with("config-") {
-            config = Some(e.path());
-        }
-    }
-    let vmlinuz = vmlinuz.context("no vmlinuz in the kernel package")?;
-    let config = config.context("no config in the kernel package")?;
-    let release = vmlinuz
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .trim_start_matches("vmlinuz-")
-                .to_string()
-        })
-        .unwrap_or_default();
-    Ok((vmlinuz, config, release))
-}
 
 /// Static builds of kat and the scenario runner.
 fn binaries() -> Result<Built> {
@@ -140,6 +81,11 @@ fn initramfs(work: &Path, bins: &Built, config: &Path, release: &str) -> Result<
         .arg("find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
         .current_dir(&root))?;
     Ok(image)
+}
+
+/// VMs booted at once: each is one vCPU of TCG, about a core.
+fn parallel() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Boots one VM and returns its console output (also saved to `log`).
@@ -316,33 +262,62 @@ pub fn test() -> Result<Outcome> {
         bail!("KAT_SCENARIO={:?} names no scenario", env("KAT_SCENARIO"));
     }
     let only = env("KAT_VM_KERNEL");
-    let kernels: Vec<&str> = KERNELS.into_iter().filter(|k| k.contains(&only)).collect();
+    let kernels: Vec<_> = KERNELS
+        .iter()
+        .filter(|k| only.split(',').any(|o| k.label.contains(o)))
+        .collect();
     if kernels.is_empty() {
         bail!("KAT_VM_KERNEL={only:?} names no kernel");
     }
     let lanes = lanes();
     let bins = binaries()?;
     let work = cargo::workspace()?.target_dir.join("vm");
-    let mut runs = Vec::new();
-    for package in kernels {
-        let (vmlinuz, config, release) = kernel(package)?;
-        let kwork = work.join(&release);
+    // Fetched and packed one by one (apt, disk), booted side by side.
+    let mut vms = Vec::new();
+    for k in kernels {
+        let kernel = kernels::fetch(k)?;
+        let kwork = work.join(&kernel.release);
         fs::create_dir_all(&kwork)?;
-        let initrd = initramfs(&kwork, &bins, &config, &release)?;
-        let log = kwork.join("console.log");
-        eprintln!(
-            "xtask: booting {release} under QEMU (TCG); console in {}",
-            log.display()
-        );
-        let started = Instant::now();
-        let (console, timed_out) = boot(&vmlinuz, &initrd, &log)?;
-        eprintln!(
-            "xtask: {release} done in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
+        let initrd = initramfs(&kwork, &bins, &kernel.config, &kernel.release)?;
+        vms.push((kernel, initrd, kwork.join("console.log")));
+    }
+    let queue = std::sync::Mutex::new(vms.iter().enumerate());
+    let done = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..parallel() {
+            s.spawn(|| loop {
+                let next = queue.lock().map(|mut q| q.next()).unwrap_or(None);
+                let Some((i, (kernel, initrd, log))) = next else {
+                    return;
+                };
+                let release = &kernel.release;
+                eprintln!(
+                    "xtask: booting {release} under QEMU (TCG); console in {}",
+                    log.display()
+                );
+                let started = Instant::now();
+                let booted = boot(&kernel.vmlinuz, initrd, log);
+                eprintln!(
+                    "xtask: {release} done in {:.0} s",
+                    started.elapsed().as_secs_f64()
+                );
+                if let Ok(mut done) = done.lock() {
+                    done.push((i, booted));
+                }
+            });
+        }
+    });
+    let mut done = done
+        .into_inner()
+        .map_err(|_| anyhow!("a VM thread panicked"))?;
+    done.sort_by_key(|(i, _)| *i);
+    let mut runs = Vec::new();
+    for (i, booted) in done {
+        let (kernel, _, log) = &vms[i];
+        let (console, timed_out) = booted?;
         runs.push(Run {
-            release,
-            log,
+            release: kernel.release.clone(),
+            log: log.clone(),
             console: parse(&console),
             timed_out,
         });
