@@ -150,8 +150,18 @@ impl KernelBtf {
     /// in inet_connection_sock on recent kernels (also stable backports),
     /// the generic sk_timer before. Layout alone tells which.
     fn keepalive_timer(&self) -> Result<u32> {
+        self.keepalive_timer_member().map(|(_, offset)| offset)
+    }
+
+    /// The member that holds the keepalive timer on this kernel, and its
+    /// offset in the socket.
+    pub fn keepalive_timer_member(&self) -> Result<(&'static str, u32)> {
         self.struct_member_offset("inet_connection_sock", "icsk_keepalive_timer")
-            .or_else(|_| self.struct_member_offset("sock", "sk_timer"))
+            .map(|o| ("inet_connection_sock.icsk_keepalive_timer", o))
+            .or_else(|_| {
+                self.struct_member_offset("sock", "sk_timer")
+                    .map(|o| ("sock.sk_timer", o))
+            })
     }
 
     /// Offset of a member whose size kat does not read (an embedded struct).

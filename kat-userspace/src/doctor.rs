@@ -31,6 +31,8 @@ struct Report {
     keepalive_timer_address: Option<String>,
     /// Reset reason names (without SK_RST_REASON_); null before 6.10.
     reset_reasons: Option<Vec<String>>,
+    /// The socket member that holds the keepalive timer.
+    keepalive_timer_member: Option<&'static str>,
     offsets: Option<Offsets>,
     /// kat's own network namespace (each namespace has its own).
     sysctls: Sysctls,
@@ -65,6 +67,7 @@ fn report() -> Report {
             .ok()
             .map(|a| format!("{a:#x}")),
         reset_reasons: None,
+        keepalive_timer_member: None,
         offsets: None,
         sysctls: Sysctls {
             tcp_keepalive_time_s: sysctl("tcp_keepalive_time"),
@@ -90,6 +93,7 @@ fn report() -> Report {
         .as_ref()
         .map(|m| m.values().cloned().collect());
     r.offsets = Some(facts.config.offsets);
+    r.keepalive_timer_member = facts.btf.keepalive_timer_member().ok().map(|(m, _)| m);
     match loader::probe_all(&facts) {
         Ok(attempts) => r.attempts = attempts,
         Err(e) => {
@@ -145,6 +149,16 @@ fn text(r: &Report) -> String {
             None => "none (kernel before 6.10): told from the stack".into(),
         },
     );
+    if let Some(member) = r.keepalive_timer_member {
+        line(
+            "keepalive timer",
+            if member == "sock.sk_timer" {
+                format!("{member} (no icsk_keepalive_timer: before 6.19 and its backports)")
+            } else {
+                member.to_string()
+            },
+        );
+    }
     let s = &r.sysctls;
     let v = |x: Option<u64>| x.map_or("?".into(), |x| x.to_string());
     line(
