@@ -798,16 +798,18 @@ pub extern "C" fn kat_owners(ctx: *mut c_void) -> i32 {
     if task == 0 || file == 0 {
         return 0;
     }
+    // Every pointer here is a BTF pointer (the context's, or loaded
+    // through one): plain loads, checked by the verifier, fault-safe.
     let o = &config().offsets;
-    let inode: u64 = read(file, &o.file_inode);
-    if inode == 0 || read(inode, &o.inode_mode) & S_IFMT != S_IFSOCK {
+    let inode: u64 = load(file, &o.file_inode);
+    if inode == 0 || load(inode, &o.inode_mode) & S_IFMT != S_IFSOCK {
         return 0;
     }
     let mut out: OwnerRecord = zeroed();
-    out.ino = read(inode, &o.inode_ino);
-    out.pid = read(task, &o.task_tgid);
-    out.comm = read(task, &o.task_comm);
-    // meta->seq: a BTF pointer, as the helper wants it.
+    out.ino = load(inode, &o.inode_ino);
+    out.pid = load(task, &o.task_tgid);
+    out.comm = load(task, &o.task_comm);
+    // meta->seq, as the helper wants it.
     let seq: u64 = load(meta, &o.iter_meta_seq);
     unsafe {
         generated::bpf_seq_write(

@@ -431,18 +431,25 @@ impl Diag {
             .as_mut()
     }
 
-    /// The socket's probes out, None when the kernel no longer has it, or
-    /// an error when sock_diag cannot tell.
-    fn probes_out(&mut self, p: &Probing) -> Result<Option<u8>> {
+    /// One socket of `netns` by its addresses and ports, or None when the
+    /// kernel no longer has it.
+    fn one(
+        &mut self,
+        netns: u32,
+        saddr: IpAddr,
+        sport: u16,
+        daddr: IpAddr,
+        dport: u16,
+    ) -> Result<Option<Row>> {
         let socket = self
-            .socket(p.netns)
-            .ok_or_else(|| anyhow!("no sock_diag socket for netns {}", p.netns))?;
-        let family = if p.saddr.is_ipv4() { AF_INET } else { AF_INET6 };
+            .socket(netns)
+            .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
+        let family = if saddr.is_ipv4() { AF_INET } else { AF_INET6 };
         let socket_id = SocketId {
-            source_port: p.sport,
-            destination_port: p.dport,
-            source_address: p.saddr,
-            destination_address: p.daddr,
+            source_port: sport,
+            destination_port: dport,
+            source_address: saddr,
+            destination_address: daddr,
             interface_id: 0,
             // INET_DIAG_NOCOOKIE: match on the tuple alone.
             cookie: [0xff; 8],
@@ -452,12 +459,41 @@ impl Diag {
         match receive(socket, false, &mut rows, Keep::default())? {
             End::Errno(e) if e == -libc::ENOENT => Ok(None),
             End::Errno(e) => bail!("sock_diag request: errno {e}"),
-            _ => match rows.first() {
-                Some(r) if r.keepalive.is_some() => Ok(Some(r.probes_out)),
-                Some(_) => bail!("not under its keepalive timer: probes out not told"),
+            _ => match rows.pop() {
+                Some(r) => Ok(Some(r)),
                 None => bail!("sock_diag request: no reply"),
             },
         }
+    }
+
+    /// The socket's probes out, None when the kernel no longer has it, or
+    /// an error when sock_diag cannot tell.
+    fn probes_out(&mut self, p: &Probing) -> Result<Option<u8>> {
+        match self.one(p.netns, p.saddr, p.sport, p.daddr, p.dport)? {
+            None => Ok(None),
+            Some(r) if r.keepalive.is_some() => Ok(Some(r.probes_out)),
+            Some(_) => bail!("not under its keepalive timer: probes out not told"),
+        }
+    }
+
+    /// The sockets of an earlier snapshot as they are now, asked about one
+    /// by one (a lookup each in the kernel, where a dump walks every
+    /// socket of the host): those gone, or no longer under their keepalive
+    /// timer, drop out.
+    pub fn refresh(&mut self, known: &[KeepaliveSocket]) -> Vec<KeepaliveSocket> {
+        known
+            .iter()
+            .filter_map(|k| {
+                let s = &k.socket;
+                match self.one(k.netns, s.saddr, s.sport, s.daddr, s.dport) {
+                    Ok(row) => KeepaliveSocket::of(k.netns, &row?),
+                    Err(e) => {
+                        log::debug!("sock_diag refresh: {e:#}");
+                        None
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Answers for the probing sockets: per namespace one dump when many

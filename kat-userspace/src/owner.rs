@@ -171,7 +171,7 @@ impl Default for Timing {
     fn default() -> Self {
         Self {
             min_gap: Duration::from_secs(1),
-            refresh: Duration::from_secs(10),
+            refresh: Duration::from_secs(30),
             retry_miss: Duration::from_secs(10),
         }
     }
