@@ -41,6 +41,7 @@ macro_rules! with_scenarios {
             restarted_peer_found_by_probe,
             abort_on_close_and_linger,
             user_timeout,
+            user_timeout_without_keepalive,
             retransmit_timeout,
             orderly_close_only_with_all,
             port_filter_in_kernel,
@@ -292,6 +293,41 @@ pub fn user_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
         .filter(|v| net.is(v, "probe", Side::Client, port))
         .count();
     assert!((1..10).contains(&probes), "{probes} probes");
+}
+
+/// TCP_USER_TIMEOUT without keepalive (what database drivers and gRPC
+/// set): data unacknowledged past it is `user_timeout`, judged by the
+/// setting the socket had at its death.
+pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let listener = net.listen(addr(net, port));
+    let mut client = net.connect(
+        addr(net, port),
+        Box::new(|s| {
+            s.set_tcp_user_timeout(Some(Duration::from_millis(2500)))
+                .expect("user timeout");
+        }),
+    );
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+    let sent = now();
+    client.write_all(b"into the void").expect("write");
+
+    let dead = kat.wait_for("death", secs(20.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port)
+    });
+    assert_eq!(dead["reason"], "user_timeout", "{dead}");
+    assert_eq!(dead["errno"], "ETIMEDOUT");
+    assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500, "{dead}");
+    let took = ts(&dead) - sent;
+    assert!(
+        took < 10.0 * net.slack(),
+        "died {took:.2} s after the write: the user timeout, not tcp_retries2"
+    );
+    assert!(!kat
+        .seen
+        .iter()
+        .any(|v| net.is(v, "probe", Side::Client, port)));
 }
 
 /// Data never acknowledged, tcp_retries2=3: retransmit_timeout.

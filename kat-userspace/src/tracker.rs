@@ -398,7 +398,12 @@ impl Tracker {
                 sock.reset_received = Some(rec.probes_after.max(sock.probes_out));
             }
             kind::STATE_CHANGE if rec.state == tcp_state::CLOSE => {
+                // A death is judged by the settings in force at death
+                // (TCP_USER_TIMEOUT set on a socket that never ran its
+                // keepalive timer, say), not those last seen at a probe.
+                let settings = self.settings(rec);
                 let sock = self.sock(rec);
+                sock.settings = Some(settings);
                 sock.closing = Some(Closing {
                     ts_ns: rec.ts_ns,
                     old_state: rec.old_state,
@@ -413,7 +418,9 @@ impl Tracker {
             }
             // Sent one by one only when asked (`--all`): its end is known.
             kind::CLOSED => {
+                let settings = self.settings(rec);
                 let sock = self.sock(rec);
+                sock.settings = Some(settings);
                 sock.closing = Some(Closing {
                     ts_ns: rec.ts_ns,
                     old_state: rec.old_state,

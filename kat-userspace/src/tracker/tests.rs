@@ -212,14 +212,10 @@ fn user_timeout_when_tcp_user_timeout_is_set() {
     a.user_timeout_ms = 2500;
     let mut rst = reset_sent(3.0, KEEPALIVE_TIMEOUT, flag::IN_KEEPALIVE_TIMER);
     rst.user_timeout_ms = 2500;
-    let ev = feed(
-        &mut t,
-        [
-            a,
-            rst,
-            close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 2),
-        ],
-    );
+    // Every record reads the socket's setting, the CLOSE one too.
+    let mut c = close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 2);
+    c.user_timeout_ms = 2500;
+    let ev = feed(&mut t, [a, rst, c]);
     assert_eq!(death(&ev).reason(), Some(Reason::UserTimeout));
     assert_eq!(
         death(&ev).keepalive.and_then(|k| k.user_timeout_ms),
@@ -347,6 +343,33 @@ fn retransmit_timeout_is_an_error_close_without_a_reset() {
         [close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0)],
     );
     assert_eq!(death(&ev).reason(), Some(Reason::RetransmitTimeout));
+}
+
+#[test]
+fn user_timeout_without_keepalive_is_judged_by_the_close_record() {
+    // No keepalive timer run, no RST: the data went unacknowledged past
+    // TCP_USER_TIMEOUT, and only the CLOSE record tells the setting.
+    let mut t = tracker();
+    let mut c = close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0);
+    c.flags = 0;
+    c.user_timeout_ms = 2500;
+    let ev = feed(&mut t, [c]);
+    assert_eq!(death(&ev).reason(), Some(Reason::UserTimeout));
+    assert_eq!(
+        death(&ev).keepalive.and_then(|k| k.user_timeout_ms),
+        Some(2500)
+    );
+}
+
+#[test]
+fn the_settings_at_death_replace_those_seen_at_a_probe() {
+    let mut t = tracker();
+    let mut c = close(3.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0);
+    c.user_timeout_ms = 2500;
+    c.ka_time = 5 * HZ;
+    let ev = feed(&mut t, [timer(1.0, 0, 0), c]);
+    assert_eq!(death(&ev).reason(), Some(Reason::UserTimeout));
+    assert_eq!(death(&ev).keepalive.map(|k| k.idle_s), Some(5.0));
 }
 
 #[test]
