@@ -260,11 +260,17 @@ fn dump_request(states: StateFlags) -> Vec<u8> {
     buf
 }
 
-/// Sends one TCP request for one socket (no extensions: the header says
-/// all kat needs).
-fn send(socket: &Socket, family: u8, states: StateFlags, socket_id: SocketId) -> Result<()> {
+/// Sends one TCP request (no extensions: the header says all kat needs);
+/// `flags` adds NLM_F_DUMP for a dump of one family.
+fn send(
+    socket: &Socket,
+    flags: u16,
+    family: u8,
+    states: StateFlags,
+    socket_id: SocketId,
+) -> Result<()> {
     let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST;
+    header.flags = NLM_F_REQUEST | flags;
     let mut packet = NetlinkMessage::new(
         header,
         SockDiagMessage::InetRequest(InetRequest {
@@ -288,6 +294,9 @@ fn send(socket: &Socket, family: u8, states: StateFlags, socket_id: SocketId) ->
 pub struct Diag {
     by_netns: HashMap<u32, Option<Socket>>,
     dumped: HashMap<u32, std::time::Instant>,
+    /// The kernel refused the one dump for both families: a dump per
+    /// family (SOCK_DIAG_BY_FAMILY) instead.
+    per_family: bool,
 }
 
 fn netns_inode(path: &str) -> Option<u32> {
@@ -386,17 +395,46 @@ impl Diag {
     /// The TCP sockets of a namespace in `keepalive_states` that `keep`
     /// wants.
     fn dump(&mut self, netns: u32, keep: Keep) -> Result<Vec<Row>> {
+        let per_family = self.per_family;
         let socket = self
             .socket(netns)
             .ok_or_else(|| anyhow!("no sock_diag socket for netns {netns}"))?;
         let mut rows = Vec::new();
-        socket
-            .send(&dump_request(keepalive_states()), 0)
-            .context("sock_diag send")?;
-        if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
-            bail!("sock_diag dump: errno {e}");
+        if !per_family {
+            socket
+                .send(&dump_request(keepalive_states()), 0)
+                .context("sock_diag send")?;
+            match receive(socket, true, &mut rows, keep)? {
+                End::Errno(e) => {
+                    log::info!("sock_diag: TCPDIAG_GETSOCK refused (errno {e}): one dump per family from now on");
+                    self.per_family = true;
+                    return self.dump(netns, keep);
+                }
+                _ => return Ok(rows),
+            }
+        }
+        for family in [AF_INET, AF_INET6] {
+            let socket_id = if family == AF_INET {
+                SocketId::new_v4()
+            } else {
+                SocketId::new_v6()
+            };
+            send(socket, NLM_F_DUMP, family, keepalive_states(), socket_id)?;
+            if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
+                bail!("sock_diag dump: errno {e}");
+            }
         }
         Ok(rows)
+    }
+
+    /// For `kat doctor`: whether this kernel dumps both families in one
+    /// walk (false: kat dumps per family). Err when no dump works at all.
+    pub fn one_walk_for_both_families() -> Result<bool> {
+        let mut diag = Diag::default();
+        let netns = netns_inode("/proc/self/ns/net")
+            .ok_or_else(|| anyhow!("cannot read /proc/self/ns/net"))?;
+        diag.keepalive_sockets(netns, &[])?;
+        Ok(!diag.per_family)
     }
 
     /// Every TCP socket of a namespace whose keepalive timer is pending,
@@ -454,7 +492,7 @@ impl Diag {
             // INET_DIAG_NOCOOKIE: match on the tuple alone.
             cookie: [0xff; 8],
         };
-        send(socket, family, StateFlags::all(), socket_id)?;
+        send(socket, 0, family, StateFlags::all(), socket_id)?;
         let mut rows = Vec::new();
         match receive(socket, false, &mut rows, Keep::default())? {
             End::Errno(e) if e == -libc::ENOENT => Ok(None),
@@ -758,13 +796,28 @@ mod tests {
     }
 
     /// The real kernel (no root: sock_diag dumps are open to any user):
-    /// one dump lists the keepalive sockets of both families.
+    /// one dump lists the keepalive sockets of both families, and so do
+    /// the dumps per family that kat falls back to where the kernel
+    /// refuses the one.
     #[test]
     fn one_dump_lists_both_families() {
+        both_families_listed(false);
+        assert!(Diag::one_walk_for_both_families().expect("a dump"));
+    }
+
+    #[test]
+    fn dumps_per_family_list_both_families() {
+        both_families_listed(true);
+    }
+
+    fn both_families_listed(per_family: bool) {
         let (_l4, _c4, p4) = keepalive_pair("127.0.0.1:0");
         let (_l6, _c6, p6) = keepalive_pair("[::1]:0");
         let netns = netns_inode("/proc/self/ns/net").expect("own netns");
-        let mut diag = Diag::default();
+        let mut diag = Diag {
+            per_family,
+            ..Diag::default()
+        };
         let found = diag
             .keepalive_sockets(netns, &[p4, p6])
             .expect("sock_diag dump");

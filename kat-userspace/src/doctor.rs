@@ -45,6 +45,9 @@ struct Report {
     owners: &'static str,
     /// Why the iterator cannot load, where it cannot.
     owners_problem: Option<String>,
+    /// sock_diag dumps both families in one walk (TCPDIAG_GETSOCK with
+    /// AF_UNSPEC); false: one dump per family; null: no dump worked.
+    one_dump_for_both_families: Option<bool>,
     can_run: bool,
     problem: Option<String>,
 }
@@ -78,6 +81,7 @@ fn report() -> Report {
         lanes: Vec::new(),
         owners: "proc",
         owners_problem: None,
+        one_dump_for_both_families: crate::diag::Diag::one_walk_for_both_families().ok(),
         can_run: false,
         problem: None,
     };
@@ -169,6 +173,14 @@ fn text(r: &Report) -> String {
             v(s.tcp_keepalive_intvl_s),
             v(s.tcp_keepalive_probes)
         ),
+    );
+    line(
+        "sock_diag dump",
+        match r.one_dump_for_both_families {
+            Some(true) => "both families in one walk".into(),
+            Some(false) => "one walk per family (TCPDIAG_GETSOCK refused)".into(),
+            None => "failed (kat top lists no sockets)".into(),
+        },
     );
     if !r.attempts.is_empty() {
         line(
