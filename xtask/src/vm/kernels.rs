@@ -111,23 +111,21 @@ fn update_lists(suite: Suite) -> Result<()> {
     if suite == Suite::Machine {
         return Ok(());
     }
-    let lists = Path::new(VM_CACHE)
+    // apt leaves a list's file as it was when the server's is unchanged:
+    // a stamp of our own says when the lists were last fetched.
+    let stamp = Path::new(VM_CACHE)
         .join("apt")
         .join(suite.name())
-        .join("lists");
-    let fresh = fs::read_dir(&lists).ok().is_some_and(|entries| {
-        entries.flatten().any(|e| {
-            e.file_name().to_string_lossy().ends_with("_Packages")
-                && e.metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
-                    .is_some_and(|age| age < LISTS_MAX_AGE)
-        })
-    });
+        .join("updated");
+    let fresh = fs::metadata(&stamp)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age < LISTS_MAX_AGE);
     if !fresh {
         eprintln!("xtask: fetching Debian {}'s package lists", suite.name());
         run(apt("apt-get", suite)?.arg("update"))?;
+        fs::write(&stamp, "")?;
     }
     Ok(())
 }
