@@ -282,6 +282,7 @@ pub fn user_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
     assert_eq!(dead["reason"], "user_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500);
+    assert_eq!(dead["keepalive"]["enabled"], true, "{dead}");
     let took = ts(&dead) - connected;
     assert!(
         took < 5.0 * net.slack(),
@@ -319,6 +320,7 @@ pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
     assert_eq!(dead["reason"], "user_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500, "{dead}");
+    assert_eq!(dead["keepalive"]["enabled"], false, "{dead}");
     let took = ts(&dead) - sent;
     assert!(
         took < 10.0 * net.slack(),

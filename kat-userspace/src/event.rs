@@ -41,6 +41,10 @@ impl Reason {
     }
 }
 
+fn on() -> bool {
+    true
+}
+
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -54,6 +58,11 @@ pub enum Origin {
 /// The keepalive settings in force for one socket.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Settings {
+    /// SO_KEEPALIVE is on. The other numbers are in force either way: they
+    /// are what keepalive would use if it were turned on. (Journals from
+    /// before this field had settings only for sockets that probed.)
+    #[serde(default = "on")]
+    pub enabled: bool,
     pub idle_s: f64,
     pub idle_from: Origin,
     pub intvl_s: f64,

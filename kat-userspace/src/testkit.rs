@@ -45,6 +45,7 @@ pub fn conn(saddr: IpAddr, sport: u16, daddr: IpAddr, dport: u16) -> ConnKey {
 /// sysctl, no TCP_USER_TIMEOUT.
 pub fn settings(idle_s: f64, intvl_s: f64, probes: u8) -> Settings {
     Settings {
+        enabled: true,
         idle_s,
         idle_from: Origin::Socket,
         intvl_s,

@@ -81,7 +81,11 @@ pub fn user_timeout(ms: u32) -> String {
 
 /// `keepalive 55s/6s/2*`, and the user timeout when set.
 pub fn settings(k: &Settings) -> String {
-    let mut s = format!("keepalive {}", keepalive(k));
+    let mut s = if k.enabled {
+        format!("keepalive {}", keepalive(k))
+    } else {
+        "keepalive off".to_string()
+    };
     if let Some(ms) = k.user_timeout_ms {
         s.push_str(&format!(" user_timeout {}", user_timeout(ms)));
     }
@@ -203,6 +207,7 @@ mod tests {
     #[test]
     fn settings_mark_sysctl_values_and_say_the_user_timeout() {
         let mut k = Settings {
+            enabled: true,
             idle_s: 7200.0,
             idle_from: Origin::Sysctl,
             intvl_s: 75.0,
@@ -214,6 +219,8 @@ mod tests {
         assert_eq!(settings(&k), "keepalive 2h*/75s*/9");
         k.user_timeout_ms = Some(5000);
         assert_eq!(settings(&k), "keepalive 2h*/75s*/9 user_timeout 5s");
+        k.enabled = false;
+        assert_eq!(settings(&k), "keepalive off user_timeout 5s");
     }
 
     #[test]

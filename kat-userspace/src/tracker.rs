@@ -297,6 +297,7 @@ impl Tracker {
             (rec.sysctl_probes, Origin::Sysctl)
         };
         Settings {
+            enabled: rec.flags & flag::KEEPOPEN != 0,
             idle_s,
             idle_from,
             intvl_s,

@@ -379,3 +379,17 @@ fn lines_longer_than_the_read_buffer_read_the_same() {
     let lines: Vec<usize> = small.problems.iter().map(|p| p.line).collect();
     assert_eq!(lines, [2, 5], "{:?}", small.problems);
 }
+
+#[test]
+fn settings_written_before_enabled_existed_read_as_keepalive_on() {
+    // Journals before the field had settings only for sockets that probed.
+    let old = r#"{"idle_s":2.0,"idle_from":"socket","intvl_s":1.0,"intvl_from":"socket","probes":3,"probes_from":"socket"}"#;
+    let k: Settings = serde_json::from_str(old).expect("an old journal's settings");
+    assert!(k.enabled);
+    let off = serde_json::to_value(Settings {
+        enabled: false,
+        ..testkit::settings(2.0, 1.0, 3)
+    })
+    .expect("json");
+    assert_eq!(off["enabled"], false);
+}

@@ -359,6 +359,7 @@ fn user_timeout_without_keepalive_is_judged_by_the_close_record() {
         death(&ev).keepalive.and_then(|k| k.user_timeout_ms),
         Some(2500)
     );
+    assert_eq!(death(&ev).keepalive.map(|k| k.enabled), Some(false));
 }
 
 #[test]
