@@ -19,7 +19,7 @@ use netlink_packet_core::{
 };
 use netlink_packet_sock_diag::{
     constants::{AF_INET, AF_INET6, IPPROTO_TCP},
-    inet::{ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
+    inet::{nlas::Nla, ExtensionFlags, InetRequest, InetResponse, SocketId, StateFlags, Timer},
     SockDiagMessage,
 };
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
@@ -45,6 +45,13 @@ const TCPDIAG_GETSOCK: u16 = 18;
 const INET_DIAG_REQ_LEN: usize = 60;
 /// `idiag_timer` while the keepalive timer is pending.
 const IDIAG_TIMER_KEEPALIVE: u8 = 2;
+/// Offsets in `struct tcp_info` (the INET_DIAG_INFO attribute) of
+/// `tcpi_last_data_sent`, `tcpi_last_data_recv` and `tcpi_last_ack_recv`:
+/// milliseconds since the socket last sent data, received data and received
+/// an ACK (include/uapi/linux/tcp.h, unchanged since 2.6).
+const TCPI_LAST_DATA_SENT: usize = 44;
+const TCPI_LAST_DATA_RECV: usize = 52;
+const TCPI_LAST_ACK_RECV: usize = 56;
 
 /// Which sockets of a reply become rows, judged from the fixed start of
 /// `struct inet_diag_msg` before the message is parsed: on a host with
@@ -98,6 +105,24 @@ pub struct Row {
     pub keepalive: Option<Duration>,
     /// Keepalive probes out, when `keepalive` is Some.
     pub probes_out: u8,
+    /// How long nothing has crossed the path either way, when the dump
+    /// asked for tcp_info (`Query::Idle`).
+    pub idle: Option<Duration>,
+}
+
+/// How long the socket has been silent in both directions, from its
+/// tcp_info: since it last sent data or received anything. An answered
+/// keepalive probe counts (its ACK is received); an unanswered one does
+/// not, which is what a middlebox sees too.
+fn idle(tcp_info: &[u8]) -> Option<Duration> {
+    let ms = |at: usize| {
+        let b = tcp_info.get(at..at + 4)?;
+        Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let quiet = ms(TCPI_LAST_DATA_SENT)?
+        .min(ms(TCPI_LAST_DATA_RECV)?)
+        .min(ms(TCPI_LAST_ACK_RECV)?);
+    Some(Duration::from_millis(u64::from(quiet)))
 }
 
 /// A TCP socket whose keepalive timer is pending, as `ss -o` shows it.
@@ -118,6 +143,14 @@ impl KeepaliveSocket {
             socket: r.clone(),
         })
     }
+}
+
+/// An established connection nothing has crossed for a while.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleSocket {
+    pub netns: u32,
+    pub idle: Duration,
+    pub socket: Row,
 }
 
 /// sock_diag's answer for a probing socket, as the tracker takes it.
@@ -152,6 +185,10 @@ fn row(resp: &InetResponse, retrans: u8) -> Row {
         inode: resp.header.inode,
         keepalive,
         probes_out: if keepalive.is_some() { retrans } else { 0 },
+        idle: resp.nlas.iter().find_map(|n| match n {
+            Nla::TcpInfo(bytes) => idle(bytes),
+            _ => None,
+        }),
     }
 }
 
@@ -241,11 +278,35 @@ pub fn match_dump(probing: &[&Probing], rows: &[Row], ts_ns: u64) -> Vec<Answer>
         .collect()
 }
 
-/// A request for a dump of the TCP sockets of both families in `states`,
-/// in one walk (TCPDIAG_GETSOCK with AF_UNSPEC; no extensions: the header
-/// says all kat needs). netlink-packet-sock-diag builds only the newer
-/// request, so this one is laid out here.
-fn dump_request(states: StateFlags) -> Vec<u8> {
+/// What a dump asks the kernel for.
+#[derive(Debug, Clone, Copy)]
+enum Query {
+    /// The sockets in `keepalive_states`; the header says all kat needs.
+    Keepalive,
+    /// The established sockets with their tcp_info, for idle times.
+    Idle,
+}
+
+impl Query {
+    fn states(self) -> StateFlags {
+        match self {
+            Query::Keepalive => keepalive_states(),
+            Query::Idle => StateFlags::ESTABLISHED,
+        }
+    }
+
+    fn extensions(self) -> ExtensionFlags {
+        match self {
+            Query::Keepalive => ExtensionFlags::empty(),
+            Query::Idle => ExtensionFlags::INFO,
+        }
+    }
+}
+
+/// A request for a dump of the TCP sockets of both families, in one walk
+/// (TCPDIAG_GETSOCK with AF_UNSPEC). netlink-packet-sock-diag builds only
+/// the newer request, so this one is laid out here.
+fn dump_request(query: Query) -> Vec<u8> {
     let len = NLMSG_HDRLEN + INET_DIAG_REQ_LEN;
     let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(&(len as u32).to_ne_bytes());
@@ -253,20 +314,20 @@ fn dump_request(states: StateFlags) -> Vec<u8> {
     buf.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     // Sequence and port: 0, as for every request of this socket.
     buf.extend_from_slice(&[0; 8]);
-    // AF_UNSPEC, no address lengths, no extensions, a zero socket id.
-    buf.extend_from_slice(&[0; 4 + 48]);
-    buf.extend_from_slice(&states.bits().to_ne_bytes());
+    // AF_UNSPEC, no address lengths, the extensions, a zero socket id.
+    buf.extend_from_slice(&[0, 0, 0, query.extensions().bits()]);
+    buf.extend_from_slice(&[0; 48]);
+    buf.extend_from_slice(&query.states().bits().to_ne_bytes());
     buf.extend_from_slice(&0u32.to_ne_bytes());
     buf
 }
 
-/// Sends one TCP request (no extensions: the header says all kat needs);
-/// `flags` adds NLM_F_DUMP for a dump of one family.
+/// Sends one TCP request; `flags` adds NLM_F_DUMP for a dump of one family.
 fn send(
     socket: &Socket,
     flags: u16,
     family: u8,
-    states: StateFlags,
+    (states, extensions): (StateFlags, ExtensionFlags),
     socket_id: SocketId,
 ) -> Result<()> {
     let mut header = NetlinkHeader::default();
@@ -276,7 +337,7 @@ fn send(
         SockDiagMessage::InetRequest(InetRequest {
             family,
             protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
+            extensions,
             states,
             socket_id,
         })
@@ -392,9 +453,9 @@ const DUMP_ABOVE: usize = 64;
 const DUMP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Diag {
-    /// The TCP sockets of a namespace in `keepalive_states` that `keep`
+    /// The TCP sockets of a namespace that `query` asks for and `keep`
     /// wants.
-    fn dump(&mut self, netns: u32, keep: Keep) -> Result<Vec<Row>> {
+    fn dump(&mut self, netns: u32, query: Query, keep: Keep) -> Result<Vec<Row>> {
         let per_family = self.per_family;
         let socket = self
             .socket(netns)
@@ -402,13 +463,13 @@ impl Diag {
         let mut rows = Vec::new();
         if !per_family {
             socket
-                .send(&dump_request(keepalive_states()), 0)
+                .send(&dump_request(query), 0)
                 .context("sock_diag send")?;
             match receive(socket, true, &mut rows, keep)? {
                 End::Errno(e) => {
                     log::info!("sock_diag: TCPDIAG_GETSOCK refused (errno {e}): one dump per family from now on");
                     self.per_family = true;
-                    return self.dump(netns, keep);
+                    return self.dump(netns, query, keep);
                 }
                 _ => return Ok(rows),
             }
@@ -419,7 +480,8 @@ impl Diag {
             } else {
                 SocketId::new_v6()
             };
-            send(socket, NLM_F_DUMP, family, keepalive_states(), socket_id)?;
+            let what = (query.states(), query.extensions());
+            send(socket, NLM_F_DUMP, family, what, socket_id)?;
             if let End::Errno(e) = receive(socket, true, &mut rows, keep)? {
                 bail!("sock_diag dump: errno {e}");
             }
@@ -445,9 +507,36 @@ impl Diag {
             ports,
         };
         Ok(self
-            .dump(netns, keep)?
+            .dump(netns, Query::Keepalive, keep)?
             .iter()
             .filter_map(|r| KeepaliveSocket::of(netns, r))
+            .collect())
+    }
+
+    /// The established connections of `netns` silent for at least `over`
+    /// (with one of `ports`, all when empty). Every established socket's
+    /// tcp_info is parsed: this is for a listing on demand, not a poll.
+    pub fn idle_sockets(
+        &mut self,
+        netns: u32,
+        ports: &[u16],
+        over: Duration,
+    ) -> Result<Vec<IdleSocket>> {
+        let keep = Keep {
+            keepalive_only: false,
+            ports,
+        };
+        Ok(self
+            .dump(netns, Query::Idle, keep)?
+            .into_iter()
+            .filter_map(|socket| {
+                let idle = socket.idle.filter(|&i| i >= over)?;
+                Some(IdleSocket {
+                    netns,
+                    idle,
+                    socket,
+                })
+            })
             .collect())
     }
 
@@ -492,7 +581,8 @@ impl Diag {
             // INET_DIAG_NOCOOKIE: match on the tuple alone.
             cookie: [0xff; 8],
         };
-        send(socket, 0, family, StateFlags::all(), socket_id)?;
+        let what = (StateFlags::all(), ExtensionFlags::empty());
+        send(socket, 0, family, what, socket_id)?;
         let mut rows = Vec::new();
         match receive(socket, false, &mut rows, Keep::default())? {
             End::Errno(e) if e == -libc::ENOENT => Ok(None),
@@ -553,7 +643,7 @@ impl Diag {
                 }
                 self.dumped.insert(netns, std::time::Instant::now());
                 // Every socket: one under another timer is there, not gone.
-                match self.dump(netns, Keep::default()) {
+                match self.dump(netns, Query::Keepalive, Keep::default()) {
                     Ok(rows) => {
                         out.extend(match_dump(&group, &rows, crate::kernel::monotonic_now_ns()))
                     }
@@ -715,7 +805,7 @@ mod tests {
 
     #[test]
     fn the_dump_request_is_an_inet_diag_req_for_both_families() {
-        let req = dump_request(keepalive_states());
+        let req = dump_request(Query::Keepalive);
         assert_eq!(req.len(), 76);
         assert_eq!(u32::from_ne_bytes(req[..4].try_into().expect("4")), 76);
         assert_eq!(u16::from_ne_bytes([req[4], req[5]]), TCPDIAG_GETSOCK);
@@ -723,6 +813,22 @@ mod tests {
         let states = u32::from_ne_bytes(req[68..72].try_into().expect("4"));
         assert_eq!(states, keepalive_states().bits());
         assert_eq!(states & (1 << 10), 0, "no LISTEN");
+        assert_eq!(req[NLMSG_HDRLEN + 3], 0, "no extensions");
+        let idle = dump_request(Query::Idle);
+        assert_eq!(idle[NLMSG_HDRLEN + 3], 1 << 1, "INET_DIAG_INFO");
+        let states = u32::from_ne_bytes(idle[68..72].try_into().expect("4"));
+        assert_eq!(states, 1 << 1, "ESTABLISHED only");
+    }
+
+    #[test]
+    fn idle_is_the_least_of_last_sent_received_and_acked() {
+        let mut info = vec![0u8; 104];
+        let mut put = |at: usize, ms: u32| info[at..at + 4].copy_from_slice(&ms.to_ne_bytes());
+        put(TCPI_LAST_DATA_SENT, 90_000);
+        put(TCPI_LAST_DATA_RECV, 120_000);
+        put(TCPI_LAST_ACK_RECV, 75_000);
+        assert_eq!(idle(&info), Some(Duration::from_secs(75)));
+        assert_eq!(idle(&info[..50]), None, "a tcp_info cut short");
     }
 
     #[test]
@@ -803,6 +909,33 @@ mod tests {
     fn one_dump_lists_both_families() {
         both_families_listed(false);
         assert!(Diag::one_walk_for_both_families().expect("a dump"));
+    }
+
+    /// The real kernel: a connection silent for over a second is listed
+    /// with its idle time, both ends; once data crosses it is not.
+    #[test]
+    fn idle_connections_are_listed_with_their_idle_time() {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (mut server, _) = listener.accept().expect("accept");
+        let netns = netns_inode("/proc/self/ns/net").expect("own netns");
+        let mut diag = Diag::default();
+        let over = Duration::from_millis(1200);
+        std::thread::sleep(Duration::from_millis(1500));
+        let listed = diag.idle_sockets(netns, &[port], over).expect("dump");
+        assert_eq!(listed.len(), 2, "both ends: {listed:?}");
+        assert!(listed
+            .iter()
+            .all(|s| s.idle >= over && s.idle < Duration::from_secs(30)));
+        assert!(listed.iter().all(|s| s.socket.keepalive.is_none()));
+        client.write_all(b"x").expect("write");
+        let mut byte = [0];
+        server.read_exact(&mut byte).expect("read");
+        std::thread::sleep(Duration::from_millis(100));
+        let listed = diag.idle_sockets(netns, &[port], over).expect("dump");
+        assert!(listed.is_empty(), "data crossed: {listed:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! kat's userspace: loader, record source, tracker and views.
 //! The `kat` binary (main.rs) is a thin command-line front over these.
 
+pub mod at_risk;
 pub mod btf;
 pub mod closes;
 pub mod demo;

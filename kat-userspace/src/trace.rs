@@ -1,10 +1,12 @@
 //! `kat trace`: one line (or one JSON object) per event.
 
 use std::io::{BufWriter, Stdout, Write as _};
+use std::time::Duration;
 
 use anyhow::Result;
 use chrono::Utc;
 
+use crate::at_risk::{self, DEFAULT_IDLE_OVER};
 use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
@@ -21,6 +23,15 @@ pub struct TraceArgs {
     /// Include orderly (FIN) closes, not only abnormal deaths.
     #[arg(long)]
     pub all: bool,
+    /// List once the established connections silent in both directions
+    /// for over --idle-over (those a NAT or firewall forgets next) and
+    /// exit. Without root: this network namespace and your own processes.
+    #[arg(long, conflicts_with_all = ["all", "lane"])]
+    pub at_risk: bool,
+    /// With --at-risk: how long a connection has been silent (90s, 5m).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_OVER,
+          value_parser = at_risk::idle_over, requires = "at_risk")]
+    pub idle_over: Duration,
 }
 
 /// Which events the user asked for. `--port` is not checked again: the
@@ -99,7 +110,39 @@ impl Output {
     }
 }
 
+/// `--at-risk`: one listing, like `ss`.
+fn list_at_risk(args: &TraceArgs) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "kat: not root: only this network namespace, and owners among your own processes"
+        );
+    }
+    let list = at_risk::list(&args.selection.ports, args.idle_over);
+    let mut stdout = BufWriter::new(std::io::stdout());
+    for a in &list {
+        let text = if args.json {
+            serde_json::to_string(a).unwrap_or_default()
+        } else {
+            at_risk::line(a)
+        };
+        if writeln!(stdout, "{text}").is_err() {
+            return Ok(());
+        }
+    }
+    if stdout.flush().is_ok() && !args.json {
+        eprintln!(
+            "kat: {} established connections silent for over {}",
+            list.len(),
+            text::duration(args.idle_over.as_secs_f64())
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(args: TraceArgs) -> Result<()> {
+    if args.at_risk {
+        return list_at_risk(&args);
+    }
     kernel::require_root("trace")?;
     let mut engine = Engine::start(
         &args.selection,
@@ -222,6 +265,8 @@ mod tests {
             selection: Selection::default(),
             json: false,
             all: false,
+            at_risk: false,
+            idle_over: Duration::from_secs(60),
         };
         assert!(!wanted(&args, &closed));
         args.all = true;

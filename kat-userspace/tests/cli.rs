@@ -273,3 +273,80 @@ fn record_fails_clearly_when_it_cannot_write() {
     );
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `kat trace --at-risk` on real sockets: the connections silent for over
+/// --idle-over are listed with their keepalive and owner; one that talks
+/// is not.
+#[test]
+fn at_risk_lists_the_silent_connections_with_their_owner() {
+    use std::io::{Read as _, Write as _};
+    use std::net::{TcpListener, TcpStream};
+    use std::time::{Duration, Instant};
+
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let (s, _) = listener.accept().expect("accept");
+        (c, s)
+    };
+    let (silent, _silent_server) = connect();
+    let (with_keepalive, _keepalive_server) = connect();
+    socket2::SockRef::from(&with_keepalive)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(600)))
+        .expect("keepalive");
+    let (mut talking, mut talking_server) = connect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        talking.write_all(b"x").expect("write");
+        let mut byte = [0];
+        talking_server.read_exact(&mut byte).expect("read");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let o = kat(&[
+        "trace",
+        "--at-risk",
+        "--json",
+        "--idle-over",
+        "2s",
+        "--port",
+        &port.to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let listed: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let local_port = |s: &TcpStream| s.local_addr().expect("addr").port();
+    let find = |sport: u16| listed.iter().find(|v| v["sport"] == sport);
+    let silent = find(local_port(&silent)).expect("the silent client is listed");
+    assert_eq!(silent["type"], "at_risk");
+    assert_eq!(silent["keepalive"], false);
+    assert!(
+        silent["idle_s"].as_f64().is_some_and(|s| s >= 2.0),
+        "{silent}"
+    );
+    assert_eq!(silent["pid"], std::process::id());
+    let kept = find(local_port(&with_keepalive)).expect("keepalive idle 600s: listed");
+    assert_eq!(kept["keepalive"], true);
+    assert!(
+        kept["next_probe_s"].as_f64().is_some_and(|s| s > 500.0),
+        "{kept}"
+    );
+    assert!(
+        find(local_port(&talking)).is_none(),
+        "the talking one is not at risk: {listed:?}"
+    );
+    // Both ends of the two silent ones, nothing else on this port.
+    assert_eq!(listed.len(), 4, "{listed:?}");
+}
+
+#[test]
+fn idle_over_takes_only_a_duration_with_at_risk() {
+    let o = kat(&["trace", "--at-risk", "--idle-over", "a while"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not a duration"), "{}", stderr(&o));
+    let o = kat(&["trace", "--idle-over", "5m"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--at-risk"), "{}", stderr(&o));
+}
