@@ -115,7 +115,7 @@ pub fn idle_sockets(
 /// (psql)`.
 pub fn line(a: &AtRisk) -> String {
     let mut s = format!(
-        "{} → {}  idle {}  {}",
+        "{} → {}  idle {}  keepalive {}",
         text::endpoint(&a.saddr, a.sport),
         text::endpoint(&a.daddr, a.dport),
         text::duration(a.idle_s),
@@ -127,13 +127,13 @@ pub fn line(a: &AtRisk) -> String {
     s
 }
 
-/// `keepalive off`, or `keepalive on, next probe in 2h`.
+/// `off`, or `on, next probe in 2h`.
 pub fn keepalive(a: &AtRisk) -> String {
     match a.next_probe_s {
         Some(next) if a.keepalive => {
-            format!("keepalive on, next probe in {}", text::duration(next))
+            format!("on, next probe in {}", text::duration(next))
         }
-        _ => "keepalive off".to_string(),
+        _ => "off".to_string(),
     }
 }
 

@@ -227,6 +227,8 @@ pub async fn run(_args: DemoArgs) -> Result<()> {
         pid: None,
         replay: None,
         speed: 1.0,
+        // The lab's stories play in seconds.
+        idle_over: std::time::Duration::from_secs(5),
     })
     .await;
     drop(lab);

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Interval;
 
 use crate::closes::ClosesSource;
-use crate::diag::worker::{Snapshot, Worker};
+use crate::diag::worker::{Ask, Snapshot, Worker};
 use crate::diag::Answer;
 use crate::event::{Closes, Event};
 use crate::kernel;
@@ -112,7 +112,7 @@ impl Engine {
     pub fn start(selection: &Selection, wants: Wants) -> Result<Self> {
         let diag = Worker::start(selection.ports.clone());
         if wants.snapshot {
-            diag.ask_snapshot(Vec::new());
+            diag.ask_snapshot(Ask::default());
         }
         let mut loaded = loader::load(&loader::Options {
             ports: &selection.ports,
@@ -212,9 +212,9 @@ impl Engine {
     }
 
     /// Asks the sock_diag worker for every socket with a pending keepalive
-    /// timer, in the visible namespaces and these; it comes through `next`.
-    pub fn ask_snapshot(&self, extra_netns: Vec<u32>) {
-        self.diag.ask_snapshot(extra_netns);
+    /// timer (and what else `ask` says); it comes through `next`.
+    pub fn ask_snapshot(&self, ask: Ask) {
+        self.diag.ask_snapshot(ask);
     }
 
     /// The orderly closes the kernel counted in the last interval.

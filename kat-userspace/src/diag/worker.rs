@@ -9,20 +9,32 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use std::time::{Duration, Instant};
 
-use super::{visible_netns, Answer, Diag, KeepaliveSocket};
+use super::{visible_netns, Answer, Diag, IdleSocket, KeepaliveSocket};
+use crate::at_risk;
 use crate::tracker::Probing;
 
 enum Request {
     Answers(Vec<Probing>),
-    /// Namespaces to list besides the visible ones.
-    Snapshot(Vec<u32>),
+    Snapshot(Ask),
 }
 
-/// Every socket with a pending keepalive timer, and how long listing them
-/// took (the view paces its requests by it).
+/// What a snapshot lists.
+#[derive(Debug, Clone, Default)]
+pub struct Ask {
+    /// Namespaces to list besides the visible ones.
+    pub extra_netns: Vec<u32>,
+    /// Also the connections silent for at least this long (`kat top`'s
+    /// at-risk panel): a dump with every established socket's tcp_info.
+    pub idle_over: Option<Duration>,
+}
+
+/// Every socket with a pending keepalive timer (and the silent ones when
+/// asked), and how long listing them took (the view paces its requests by
+/// it).
 #[derive(Debug)]
 pub struct Snapshot {
     pub sockets: Vec<KeepaliveSocket>,
+    pub idle: Option<Vec<IdleSocket>>,
     pub took: Duration,
 }
 
@@ -61,8 +73,8 @@ impl Worker {
     }
 
     /// Asks for every socket with a pending keepalive timer.
-    pub fn ask_snapshot(&self, extra_netns: Vec<u32>) {
-        let _ = self.requests.send(Request::Snapshot(extra_netns));
+    pub fn ask_snapshot(&self, ask: Ask) {
+        let _ = self.requests.send(Request::Snapshot(ask));
     }
 }
 
@@ -91,9 +103,9 @@ fn run(
                 return;
             }
         }
-        if let Some(extra) = snapshot {
+        if let Some(ask) = snapshot {
             if snapshots
-                .send(listing.take(&mut diag, &extra, ports))
+                .send(listing.take(&mut diag, &ask, ports))
                 .is_err()
             {
                 return;
@@ -130,10 +142,10 @@ impl Snapshots {
         }
     }
 
-    fn take(&mut self, diag: &mut Diag, extra_netns: &[u32], ports: &[u16]) -> Snapshot {
+    fn take(&mut self, diag: &mut Diag, ask: &Ask, ports: &[u16]) -> Snapshot {
         let began = Instant::now();
         let mut all = visible_netns();
-        all.extend_from_slice(extra_netns);
+        all.extend_from_slice(&ask.extra_netns);
         all.sort_unstable();
         all.dedup();
         let sockets = if self.full_due(began, &all) {
@@ -151,8 +163,12 @@ impl Snapshots {
             diag.refresh(&self.known)
         };
         self.known.clone_from(&sockets);
+        let idle = ask
+            .idle_over
+            .map(|over| at_risk::idle_sockets(diag, &self.netns, ports, over));
         Snapshot {
             sockets,
+            idle,
             took: began.elapsed(),
         }
     }
@@ -175,5 +191,33 @@ mod tests {
         assert!(s.full_due(at(4900), &[1]));
         s.full = Some((t0, Duration::from_millis(1)));
         assert!(s.full_due(at(49), &[1]), "a small host: every snapshot");
+    }
+
+    /// The real kernel: the silent connections come with a snapshot only
+    /// when asked for (kat top's at-risk panel).
+    #[test]
+    fn a_snapshot_lists_the_silent_connections_when_asked() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _server = listener.accept().expect("accept");
+        std::thread::sleep(Duration::from_millis(1100));
+        let mut diag = Diag::default();
+        let mut listing = Snapshots::default();
+        let plain = listing.take(&mut diag, &Ask::default(), &[port]);
+        assert!(plain.idle.is_none());
+        let ask = Ask {
+            extra_netns: Vec::new(),
+            idle_over: Some(Duration::from_secs(1)),
+        };
+        let with_idle = listing.take(&mut diag, &ask, &[port]);
+        let ports: Vec<u16> = with_idle
+            .idle
+            .iter()
+            .flatten()
+            .map(|s| s.socket.dport)
+            .collect();
+        assert_eq!(ports.len(), 2, "both ends: {ports:?}");
+        assert!(ports.contains(&port));
     }
 }

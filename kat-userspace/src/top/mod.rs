@@ -21,6 +21,8 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
+use crate::at_risk::{self, AtRisk, DEFAULT_IDLE_OVER};
+use crate::diag::worker::Ask;
 use crate::engine::{Engine, Selection, Step, StopSignals, Wants};
 use crate::journal::{reader, Entry};
 use crate::tracker::state_name;
@@ -42,6 +44,10 @@ pub struct TopArgs {
     /// Journal seconds played per second with --replay (1/16 to 4096).
     #[arg(long, value_name = "N", default_value_t = 1.0, value_parser = speed, requires = "replay")]
     pub speed: f64,
+    /// The silence that puts a connection in the at-risk panel (key a).
+    #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_OVER,
+          value_parser = at_risk::idle_over, conflicts_with = "replay")]
+    pub idle_over: Duration,
 }
 
 fn speed(s: &str) -> Result<f64, String> {
@@ -134,6 +140,18 @@ fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
         .collect()
 }
 
+/// The silent connections of a snapshot as the at-risk panel's rows, with
+/// the owners the index knows, longest silent first.
+fn at_risk_rows(engine: &Engine, sockets: &[diag::IdleSocket]) -> Vec<AtRisk> {
+    let now = Utc::now();
+    let mut list: Vec<AtRisk> = sockets
+        .iter()
+        .map(|s| AtRisk::of(s, engine.owner(u64::from(s.socket.inode)), now))
+        .collect();
+    at_risk::sort(&mut list);
+    list
+}
+
 /// A snapshot dumps every namespace, which on a host with 100 000
 /// connections takes a good part of a second. The next one is asked for
 /// only after 19 times as long as the last one took (at most 5 % of the
@@ -218,6 +236,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
         Utc::now(),
     );
     model.pid = args.pid;
+    model.idle_over_s = args.idle_over.as_secs_f64();
     let mut seen_netns: Vec<u32> = Vec::new();
     // The first frame comes at once; the table fills in when the worker
     // has listed the sockets.
@@ -244,6 +263,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 }
                 Step::Snapshot(snapshot) => {
                     pace.answered(Instant::now(), snapshot.took);
+                    if let Some(idle) = &snapshot.idle {
+                        msgs.push(Msg::AtRisk(at_risk_rows(&engine, idle)));
+                    }
                     msgs.push(Msg::Snapshot(live(&engine, snapshot.sockets)));
                 }
                 Step::Stop => break,
@@ -255,7 +277,10 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 msgs.push(Msg::Lost { total: lost.total(), precious: lost.precious() });
                 msgs.push(Msg::Closes(engine.take_closes(Utc::now()).iter().map(|c| c.count).sum()));
                 if pace.due(Instant::now()) {
-                    engine.ask_snapshot(seen_netns.clone());
+                    engine.ask_snapshot(Ask {
+                        extra_netns: seen_netns.clone(),
+                        idle_over: model.at_risk_shown.then_some(args.idle_over),
+                    });
                 }
             }
             term = keys.next() => msgs.extend(key_msg(term)?),

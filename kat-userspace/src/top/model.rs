@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use chrono::{DateTime, Utc};
 
+use crate::at_risk::AtRisk;
 pub use crate::event::ConnKey;
 use crate::event::{Event, Reason, Settings, What};
 use crate::owner::Owner;
@@ -99,6 +100,8 @@ pub enum Msg {
     Event(Box<Event>),
     /// Every keepalive socket now, from sock_diag.
     Snapshot(Vec<Live>),
+    /// The connections at risk now, longest silent first.
+    AtRisk(Vec<AtRisk>),
     /// Records lost by the kernel so far: all, and all but orderly closes.
     Lost {
         total: u64,
@@ -202,6 +205,13 @@ pub struct Model {
     pub replay: Option<ReplayStatus>,
     /// The first sock_diag snapshot is still on its way.
     pub listing: bool,
+    /// The at-risk panel is shown in place of the deaths (key `a`).
+    pub at_risk_shown: bool,
+    /// The latest listing for the panel; None until the first since it
+    /// was opened.
+    pub at_risk: Option<Vec<AtRisk>>,
+    /// The silence that puts a connection at risk (`--idle-over`).
+    pub idle_over_s: f64,
 }
 
 impl Model {
@@ -233,6 +243,9 @@ impl Model {
             pid: None,
             replay: None,
             listing: false,
+            at_risk_shown: false,
+            at_risk: None,
+            idle_over_s: 60.0,
         }
     }
 
@@ -259,6 +272,15 @@ impl Model {
                 self.listing = false;
                 self.clamp_selection();
             }
+            Msg::AtRisk(list) if self.at_risk_shown => {
+                let pid = self.pid;
+                self.at_risk = Some(
+                    list.into_iter()
+                        .filter(|a| pid_wanted(pid, a.pid))
+                        .collect(),
+                );
+            }
+            Msg::AtRisk(_) => {}
             Msg::Closes(n) if n > 0 => {
                 *self.deaths_by_reason.entry(Reason::Closed).or_default() += n
             }
@@ -383,6 +405,11 @@ impl Model {
                 self.filter.clear();
             }
             Key::Char('s') => self.sort = self.sort.next(),
+            // A journal has no sockets to list.
+            Key::Char('a') if self.replay.is_none() => {
+                self.at_risk_shown = !self.at_risk_shown;
+                self.at_risk = None;
+            }
             Key::Char('p') => {
                 self.paused = !self.paused;
                 if !self.paused {

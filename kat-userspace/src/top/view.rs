@@ -9,6 +9,7 @@ use ratatui::widgets::{
 use ratatui::Frame;
 
 use super::model::{ConnKey, Model, ReplayStatus, Row, Second};
+use crate::at_risk;
 use crate::event::{Reason, What};
 use crate::text::{self, duration, endpoint};
 
@@ -74,7 +75,11 @@ pub fn view(frame: &mut Frame, m: &Model) {
                 Layout::vertical([Constraint::Percentage(62), Constraint::Percentage(38)])
                     .areas(body);
             draw_connections(frame, conns, m);
-            draw_deaths(frame, deaths, m);
+            if m.at_risk_shown {
+                draw_at_risk(frame, deaths, m);
+            } else {
+                draw_deaths(frame, deaths, m);
+            }
         }
     }
     draw_footer(frame, footer, m);
@@ -367,6 +372,61 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
     frame.render_widget(table, area);
 }
 
+/// The connections silent for over `--idle-over`: what a middlebox that
+/// forgets idle flows kills next.
+fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
+    let wide = area.width >= WIDE;
+    let header = TableRow::new(["CONNECTION", "IDLE", "KEEPALIVE", "OWNER"])
+        .style(Style::new().bold().reversed());
+    let list = m.at_risk.as_deref().unwrap_or_default();
+    let visible = usize::from(area.height.saturating_sub(3));
+    let body: Vec<TableRow> = list
+        .iter()
+        .take(visible)
+        .map(|a| {
+            let key = ConnKey {
+                netns: a.netns,
+                saddr: a.saddr,
+                sport: a.sport,
+                daddr: a.daddr,
+                dport: a.dport,
+            };
+            let keepalive = Cell::from(at_risk::keepalive(a));
+            TableRow::new([
+                Cell::from(conn_short(&key, wide)),
+                Cell::from(duration(a.idle_s)),
+                if a.keepalive {
+                    keepalive
+                } else {
+                    keepalive.style(Style::new().fg(Color::Red))
+                },
+                Cell::from(a.pid.map_or_else(
+                    || format!("uid {}", a.uid),
+                    |p| text::process(p, a.comm.as_deref()),
+                )),
+            ])
+        })
+        .collect();
+    let count = m
+        .at_risk
+        .as_ref()
+        .map_or_else(|| "listing…".to_string(), |l| l.len().to_string());
+    let title = format!(
+        " at risk, silent for over {}: {count} (a: deaths) ",
+        duration(m.idle_over_s)
+    );
+    let widths = [
+        Constraint::Min(22),
+        Constraint::Length(6),
+        Constraint::Length(24),
+        Constraint::Length(14),
+    ];
+    let table = Table::new(body, widths)
+        .header(header)
+        .block(Block::new().borders(Borders::ALL).title(title));
+    frame.render_widget(table, area);
+}
+
 /// An event of the timeline in the words of every view, coloured by kind.
 fn timeline_style(what: &What) -> Style {
     match what {
@@ -430,7 +490,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, m: &Model) {
             if r.paused { "play" } else { "pause" }
         ),
         None => format!(
-            " q quit  ? help  ↑↓ move  Enter detail  {filter}  s sort  p {}",
+            " q quit  ? help  ↑↓ move  Enter detail  {filter}  s sort  a at risk  p {}",
             if m.paused { "resume" } else { "pause" }
         ),
     };
@@ -458,6 +518,7 @@ fn draw_help(frame: &mut Frame, area: Rect, replay: bool) {
         "s                sort by the next column",
     ]
     .into_iter()
+    .chain((!replay).then_some("a                at risk (long silent) or deaths"))
     .chain(pause.iter().copied())
     .chain([
         "?                this help",
@@ -488,7 +549,7 @@ mod tests {
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
-    use super::super::model::tests::populated;
+    use super::super::model::tests::{at_risk, populated};
     use super::super::model::{Key, Model, Msg};
     use super::view;
     use crate::testkit::at;
@@ -527,6 +588,18 @@ mod tests {
     #[test]
     fn populated_dashboard() {
         both("populated", &populated());
+    }
+
+    #[test]
+    fn at_risk_panel() {
+        let mut m = populated();
+        m.update(Msg::Key(Key::Char('a')));
+        both("at_risk_listing", &m);
+        m.update(Msg::AtRisk(vec![
+            at_risk(41000, 2520.0, None, 812),
+            at_risk(41002, 540.0, Some(6480.0), 812),
+        ]));
+        both("at_risk", &m);
     }
 
     #[test]

@@ -354,3 +354,56 @@ fn pid_keeps_its_process_and_the_owners_not_known_yet() {
     assert_eq!(shown.len(), 2);
     assert!(shown.contains(&5) && shown.contains(&3), "{shown:?}");
 }
+
+/// A connection at risk from client port `sport`, owned by `pid`.
+pub(crate) fn at_risk(sport: u16, idle_s: f64, next_probe_s: Option<f64>, pid: u32) -> AtRisk {
+    let k = key(sport, 5432);
+    AtRisk {
+        ts: at(0.0),
+        saddr: k.saddr,
+        sport: k.sport,
+        daddr: k.daddr,
+        dport: k.dport,
+        netns: k.netns,
+        uid: 1000,
+        pid: Some(pid),
+        comm: Some("psql".into()),
+        idle_s,
+        keepalive: next_probe_s.is_some(),
+        next_probe_s,
+    }
+}
+
+#[test]
+fn a_toggles_the_at_risk_panel_and_a_listing_fills_it_only_while_shown() {
+    let mut m = populated();
+    let listing = || {
+        vec![
+            at_risk(41000, 420.0, None, 4242),
+            at_risk(41001, 90.0, Some(6000.0), 7),
+        ]
+    };
+    m.update(Msg::AtRisk(listing()));
+    assert_eq!(m.at_risk, None, "not shown: nothing kept");
+    m.update(Msg::Key(Key::Char('a')));
+    assert!(m.at_risk_shown);
+    assert_eq!(m.at_risk, None, "listing…");
+    m.update(Msg::AtRisk(listing()));
+    assert_eq!(m.at_risk.as_ref().map(Vec::len), Some(2));
+    m.update(Msg::Key(Key::Char('a')));
+    assert!(!m.at_risk_shown);
+    assert_eq!(m.at_risk, None, "closed: dropped");
+}
+
+#[test]
+fn pid_applies_to_the_at_risk_panel() {
+    let mut m = populated();
+    m.pid = Some(7);
+    m.update(Msg::Key(Key::Char('a')));
+    m.update(Msg::AtRisk(vec![
+        at_risk(41000, 420.0, None, 4242),
+        at_risk(41001, 90.0, None, 7),
+    ]));
+    let ports: Vec<u16> = m.at_risk.iter().flatten().map(|a| a.sport).collect();
+    assert_eq!(ports, [41001]);
+}
