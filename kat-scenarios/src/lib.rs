@@ -7,6 +7,7 @@
 pub mod kat;
 pub mod load;
 pub mod loopback;
+pub mod nat;
 pub mod net;
 pub mod netns;
 pub mod ns;

@@ -1,0 +1,246 @@
+//! A NAT that forgets idle flows, as seed 001 tells it: a `client`
+//! namespace (198.18.20.1) behind a `router` namespace that masquerades it
+//! towards a `server` namespace (198.18.21.2). The router's conntrack keeps
+//! an established flow for a few seconds of silence only (a per-namespace
+//! sysctl), and with `nf_conntrack_tcp_loose` 0 a packet of a flow it has
+//! forgotten is invalid and dropped: neither end is told. Host only: the
+//! VM kernels have netfilter only as modules.
+
+use std::io::{self, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use socket2::{Domain, Socket, Type};
+
+use crate::kat::{now, ts, Kat, KatCmd};
+use crate::ns;
+
+pub const CLIENT_ADDR: &str = "198.18.20.1";
+pub const ROUTER_INSIDE: &str = "198.18.20.254";
+pub const ROUTER_OUTSIDE: &str = "198.18.21.254";
+pub const SERVER_ADDR: &str = "198.18.21.2";
+
+/// Three namespaces in a row; removed on drop.
+pub struct Nat {
+    pub client: String,
+    pub router: String,
+    pub server: String,
+}
+
+impl Nat {
+    /// The lab, the router forgetting a flow after `idle_timeout_s` of
+    /// silence.
+    pub fn new(tag: &str, idle_timeout_s: u32) -> io::Result<Self> {
+        let nat = Nat {
+            client: format!("{tag}-nc"),
+            router: format!("{tag}-nr"),
+            server: format!("{tag}-ns"),
+        };
+        for name in [&nat.client, &nat.router, &nat.server] {
+            ns::add(name)?;
+        }
+        ns::veth(
+            "inside",
+            (&nat.client, &[&format!("{CLIENT_ADDR}/24")]),
+            (&nat.router, &[&format!("{ROUTER_INSIDE}/24")]),
+        )?;
+        ns::veth(
+            "outside",
+            (&nat.router, &[&format!("{ROUTER_OUTSIDE}/24")]),
+            (&nat.server, &[&format!("{SERVER_ADDR}/24")]),
+        )?;
+        ns::ip(&format!(
+            "-n {} route add default via {ROUTER_INSIDE}",
+            nat.client
+        ))?;
+        // The nat chain brings conntrack into the router's namespace; its
+        // sysctls exist there from then on.
+        ns::nft(
+            &nat.router,
+            "add table ip katnat; \
+             add chain ip katnat post { type nat hook postrouting priority 100; }; \
+             add rule ip katnat post oifname \"outside\" masquerade; \
+             add chain ip katnat forward { type filter hook forward priority 0; }; \
+             add rule ip katnat forward ct state invalid drop",
+        )?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1".to_string()),
+            (
+                "net.netfilter.nf_conntrack_tcp_timeout_established",
+                idle_timeout_s.to_string(),
+            ),
+            ("net.netfilter.nf_conntrack_tcp_loose", "0".to_string()),
+        ] {
+            ns::command(&[
+                "ip",
+                "netns",
+                "exec",
+                &nat.router,
+                "sysctl",
+                "-qw",
+                &format!("{key}={value}"),
+            ])?;
+        }
+        Ok(nat)
+    }
+
+    pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
+        let addr: SocketAddr = format!("{SERVER_ADDR}:{port}")
+            .parse()
+            .map_err(io::Error::other)?;
+        ns::listen(Some(&self.server), addr)
+    }
+
+    /// A connection from the client, `setup` applied to its socket first.
+    pub fn connect(
+        &self,
+        port: u16,
+        setup: impl FnOnce(&Socket) -> io::Result<()> + Send + 'static,
+    ) -> io::Result<TcpStream> {
+        let addr: SocketAddr = format!("{SERVER_ADDR}:{port}")
+            .parse()
+            .map_err(io::Error::other)?;
+        ns::within(Some(&self.client), move || {
+            let s = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            setup(&s)?;
+            s.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+            Ok(s.into())
+        })
+    }
+
+    /// The flows the router's conntrack remembers (`/proc/net/nf_conntrack`
+    /// is not there in every build: counted from the namespace's sysctl).
+    pub fn remembered(&self) -> io::Result<u64> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.router, "sysctl", "-n"])
+            .arg("net.netfilter.nf_conntrack_count")
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(io::Error::other)
+    }
+}
+
+impl Drop for Nat {
+    fn drop(&mut self) {
+        for name in [&self.client, &self.router, &self.server] {
+            let _ = ns::del(name);
+        }
+    }
+}
+
+/// A death or probe of the client's end of the connection from `sport`.
+fn client_event(v: &Value, ty: &str, sport: u16) -> bool {
+    v["type"] == ty && v["saddr"] == CLIENT_ADDR && v["sport"] == sport
+}
+
+fn local_port(s: &TcpStream) -> u16 {
+    s.local_addr().map_or(0, |a| a.port())
+}
+
+/// The story of seed 001 through a NAT that forgets a flow after 3 s of
+/// silence, three connections at once:
+/// - no keepalive (TCP_USER_TIMEOUT 3 s): listed at risk while silent,
+///   then its first write after the silence is dropped and it dies of
+///   `user_timeout`;
+/// - keepalive every second: its probes keep the flow remembered, they
+///   are answered and it lives;
+/// - keepalive idle 5 s: longer than the NAT remembers; listed at risk, its
+///   first probe is dropped and it dies of `keepalive_timeout`.
+pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
+    let p = port.to_string();
+    let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);
+    let listener = nat.listen(port).expect("listen");
+    let accept = || listener.accept().expect("accept").0;
+    let mut silent = nat
+        .connect(port, |s| {
+            s.set_tcp_user_timeout(Some(Duration::from_secs(3)))
+        })
+        .expect("connect");
+    let _silent_server = accept();
+    let kept = nat
+        .connect(port, |s| ns::set_keepalive(s, (1, 1, 3)))
+        .expect("connect");
+    let _kept_server = accept();
+    let late = nat
+        .connect(port, |s| ns::set_keepalive(s, (5, 1, 2)))
+        .expect("connect");
+    let _late_server = accept();
+    let started = now();
+    assert!(
+        nat.remembered().expect("conntrack count") >= 3,
+        "the router tracks the three flows"
+    );
+
+    // 4.3 s of silence: the router has forgotten the silent flows.
+    std::thread::sleep(Duration::from_millis(4300));
+    let at_risk = Command::new(&kat_cmd.binary)
+        .args([
+            "trace",
+            "--at-risk",
+            "--json",
+            "--idle-over",
+            "3s",
+            "--port",
+            &p,
+        ])
+        .output()
+        .expect("kat trace --at-risk");
+    assert!(at_risk.status.success(), "{at_risk:?}");
+    let listed: Vec<Value> = String::from_utf8_lossy(&at_risk.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let find = |s: &TcpStream| {
+        listed
+            .iter()
+            .find(|v| client_event(v, "at_risk", local_port(s)))
+    };
+    let silent_listed = find(&silent).expect("the silent connection is at risk");
+    assert_eq!(silent_listed["keepalive"], false, "{silent_listed}");
+    let late_listed = find(&late).expect("keepalive idle 5 s > 3 s: at risk");
+    assert_eq!(late_listed["keepalive"], true, "{late_listed}");
+    assert!(
+        find(&kept).is_none(),
+        "answered probes keep it fresh: {listed:?}"
+    );
+
+    // The silent one speaks: the router drops it as a stranger.
+    silent.write_all(b"still there?").expect("write");
+    let dead = kat.wait_for("the silent one's death", Duration::from_secs(15), |v| {
+        client_event(v, "death", local_port(&silent))
+    });
+    assert_eq!(dead["reason"], "user_timeout", "{dead}");
+    assert_eq!(dead["keepalive"]["enabled"], false, "{dead}");
+
+    let dead = kat.wait_for("the late keepalive's death", Duration::from_secs(15), |v| {
+        client_event(v, "death", local_port(&late))
+    });
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["unanswered_probes"], 2, "{dead}");
+    // Its first probe went at 5 s idle, after the NAT had forgotten it.
+    let first_probe = kat
+        .seen
+        .iter()
+        .find(|v| client_event(v, "probe", local_port(&late)))
+        .cloned()
+        .expect("its probes were traced");
+    assert_eq!(first_probe["probe"], 1);
+    assert!(ts(&first_probe) - started > 4.0, "{first_probe}");
+
+    let (status, events, _) = kat.stop();
+    assert!(status.success(), "kat exited with {status}");
+    let kept_port = local_port(&kept);
+    let answered = events
+        .iter()
+        .filter(|v| client_event(v, "probe_answered", kept_port))
+        .count();
+    assert!(answered >= 5, "every second a probe, answered: {answered}");
+    assert!(
+        !events.iter().any(|v| client_event(v, "death", kept_port)),
+        "keepalive shorter than the NAT's timeout lives: {events:#?}"
+    );
+}
