@@ -130,7 +130,8 @@ pub struct Record {
     pub sysctl_intvl: u32,
     /// `icsk_user_timeout` in milliseconds; 0 when unset.
     pub user_timeout_ms: u32,
-    /// Jiffies since the last segment was received (the kernel's keepalive idle).
+    /// Jiffies since the last segment was received (the kernel's keepalive
+    /// idle): TIMER_RUN, and a STATE_CHANGE to CLOSE.
     pub idle_jiffies: u32,
     pub packets_out: u32,
     pub sk_err: i32,
@@ -149,9 +150,19 @@ pub struct Record {
     /// When kat saw the socket reach ESTABLISHED (ts_ns clock); 0 if it
     /// did not. Kept in the kernel's `SOCKS` map and sent with deaths.
     pub established_ns: u64,
+    /// STATE_CHANGE to CLOSE: jiffies since new data was last sent
+    /// (`tp->lsndtime`; retransmissions and probes do not count).
+    pub sent_jiffies: u32,
+    /// STATE_CHANGE to CLOSE: the smoothed round trip, µs (0: none yet).
+    pub srtt_us: u32,
+    /// STATE_CHANGE to CLOSE: ms since the first retransmission of the
+    /// data still unacknowledged (`tp->retrans_stamp` against the socket's
+    /// clock); 0 when nothing was retransmitted.
+    pub retrans_ago_ms: u32,
+    pub _pad1: u32,
 }
 
-pub const RECORD_SIZE: usize = 152;
+pub const RECORD_SIZE: usize = 168;
 const _: () = assert!(core::mem::size_of::<Record>() == RECORD_SIZE);
 
 /// A kernel struct field: its byte offset (resolved from the running
@@ -274,6 +285,15 @@ offsets! {
     icsk_user_timeout: u32,
     icsk_lrcvtime: u32,
     tp_rcv_tstamp: u32,
+    /// `tcp_sock.lsndtime`: when new data was last sent (tcp_jiffies32).
+    tp_lsndtime: u32,
+    /// `tcp_sock.srtt_us`: the smoothed round trip in µs, times 8.
+    tp_srtt_us: u32,
+    /// `tcp_sock.retrans_stamp`: the first retransmission of the data in
+    /// flight, in the socket's millisecond clock; 0 when none.
+    tp_retrans_stamp: u32,
+    /// `tcp_sock.tcp_mstamp`: the socket's clock, µs.
+    tp_mstamp: u64,
     tp_packets_out: u32,
     tp_ka_time: u32,
     tp_ka_intvl: u32,

@@ -345,6 +345,16 @@ fn keepalive_enter(sk: u64) {
     }
 }
 
+/// Jiffies since the socket last received a segment (data or ACK), as the
+/// keepalive timer measures its idle.
+#[inline(always)]
+fn silent_jiffies(sk: u64, now: u32) -> u32 {
+    let o = &config().offsets;
+    let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
+    let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
+    core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp))
+}
+
 /// The run ends: one TIMER_RUN record for a socket with keepalive on.
 /// `sk` is None where the hook has no arguments (kretprobe).
 #[inline(always)]
@@ -373,10 +383,7 @@ fn keepalive_exit(sk: Option<u64>) {
     if !port_wanted(sport, dport) {
         return;
     }
-    let now = unsafe { bpf_jiffies64() } as u32;
-    let lrcv: u32 = read(sk, &o.icsk_lrcvtime);
-    let rcv_tstamp: u32 = read(sk, &o.tp_rcv_tstamp);
-    let idle = core::cmp::min(now.wrapping_sub(lrcv), now.wrapping_sub(rcv_tstamp));
+    let idle = silent_jiffies(sk, unsafe { bpf_jiffies64() } as u32);
     emit(sk, sport, dport, kind::TIMER_RUN, |rec| {
         rec.probes_before = probes_before;
         rec.idle_jiffies = idle;
@@ -661,10 +668,27 @@ fn socket_closed(sk: u64, old: u8) {
     let (sport, dport, flags) = unsafe { ((*st).sport, (*st).dport, (*st).flags) };
     let sk_err = load(sk, &config().offsets.sk_err);
     if sk_err != 0 || flags & (sock_flag::RESET | sock_flag::REPORTED) != 0 {
+        // How long the connection was silent before it died, for the
+        // middlebox verdict: only deaths pay for these reads.
+        let o = &config().offsets;
+        let now = unsafe { bpf_jiffies64() } as u32;
+        let sent: u32 = read(sk, &o.tp_lsndtime);
+        let srtt: u32 = read(sk, &o.tp_srtt_us);
+        let retrans_stamp: u32 = read(sk, &o.tp_retrans_stamp);
+        let clock_us: u64 = read(sk, &o.tp_mstamp);
+        let retrans_ago_ms = if retrans_stamp == 0 {
+            0
+        } else {
+            ((clock_us / 1000) as u32).wrapping_sub(retrans_stamp)
+        };
         emit(sk, sport, dport, kind::STATE_CHANGE, |rec| {
             fill_task(rec);
             rec.state = tcp_state::CLOSE;
             rec.old_state = old;
+            rec.idle_jiffies = silent_jiffies(sk, now);
+            rec.sent_jiffies = now.wrapping_sub(sent);
+            rec.srtt_us = srtt >> 3;
+            rec.retrans_ago_ms = retrans_ago_ms;
         });
     } else {
         unsafe {

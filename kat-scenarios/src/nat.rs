@@ -137,6 +137,16 @@ fn client_event(v: &Value, ty: &str, sport: u16) -> bool {
     v["type"] == ty && v["saddr"] == CLIENT_ADDR && v["sport"] == sport
 }
 
+/// A death kat judged a middlebox's doing, after a silence of `low` to
+/// `high` seconds, on a path that answered after 1 s.
+fn suspected(dead: &Value, low: f64, high: f64) {
+    assert_eq!(dead["verdict"], "middlebox_idle_drop_suspected", "{dead}");
+    let idle = dead["idle_before_s"].as_f64().unwrap_or(0.0);
+    assert!((low..high).contains(&idle), "idle_before_s {idle}: {dead}");
+    let survived = dead["survived_idle_s"].as_f64().unwrap_or(0.0);
+    assert!((0.9..1.5).contains(&survived), "survived_idle_s: {dead}");
+}
+
 fn local_port(s: &TcpStream) -> u16 {
     s.local_addr().map_or(0, |a| a.port())
 }
@@ -145,11 +155,12 @@ fn local_port(s: &TcpStream) -> u16 {
 /// silence, three connections at once:
 /// - no keepalive (TCP_USER_TIMEOUT 3 s): listed at risk while silent,
 ///   then its first write after the silence is dropped and it dies of
-///   `user_timeout`;
+///   `user_timeout`, suspected of being the middlebox's doing;
 /// - keepalive every second: its probes keep the flow remembered, they
 ///   are answered and it lives;
 /// - keepalive idle 5 s: longer than the NAT remembers; listed at risk, its
-///   first probe is dropped and it dies of `keepalive_timeout`.
+///   first probe is dropped and it dies of `keepalive_timeout`, suspected
+///   too (the path answered the 1 s probes).
 pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     let p = port.to_string();
     let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);
@@ -215,12 +226,16 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     });
     assert_eq!(dead["reason"], "user_timeout", "{dead}");
     assert_eq!(dead["keepalive"]["enabled"], false, "{dead}");
+    // Silent from the handshake to the write, 4.3 s; the path answered
+    // the kept connection's probes after 1 s.
+    suspected(&dead, 4.0, 5.5);
 
     let dead = kat.wait_for("the late keepalive's death", Duration::from_secs(15), |v| {
         client_event(v, "death", local_port(&late))
     });
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["unanswered_probes"], 2, "{dead}");
+    suspected(&dead, 4.9, 5.5);
     // Its first probe went at 5 s idle, after the NAT had forgotten it.
     let first_probe = kat
         .seen

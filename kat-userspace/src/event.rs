@@ -45,6 +45,40 @@ fn on() -> bool {
     true
 }
 
+/// What the evidence says about a death, when it fits a pattern.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// The first segment after the connection's long silence went
+    /// unanswered (or met a RST), where shorter silences on the same path
+    /// were answered: something on the path forgot the idle flow.
+    MiddleboxIdleDropSuspected,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::MiddleboxIdleDropSuspected => "middlebox_idle_drop_suspected",
+        }
+    }
+}
+
+/// How long a connection had been silent before it died, and what kat
+/// makes of that.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Silence {
+    /// Seconds nothing had been received before the first segment that
+    /// went unanswered (the first probe of the fatal run, or the data sent
+    /// after the silence).
+    pub idle_before_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// With a verdict: the longest silence after which this path (peer
+    /// address and port, namespace) still answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub survived_idle_s: Option<f64>,
+}
+
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -107,6 +141,9 @@ pub enum What {
         /// The kernel's own name for the RST it sent, when it has one.
         #[serde(skip_serializing_if = "Option::is_none")]
         kernel_reset_reason: Option<String>,
+        /// For a timeout or a peer's RST: the silence before it.
+        #[serde(flatten)]
+        silence: Option<Silence>,
     },
 }
 
@@ -180,6 +217,9 @@ struct EventLine {
     lifetime_s: Option<f64>,
     state: Option<String>,
     kernel_reset_reason: Option<String>,
+    idle_before_s: Option<f64>,
+    verdict: Option<Verdict>,
+    survived_idle_s: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +306,11 @@ impl TryFrom<EventLine> for Event {
                 lifetime_s: l.lifetime_s,
                 state: required(l.state, "state")?,
                 kernel_reset_reason: l.kernel_reset_reason,
+                silence: l.idle_before_s.map(|idle_before_s| Silence {
+                    idle_before_s,
+                    verdict: l.verdict,
+                    survived_idle_s: l.survived_idle_s,
+                }),
             },
         };
         Ok(Event {

@@ -81,6 +81,7 @@ pub fn death(
         lifetime_s,
         state: "ESTABLISHED".into(),
         kernel_reset_reason: None,
+        silence: None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Local, Utc};
 
-use crate::event::{ConnKey, Origin, Reason, Settings, What};
+use crate::event::{ConnKey, Origin, Reason, Settings, Silence, What};
 
 /// `198.18.0.1:6699`, `[fd00::1]:6699`.
 pub fn endpoint(addr: &IpAddr, port: u16) -> String {
@@ -125,6 +125,7 @@ pub fn what(what: &What) -> String {
             lifetime_s,
             state,
             kernel_reset_reason,
+            silence,
         } => {
             let mut s = if *reason == Reason::Closed {
                 format!("closed from {state}")
@@ -153,9 +154,28 @@ pub fn what(what: &What) -> String {
             if let Some(l) = lifetime_s {
                 s.push_str(&format!(", lived {}", duration(*l)));
             }
+            if let Some(silence) = silence {
+                s.push_str(&self::silence(silence));
+            }
             s
         }
     }
+}
+
+/// `, silent 5s before; middlebox_idle_drop_suspected (this path answered
+/// after 1s of silence)`.
+pub fn silence(s: &Silence) -> String {
+    let mut out = format!(", silent {} before", duration(s.idle_before_s));
+    if let Some(v) = s.verdict {
+        out.push_str(&format!("; {}", v.name()));
+        if let Some(survived) = s.survived_idle_s {
+            out.push_str(&format!(
+                " (this path answered after {} of silence)",
+                duration(survived)
+            ));
+        }
+    }
+    out
 }
 
 fn local(ts: DateTime<Utc>, format: &str) -> String {

@@ -243,6 +243,7 @@ mod tests {
             lifetime_s: Some(63.25),
             state: "ESTABLISHED".into(),
             kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
+            silence: None,
         }));
         assert!(
             l.contains("DEAD keepalive_timeout after 3 unanswered probes, ETIMEDOUT, lived 63s"),
@@ -260,6 +261,7 @@ mod tests {
             lifetime_s: None,
             state: "LAST_ACK".into(),
             kernel_reset_reason: None,
+            silence: None,
         });
         let mut args = TraceArgs {
             selection: Selection::default(),

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use kat_common::{context, flag, kind, tcp_state, Record, AF_INET};
 
-use crate::event::{Event, Origin, Reason, Settings, What};
+use crate::event::{Event, Origin, Reason, Settings, Silence, Verdict, What};
 
 /// How long a CLOSE waits for the RST that may follow it (tcp_close sends
 /// the RST after the state change) before the death is reported anyway.
@@ -71,6 +71,27 @@ struct Closing {
     old_state: u8,
     sk_err: i32,
     probes_out: u8,
+    /// Seconds since anything was received, and since new data was last
+    /// sent, as the socket closed; its smoothed round trip.
+    silent_s: f64,
+    sent_ago_s: f64,
+    srtt_s: f64,
+    /// Since the first retransmission of the data in flight; None when
+    /// nothing was retransmitted.
+    retrans_ago_s: Option<f64>,
+}
+
+impl Closing {
+    /// The silence before the data that went unanswered: until its first
+    /// retransmission (the first send was one retransmission timeout
+    /// earlier: the silence is at most this), or until the one send, when
+    /// a RST answered it before any retransmission. None when nothing was
+    /// sent after the last thing received, or the kernel's clock says
+    /// otherwise.
+    fn data_silence(&self) -> Option<f64> {
+        let since_send = self.retrans_ago_s.unwrap_or(self.sent_ago_s);
+        (since_send < self.silent_s).then_some(self.silent_s - since_send)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +106,8 @@ struct Sock {
     established_ns: Option<u64>,
     /// Unanswered probes as kat last saw them.
     probes_out: u8,
+    /// The idle time at the first probe of the current unanswered run.
+    first_unanswered_idle_s: Option<f64>,
     settings: Option<Settings>,
     reset_sent: Option<ResetSent>,
     /// Probes outstanding when a RST arrived.
@@ -140,6 +163,54 @@ pub struct Tracker {
     reset_reasons: HashMap<u32, ResetName>,
     realtime_offset_ns: i128,
     socks: HashMap<u64, Sock>,
+    /// By path (namespace, peer address and port): the longest silence
+    /// after which a keepalive probe there was answered.
+    survived: HashMap<Path, f64>,
+}
+
+/// A connection's path as far as a middlebox's idle timeout goes.
+type Path = (u32, IpAddr, u16);
+
+/// Paths whose survived silence is remembered; beyond this one goes.
+const PATHS_KEPT: usize = 4096;
+
+/// How much longer than the longest silence its path survived a fatal
+/// silence must be to suspect a middlebox: keepalive probes at one
+/// setting come at idle times a few jiffies apart, and a peer that
+/// restarted kills the next probe at the same idle as the answered ones.
+const SUSPECT_RATIO: f64 = 1.5;
+/// ... and how many round trips long: a silence of a few round trips is
+/// no silence to a middlebox.
+const SUSPECT_RTTS: f64 = 10.0;
+
+/// The silence before a timeout or a peer's RST and, when the evidence
+/// fits, the verdict; nothing for other deaths, or where kat cannot tell
+/// (`idle_before_s` None: no unanswered segment it saw). `survived_s` is
+/// the longest silence the same path answered after.
+fn judge(
+    reason: Reason,
+    idle_before_s: Option<f64>,
+    survived_s: Option<f64>,
+    srtt_s: f64,
+) -> Option<Silence> {
+    let fits = matches!(
+        reason,
+        Reason::KeepaliveTimeout
+            | Reason::UserTimeout
+            | Reason::RetransmitTimeout
+            | Reason::PeerReset
+    );
+    if !fits {
+        return None;
+    }
+    let idle_before_s = idle_before_s?;
+    let survived = survived_s
+        .filter(|&a| idle_before_s >= a * SUSPECT_RATIO && idle_before_s >= srtt_s * SUSPECT_RTTS);
+    Some(Silence {
+        idle_before_s,
+        verdict: survived.map(|_| Verdict::MiddleboxIdleDropSuspected),
+        survived_idle_s: survived,
+    })
 }
 
 fn addr(family: u16, raw: &[u8; 16]) -> IpAddr {
@@ -209,6 +280,7 @@ impl Tracker {
             reset_reasons,
             realtime_offset_ns: setup.realtime_offset_ns,
             socks: HashMap::new(),
+            survived: HashMap::new(),
         }
     }
 
@@ -248,11 +320,9 @@ impl Tracker {
                 probes_out,
                 ts_ns,
             } => {
-                if let (Some(sock), Some(0)) = (self.socks.get_mut(&sk), probes_out) {
+                if let (Some(sock), Some(0)) = (self.socks.get(&sk), probes_out) {
                     if sock.probes_out > 0 && sock.closing.is_none() {
-                        let answered = sock.probes_out;
-                        sock.probes_out = 0;
-                        out.push(self.event(sk, ts_ns, What::ProbeAnswered { probe: answered }));
+                        out.push(self.answered(sk, ts_ns));
                     }
                 }
             }
@@ -273,6 +343,24 @@ impl Tracker {
             }
         }
         out
+    }
+
+    /// The socket's probes were answered: the path survived the silence
+    /// before the first of them.
+    fn answered(&mut self, sk: u64, ts_ns: u64) -> Event {
+        let sock = self.socks.get_mut(&sk).expect("the caller found it");
+        let probe = std::mem::take(&mut sock.probes_out);
+        let silence = sock.first_unanswered_idle_s.take();
+        let path = (sock.netns, sock.daddr, sock.dport);
+        if let Some(idle) = silence {
+            if !self.survived.contains_key(&path) && self.survived.len() >= PATHS_KEPT {
+                let any = self.survived.keys().next().copied();
+                any.map(|k| self.survived.remove(&k));
+            }
+            let longest = self.survived.entry(path).or_insert(idle);
+            *longest = longest.max(idle);
+        }
+        self.event(sk, ts_ns, What::ProbeAnswered { probe })
     }
 
     fn wall(&self, mono_ns: u64) -> DateTime<Utc> {
@@ -339,6 +427,7 @@ impl Tracker {
             sock_ino: rec.sock_ino,
             established_ns: None,
             probes_out: 0,
+            first_unanswered_idle_s: None,
             settings: None,
             reset_sent: None,
             reset_received: None,
@@ -403,6 +492,7 @@ impl Tracker {
                 // (TCP_USER_TIMEOUT set on a socket that never ran its
                 // keepalive timer, say), not those last seen at a probe.
                 let settings = self.settings(rec);
+                let hz = f64::from(self.hz.max(1));
                 let sock = self.sock(rec);
                 sock.settings = Some(settings);
                 sock.closing = Some(Closing {
@@ -410,6 +500,11 @@ impl Tracker {
                     old_state: rec.old_state,
                     sk_err: rec.sk_err,
                     probes_out: rec.probes_after,
+                    silent_s: f64::from(rec.idle_jiffies) / hz,
+                    sent_ago_s: f64::from(rec.sent_jiffies) / hz,
+                    srtt_s: f64::from(rec.srtt_us) / 1e6,
+                    retrans_ago_s: (rec.retrans_ago_ms != 0)
+                        .then(|| f64::from(rec.retrans_ago_ms) / 1e3),
                 });
                 // A RST already sent or received, or an error already set,
                 // decides the reason: nothing more is coming.
@@ -427,6 +522,10 @@ impl Tracker {
                     old_state: rec.old_state,
                     sk_err: 0,
                     probes_out: 0,
+                    silent_s: 0.0,
+                    sent_ago_s: 0.0,
+                    srtt_s: 0.0,
+                    retrans_ago_s: None,
                 });
                 self.finish(rec.sk, out);
             }
@@ -450,12 +549,15 @@ impl Tracker {
         // now and we had probes out, they were answered (sock_diag usually
         // tells us sooner).
         if was_out > 0 && rec.probes_before == 0 {
-            sock.probes_out = 0;
-            out.push(self.event(sk, rec.ts_ns, What::ProbeAnswered { probe: was_out }));
+            out.push(self.answered(sk, rec.ts_ns));
         }
         if rec.probes_after > rec.probes_before || rec.flags & flag::PROBE_SENT != 0 {
             let hz = f64::from(self.hz.max(1));
+            let idle_s = f64::from(rec.idle_jiffies) / hz;
             let sock = self.socks.get_mut(&sk).expect("inserted above");
+            if sock.probes_out == 0 {
+                sock.first_unanswered_idle_s = Some(idle_s);
+            }
             sock.probes_out = rec.probes_after;
             sock.ask_at_ns = rec.ts_ns + ASK_FIRST_NS;
             sock.ask_gap_ns = ASK_FIRST_NS;
@@ -465,7 +567,7 @@ impl Tracker {
                 What::Probe {
                     probe: rec.probes_after.max(1),
                     probes_max: settings.probes,
-                    idle_s: f64::from(rec.idle_jiffies) / hz,
+                    idle_s,
                 },
             ));
         }
@@ -492,6 +594,16 @@ impl Tracker {
         let lifetime_s = sock
             .established_ns
             .map(|t| closing.ts_ns.saturating_sub(t) as f64 / 1e9);
+        let idle_before_s = if unanswered > 0 {
+            sock.first_unanswered_idle_s
+        } else {
+            closing.data_silence()
+        };
+        let survived = self
+            .survived
+            .get(&(sock.netns, sock.daddr, sock.dport))
+            .copied();
+        let silence = judge(reason, idle_before_s, survived, closing.srtt_s);
         // The closer is known only where the RST came from a system call.
         let closer = sock
             .reset_sent
@@ -514,6 +626,7 @@ impl Tracker {
                 lifetime_s,
                 state: state_name(closing.old_state).to_string(),
                 kernel_reset_reason,
+                silence,
             },
         );
         if let Some((pid, comm)) = closer {

@@ -297,11 +297,24 @@ fn every_kind_of_event_reads_back_field_for_field() {
         *kernel_reset_reason = Some("TCP_KEEPALIVE_TIMEOUT".into());
         *found_by_probe = true;
     }
+    let mut suspect = death(4.0, 40000, Reason::RetransmitTimeout);
+    if let What::Death { silence, .. } = &mut suspect.what {
+        *silence = Some(crate::event::Silence {
+            idle_before_s: 4.3,
+            verdict: Some(crate::event::Verdict::MiddleboxIdleDropSuspected),
+            survived_idle_s: Some(1.0),
+        });
+    }
+    let v = serde_json::to_value(&suspect).expect("json");
+    assert_eq!(v["idle_before_s"], 4.3, "flat in the death: {v}");
+    assert_eq!(v["verdict"], "middlebox_idle_drop_suspected");
+    assert_eq!(v["survived_idle_s"], 1.0);
     for ev in [
         with_settings,
         event(2.0, 40000, What::ProbeAnswered { probe: 2 }),
         death(2.5, 40000, Reason::PeerReset),
         bare,
+        suspect,
     ] {
         let line = serde_json::to_string(&ev).expect("json");
         assert_eq!(reader::parse_line(&line), Ok(Entry::Event(ev)), "{line}");

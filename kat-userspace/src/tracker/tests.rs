@@ -525,3 +525,153 @@ fn kernel_reset_reasons_are_typed_once_at_start() {
         "the event still names it as the kernel does"
     );
 }
+
+/// The same record for another socket on the same path (peer address and
+/// port, namespace), from local port `sport`.
+fn other(sport: u16, mut r: Record) -> Record {
+    r.sk = SK + u64::from(sport);
+    r.sport = sport;
+    r
+}
+
+fn silence(events: &[Event]) -> Option<Silence> {
+    match &death(events).what {
+        What::Death { silence, .. } => *silence,
+        _ => None,
+    }
+}
+
+/// A timer run that found idle `idle_s` (not the run's time).
+fn timer_idle(ts_s: f64, idle_s: f64, before: u8, after: u8) -> Record {
+    let mut r = timer(ts_s, before, after);
+    r.idle_jiffies = (idle_s * f64::from(HZ)) as u32;
+    r
+}
+
+/// The NAT story: on this path probes after 1 s of silence are answered;
+/// a socket whose first probe comes after 5 s dies unanswered.
+#[test]
+fn a_probe_unanswered_after_a_longer_silence_than_the_path_survives_is_suspect() {
+    let mut t = tracker();
+    let mut ev = feed(
+        &mut t,
+        [
+            other(41000, timer_idle(1.0, 1.0, 0, 1)),
+            other(41000, timer_idle(2.0, 1.0, 0, 1)),
+            timer_idle(5.0, 5.0, 0, 1),
+            timer_idle(6.0, 6.0, 1, 2),
+            reset_sent(7.0, KEEPALIVE_TIMEOUT, flag::IN_KEEPALIVE_TIMER),
+            close(7.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 2),
+        ],
+    );
+    ev.retain(|e| e.sport == 6699);
+    assert_eq!(death(&ev).reason(), Some(Reason::KeepaliveTimeout));
+    let s = silence(&ev).expect("a silence");
+    assert_eq!(s.idle_before_s, 5.0, "the first probe of the fatal run");
+    assert_eq!(s.verdict, Some(Verdict::MiddleboxIdleDropSuspected));
+    assert_eq!(s.survived_idle_s, Some(1.0));
+}
+
+#[test]
+fn data_unanswered_after_a_silence_is_judged_by_the_close_record() {
+    let closing = |t: &mut Tracker| {
+        // Nothing received for 7.3 s; the data went 3 s ago; no keepalive.
+        let mut c = close(10.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0);
+        c.flags = 0;
+        c.user_timeout_ms = 3000;
+        c.idle_jiffies = (7.3 * f64::from(HZ)) as u32;
+        // Retransmitted until just now; first retransmitted 3 s ago.
+        c.sent_jiffies = 0;
+        c.retrans_ago_ms = 3000;
+        c.srtt_us = 200;
+        feed(t, [c])
+    };
+    let mut alone = tracker();
+    let s = silence(&closing(&mut alone)).expect("a silence");
+    assert!((s.idle_before_s - 4.3).abs() < 0.01, "{s:?}");
+    assert_eq!(s.verdict, None, "no shorter silence answered on this path");
+
+    let mut t = tracker();
+    feed(
+        &mut t,
+        [
+            other(41000, timer_idle(1.0, 1.0, 0, 1)),
+            other(41000, timer_idle(2.0, 1.0, 0, 1)),
+        ],
+    );
+    let s = silence(&closing(&mut t)).expect("a silence");
+    assert_eq!(s.verdict, Some(Verdict::MiddleboxIdleDropSuspected));
+}
+
+/// A peer that restarted kills the next probe at the idle time its
+/// answered probes had: no middlebox in that.
+#[test]
+fn a_restarted_peer_is_not_a_middlebox() {
+    let mut t = tracker();
+    let mut rst = rec(kind::RESET_RECEIVED, 3.01);
+    rst.probes_after = 1;
+    let ev = feed(
+        &mut t,
+        [
+            timer_idle(1.0, 1.0, 0, 1),
+            timer_idle(2.0, 1.0, 0, 1),
+            timer_idle(3.0, 1.004, 0, 1),
+            rst,
+            close(3.01, tcp_state::ESTABLISHED, libc::ECONNRESET, 1),
+        ],
+    );
+    assert_eq!(death(&ev).reason(), Some(Reason::PeerReset));
+    let s = silence(&ev).expect("a silence");
+    assert_eq!(s.verdict, None, "{s:?}");
+}
+
+#[test]
+fn an_application_abort_or_a_close_has_no_silence() {
+    let mut t = tracker();
+    feed(
+        &mut t,
+        [
+            other(41000, timer_idle(1.0, 1.0, 0, 1)),
+            other(41000, timer_idle(2.0, 1.0, 0, 1)),
+        ],
+    );
+    let mut c = close(9.0, tcp_state::ESTABLISHED, 0, 0);
+    c.idle_jiffies = 9 * HZ;
+    c.sent_jiffies = HZ;
+    let ev = feed(&mut t, [c, reset_sent(9.0, ABORT_ON_CLOSE, 0)]);
+    assert_eq!(death(&ev).reason(), Some(Reason::AbortOnClose));
+    assert_eq!(silence(&ev), None);
+}
+
+#[test]
+fn a_silence_of_a_few_round_trips_is_no_evidence() {
+    let mut t = tracker();
+    feed(
+        &mut t,
+        [
+            other(41000, timer_idle(1.0, 0.1, 0, 1)),
+            other(41000, timer_idle(2.0, 0.1, 0, 1)),
+        ],
+    );
+    let mut c = close(10.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 0);
+    c.idle_jiffies = HZ;
+    c.sent_jiffies = HZ / 2;
+    // A 0.5 s silence on a path with a 0.2 s round trip.
+    c.srtt_us = 200_000;
+    let s = silence(&feed(&mut t, [c])).expect("a silence");
+    assert_eq!(s.verdict, None, "{s:?}");
+}
+
+/// A RST in answer to the first data after a silence, before any
+/// retransmission: the silence runs to that one send.
+#[test]
+fn a_rst_answering_the_first_data_after_a_silence_measures_to_the_send() {
+    let mut t = tracker();
+    let mut c = close(20.0, tcp_state::ESTABLISHED, libc::ECONNRESET, 0);
+    c.idle_jiffies = 20 * HZ;
+    c.sent_jiffies = 0;
+    c.srtt_us = 100;
+    let ev = feed(&mut t, [rec(kind::RESET_RECEIVED, 20.0), c]);
+    assert_eq!(death(&ev).reason(), Some(Reason::PeerReset));
+    assert_eq!(silence(&ev).map(|s| s.idle_before_s), Some(20.0));
+}
