@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
-use crate::kat::{now, ts, Kat, KatCmd};
+use crate::kat::{self, now, ts, Kat, KatCmd};
 use crate::ns;
 
 pub const CLIENT_ADDR: &str = "198.18.20.1";
@@ -163,6 +163,9 @@ fn local_port(s: &TcpStream) -> u16 {
 ///   too (the path answered the 1 s probes).
 pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     let p = port.to_string();
+    let journal = std::env::temp_dir().join(format!("kat-nat-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&journal);
+    let recorder = Kat::record(kat_cmd, &journal, &["--port", &p]);
     let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);
     let listener = nat.listen(port).expect("listen");
     let accept = || listener.accept().expect("accept").0;
@@ -257,5 +260,26 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     assert!(
         !events.iter().any(|v| client_event(v, "death", kept_port)),
         "keepalive shorter than the NAT's timeout lives: {events:#?}"
+    );
+
+    // The report learnt the path's idle timeout and names the knobs.
+    let (status, _, _) = recorder.stop();
+    assert!(status.success(), "kat record exited with {status}");
+    let report = kat::report(kat_cmd, &journal, &[]);
+    let _ = std::fs::remove_dir_all(&journal);
+    let paths = report["paths"].as_array().cloned().unwrap_or_default();
+    let path = paths
+        .iter()
+        .find(|v| v["daddr"] == SERVER_ADDR && v["dport"] == port)
+        .unwrap_or_else(|| panic!("the path is learnt: {report:#}"));
+    assert_eq!(path["deaths"], 2, "{path}");
+    let survived = path["survived_idle_s"].as_f64().unwrap_or(0.0);
+    let died = path["died_idle_s"].as_f64().unwrap_or(0.0);
+    assert!((0.9..1.5).contains(&survived) && (4.0..5.5).contains(&died), "{path}");
+    let advice = path["advice"].as_str().unwrap_or_default();
+    assert!(
+        advice.contains("no keepalive (SO_KEEPALIVE off); TCP_KEEPIDLE 5s")
+            && advice.contains("turn SO_KEEPALIVE on"),
+        "{advice}"
     );
 }

@@ -1,6 +1,7 @@
 //! `kat report`: what a journal says happened, for a terminal, an email or
 //! a script. Reads files only; needs no privilege beyond reading them.
 
+pub mod paths;
 pub mod summary;
 pub mod text;
 

@@ -10,8 +10,10 @@ use std::net::{IpAddr, SocketAddr};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
-use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, What};
+use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, Silence, What};
 use crate::journal::{Entry, Header};
+
+use super::paths::{Learner, PathRow};
 
 /// Which events the report looks at.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -153,6 +155,8 @@ pub struct DeathRow {
     pub lived_s: Option<f64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(flatten)]
+    pub silence: Option<Silence>,
 }
 
 /// Where and how the journal was recorded.
@@ -187,6 +191,8 @@ pub struct Summary {
     /// Abnormal deaths, oldest first: all of them, or the latest as many as
     /// `Deaths::Latest` asked for (`reasons` has the total).
     pub deaths: Vec<DeathRow>,
+    /// Paths that forget idle flows, as the suspected deaths show them.
+    pub paths: Vec<PathRow>,
     /// Records the kernel could not queue while recording.
     pub lost: u64,
     /// Events that came later in the journal than `REORDER` after events
@@ -355,6 +361,7 @@ pub struct Builder {
     ports: HashMap<u16, Tally>,
     /// The deaths listed, the earliest on top (to be dropped first).
     deaths: BinaryHeap<Reverse<Listed>>,
+    paths: Learner,
     out_of_order: u64,
 }
 
@@ -385,6 +392,7 @@ impl Summary {
             peers: HashMap::new(),
             ports: HashMap::new(),
             deaths: BinaryHeap::new(),
+            paths: Learner::default(),
             out_of_order: 0,
         }
     }
@@ -466,8 +474,9 @@ impl Builder {
         });
         if ev.pid.is_some() {
             t.pid = ev.pid;
-            t.comm = ev.comm;
+            t.comm = ev.comm.clone();
         }
+        self.paths.add(&ev);
         match ev.what {
             What::Probe { probe, .. } => {
                 self.probes += 1;
@@ -488,6 +497,7 @@ impl Builder {
                 errno,
                 unanswered_probes,
                 lifetime_s,
+                silence,
                 ..
             } => {
                 // The timeline ends here: what is left of it is its row.
@@ -528,6 +538,7 @@ impl Builder {
                         lived_s: lifetime_s,
                         pid: t.pid,
                         comm: t.comm,
+                        silence,
                     },
                 });
             }
@@ -587,6 +598,7 @@ impl Builder {
             worst_peers: worst(self.peers, self.top),
             worst_ports: worst(self.ports, self.top),
             deaths,
+            paths: self.paths.finish(),
             lost: self.lost_by_run.iter().sum(),
             out_of_order: self.out_of_order,
         }

@@ -117,6 +117,21 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         &s.worst_ports,
     );
 
+    if !s.paths.is_empty() {
+        let _ = writeln!(out, "\nPaths that forget idle flows");
+        for p in &s.paths {
+            let _ = writeln!(
+                out,
+                "  {} ({} death{}, netns {}): {}",
+                text::endpoint(&p.daddr, p.dport),
+                p.deaths,
+                if p.deaths == 1 { "" } else { "s" },
+                p.netns,
+                p.advice
+            );
+        }
+    }
+
     let total = s.abnormal_deaths();
     if total > 0 {
         let shown = &s.deaths[s.deaths.len().saturating_sub(top)..];
@@ -136,6 +151,9 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
             }
             if let Some(pid) = d.pid {
                 details.push(format!("pid {}", text::process(pid, d.comm.as_deref())));
+            }
+            if let Some(silence) = &d.silence {
+                details.push(text::silence(silence).trim_start_matches(", ").to_string());
             }
             let line = format!(
                 "  {}  {:<48} {:<18} {}",
