@@ -120,7 +120,7 @@ impl Learner {
                 row
             })
             .collect();
-        rows.sort_by(|a, b| b.deaths.cmp(&a.deaths));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.deaths));
         rows
     }
 }
