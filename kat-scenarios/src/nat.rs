@@ -86,6 +86,19 @@ impl Nat {
         Ok(nat)
     }
 
+    /// A sysctl of the client's namespace (its own keepalive defaults).
+    pub fn client_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
+        ns::command(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.client,
+            "sysctl",
+            "-qw",
+            &format!("{key}={value}"),
+        ])
+    }
+
     pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
         let addr: SocketAddr = format!("{SERVER_ADDR}:{port}")
             .parse()
@@ -158,13 +171,23 @@ fn local_port(s: &TcpStream) -> u16 {
 ///   `user_timeout`, suspected of being the middlebox's doing;
 /// - keepalive every second: its probes keep the flow remembered, they
 ///   are answered and it lives;
-/// - keepalive idle 5 s: longer than the NAT remembers; listed at risk, its
-///   first probe is dropped and it dies of `keepalive_timeout`, suspected
-///   too (the path answered the 1 s probes).
+/// - keepalive idle 5 s (TCP_KEEPIDLE): longer than the NAT remembers;
+///   listed at risk, its first probe is dropped and it dies of
+///   `keepalive_timeout`, suspected too (the path answered the 1 s probes);
+/// - keepalive on with the client namespace's own idle, 6 s
+///   (`net.ipv4.tcp_keepalive_time`): dies the same way at 6 s, and the
+///   report's advice names that sysctl for it, TCP_KEEPIDLE for the other.
 pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     let p = port.to_string();
     let journal = std::env::temp_dir().join(format!("kat-nat-{}-{port}", std::process::id()));
     let _ = std::fs::remove_dir_all(&journal);
+    for (key, value) in [
+        ("net.ipv4.tcp_keepalive_time", "6"),
+        ("net.ipv4.tcp_keepalive_intvl", "1"),
+        ("net.ipv4.tcp_keepalive_probes", "2"),
+    ] {
+        nat.client_sysctl(key, value).expect("client sysctl");
+    }
     let recorder = Kat::record(kat_cmd, &journal, &["--port", &p]);
     let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);
     let listener = nat.listen(port).expect("listen");
@@ -183,10 +206,14 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
         .connect(port, |s| ns::set_keepalive(s, (5, 1, 2)))
         .expect("connect");
     let _late_server = accept();
+    let by_sysctl = nat
+        .connect(port, |s| s.set_keepalive(true))
+        .expect("connect");
+    let _by_sysctl_server = accept();
     let started = now();
     assert!(
-        nat.remembered().expect("conntrack count") >= 3,
-        "the router tracks the three flows"
+        nat.remembered().expect("conntrack count") >= 4,
+        "the router tracks the four flows"
     );
 
     // 4.3 s of silence: the router has forgotten the silent flows.
@@ -217,6 +244,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     assert_eq!(silent_listed["keepalive"], false, "{silent_listed}");
     let late_listed = find(&late).expect("keepalive idle 5 s > 3 s: at risk");
     assert_eq!(late_listed["keepalive"], true, "{late_listed}");
+    assert!(find(&by_sysctl).is_some(), "the sysctl's 6 s: at risk");
     assert!(
         find(&kept).is_none(),
         "answered probes keep it fresh: {listed:?}"
@@ -249,6 +277,15 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     assert_eq!(first_probe["probe"], 1);
     assert!(ts(&first_probe) - started > 4.0, "{first_probe}");
 
+    let dead = kat.wait_for(
+        "the sysctl keepalive's death",
+        Duration::from_secs(15),
+        |v| client_event(v, "death", local_port(&by_sysctl)),
+    );
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    assert_eq!(dead["keepalive"]["idle_from"], "sysctl", "{dead}");
+    suspected(&dead, 5.9, 6.5);
+
     let (status, events, _) = kat.stop();
     assert!(status.success(), "kat exited with {status}");
     let kept_port = local_port(&kept);
@@ -272,14 +309,20 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
         .iter()
         .find(|v| v["daddr"] == SERVER_ADDR && v["dport"] == port)
         .unwrap_or_else(|| panic!("the path is learnt: {report:#}"));
-    assert_eq!(path["deaths"], 2, "{path}");
+    assert_eq!(path["deaths"], 3, "{path}");
     let survived = path["survived_idle_s"].as_f64().unwrap_or(0.0);
     let died = path["died_idle_s"].as_f64().unwrap_or(0.0);
-    assert!((0.9..1.5).contains(&survived) && (4.0..5.5).contains(&died), "{path}");
-    let advice = path["advice"].as_str().unwrap_or_default();
     assert!(
-        advice.contains("no keepalive (SO_KEEPALIVE off); TCP_KEEPIDLE 5s")
-            && advice.contains("turn SO_KEEPALIVE on"),
+        (0.9..1.5).contains(&survived) && (4.0..5.5).contains(&died),
+        "{path}"
+    );
+    let advice = path["advice"].as_str().unwrap_or_default();
+    let netns = ns::inode(&nat.client).expect("client netns");
+    assert!(
+        advice.contains(&format!(
+            "no keepalive (SO_KEEPALIVE off); TCP_KEEPIDLE 5s; keepalive idle 6s \
+             (net.ipv4.tcp_keepalive_time of netns {netns})"
+        )) && advice.contains("turn SO_KEEPALIVE on"),
         "{advice}"
     );
 }
