@@ -322,6 +322,7 @@ pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["keepalive"]["user_timeout_ms"], 2500, "{dead}");
     assert_eq!(dead["keepalive"]["enabled"], false, "{dead}");
+    unsuspected_silence(&dead, net);
     let took = ts(&dead) - sent;
     assert!(
         took < 10.0 * net.slack(),
@@ -331,6 +332,20 @@ pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
         .seen
         .iter()
         .any(|v| net.is(v, "probe", Side::Client, port)));
+}
+
+/// Data written at once after the handshake, then never acknowledged: the
+/// silence before it (measured to its first retransmission, so about one
+/// retransmission timeout) is short, and nothing on the path was seen
+/// surviving a silence, so no verdict. Checks the kernel's clocks
+/// (`lsndtime`, `retrans_stamp`, `tcp_mstamp`) on every kernel and lane.
+fn unsuspected_silence(dead: &Value, net: &dyn Net) {
+    let idle = dead["idle_before_s"].as_f64();
+    assert!(
+        idle.is_some_and(|s| (0.0..1.5 * net.slack()).contains(&s)),
+        "idle_before_s: {dead}"
+    );
+    assert!(dead.get("verdict").is_none(), "{dead}");
 }
 
 /// Data never acknowledged, tcp_retries2=3: retransmit_timeout.
@@ -348,6 +363,7 @@ pub fn retransmit_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
     });
     assert_eq!(dead["reason"], "retransmit_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
+    unsuspected_silence(&dead, net);
     assert!(!kat
         .seen
         .iter()
