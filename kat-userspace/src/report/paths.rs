@@ -70,7 +70,11 @@ struct Tally {
     knobs: BTreeSet<Knob>,
 }
 
-/// Learns from the deaths of a journal, one at a time.
+/// Paths learnt at most: a dashboard left running for days stays bounded
+/// (the tracker remembers as many paths).
+const PATHS_KEPT: usize = 4096;
+
+/// Learns from deaths (a journal's, or the dashboard's), one at a time.
 #[derive(Debug, Default)]
 pub struct Learner {
     paths: BTreeMap<(u32, IpAddr, u16), Tally>,
@@ -87,10 +91,11 @@ impl Learner {
         let (Some(_), Some(survived)) = (s.verdict, s.survived_idle_s) else {
             return;
         };
-        let t = self
-            .paths
-            .entry((ev.netns, ev.daddr, ev.dport))
-            .or_insert_with(|| Tally {
+        let key = (ev.netns, ev.daddr, ev.dport);
+        if !self.paths.contains_key(&key) && self.paths.len() >= PATHS_KEPT {
+            return;
+        }
+        let t = self.paths.entry(key).or_insert_with(|| Tally {
                 died: f64::INFINITY,
                 ..Tally::default()
             });
@@ -101,11 +106,11 @@ impl Learner {
     }
 
     /// The paths, the most deaths first.
-    pub fn finish(self) -> Vec<PathRow> {
+    pub fn rows(&self) -> Vec<PathRow> {
         let mut rows: Vec<PathRow> = self
             .paths
-            .into_iter()
-            .map(|((netns, daddr, dport), t)| {
+            .iter()
+            .map(|(&(netns, daddr, dport), t)| {
                 let mut row = PathRow {
                     netns,
                     daddr,
@@ -113,7 +118,7 @@ impl Learner {
                     survived_idle_s: t.survived,
                     died_idle_s: t.died,
                     deaths: t.deaths,
-                    knobs: t.knobs,
+                    knobs: t.knobs.clone(),
                     advice: String::new(),
                 };
                 row.advice = advice(&row);
@@ -188,7 +193,7 @@ mod tests {
         let mut l = Learner::default();
         l.add(&suspect(1, 400.0, 200.0, sysctl(7200.0)));
         l.add(&suspect(2, 360.0, 240.0, sysctl(7200.0)));
-        let rows = l.finish();
+        let rows = l.rows();
         assert_eq!(rows.len(), 1);
         let p = &rows[0];
         assert_eq!(
@@ -215,7 +220,7 @@ mod tests {
             ..testkit::settings(5.0, 1.0, 2)
         };
         own.add(&suspect(1, 5.0, 1.0, socket));
-        let advice = &own.finish()[0].advice;
+        let advice = &own.rows()[0].advice;
         assert!(advice.contains("had TCP_KEEPIDLE 5s."), "{advice}");
         assert!(advice.ends_with("set TCP_KEEPIDLE below 1s."), "{advice}");
 
@@ -230,7 +235,7 @@ mod tests {
             },
         ));
         off.add(&suspect(2, 5.0, 1.0, socket));
-        let advice = &off.finish()[0].advice;
+        let advice = &off.rows()[0].advice;
         assert!(
             advice.contains("no keepalive (SO_KEEPALIVE off); TCP_KEEPIDLE 5s"),
             "{advice}"
@@ -250,6 +255,6 @@ mod tests {
             s.survived_idle_s = None;
         }
         l.add(&ev);
-        assert!(l.finish().is_empty());
+        assert!(l.rows().is_empty());
     }
 }

@@ -598,7 +598,7 @@ impl Builder {
             worst_peers: worst(self.peers, self.top),
             worst_ports: worst(self.ports, self.top),
             deaths,
-            paths: self.paths.finish(),
+            paths: self.paths.rows(),
             lost: self.lost_by_run.iter().sum(),
             out_of_order: self.out_of_order,
         }

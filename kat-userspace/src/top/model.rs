@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 
 use crate::at_risk::AtRisk;
 pub use crate::event::ConnKey;
-use crate::event::{Event, Reason, Settings, What};
+use crate::event::{Event, Reason, Settings, Silence, What};
 use crate::owner::Owner;
+use crate::report::paths::Learner;
 
 /// A socket with its keepalive timer pending, from the latest snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +39,7 @@ pub struct Death {
     pub lifetime_s: Option<f64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    pub silence: Option<Silence>,
 }
 
 /// One row of the connections table.
@@ -212,6 +214,8 @@ pub struct Model {
     pub at_risk: Option<Vec<AtRisk>>,
     /// The silence that puts a connection at risk (`--idle-over`).
     pub idle_over_s: f64,
+    /// Path idle timeouts learnt from the deaths seen (the at-risk panel).
+    pub paths: Learner,
 }
 
 impl Model {
@@ -246,6 +250,7 @@ impl Model {
             at_risk_shown: false,
             at_risk: None,
             idle_over_s: 60.0,
+            paths: Learner::default(),
         }
     }
 
@@ -295,6 +300,7 @@ impl Model {
         }
         let key = ConnKey::of(&ev);
         self.events_total += 1;
+        self.paths.add(&ev);
         self.current.events += 1;
         if let Some(s) = ev.keepalive {
             self.settings.insert(key, s);
@@ -321,6 +327,7 @@ impl Model {
                 errno,
                 unanswered_probes,
                 lifetime_s,
+                silence,
                 ..
             } => {
                 self.current.deaths += 1;
@@ -334,6 +341,7 @@ impl Model {
                     lifetime_s: *lifetime_s,
                     pid: ev.pid,
                     comm: ev.comm.clone(),
+                    silence: *silence,
                 });
                 self.deaths.truncate(DEATHS_KEPT);
                 self.live.retain(|l| l.key != key);

@@ -10,7 +10,7 @@ use ratatui::Frame;
 
 use super::model::{ConnKey, Model, ReplayStatus, Row, Second};
 use crate::at_risk;
-use crate::event::{Reason, What};
+use crate::event::{Reason, Silence, What};
 use crate::text::{self, duration, endpoint};
 
 /// Smallest terminal the layout works in.
@@ -316,8 +316,8 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
 
 fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
     let wide = area.width >= WIDE;
-    // TIME, CONNECTION, REASON, ERRNO, PROBES, LIVED, OWNER
-    let shown = [true, true, true, true, wide, true, wide];
+    // TIME, CONNECTION, REASON, ERRNO, PROBES, LIVED, SILENT BEFORE, OWNER
+    let shown = [true, true, true, true, wide, true, wide, wide];
     let header = TableRow::new(pick(
         [
             "TIME",
@@ -326,6 +326,7 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
             "ERRNO",
             "PROBES",
             "LIVED",
+            "SILENT BEFORE",
             "OWNER",
         ],
         &shown,
@@ -343,6 +344,7 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
                     Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
                     Cell::from(d.probes.to_string()),
                     Cell::from(d.lifetime_s.map_or("-".into(), duration)),
+                    silence_cell(d.silence),
                     Cell::from(
                         d.pid
                             .map_or("-".into(), |p| text::process(p, d.comm.as_deref())),
@@ -360,6 +362,7 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
             Constraint::Length(10),
             Constraint::Length(6),
             Constraint::Length(6),
+            Constraint::Length(18),
             Constraint::Length(14),
         ],
         &shown,
@@ -370,6 +373,18 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
             .title(format!(" deaths, newest first: {} ", m.deaths.len())),
     );
     frame.render_widget(table, area);
+}
+
+/// `5.1s middlebox?` for a death suspected of a middlebox's doing.
+fn silence_cell(s: Option<Silence>) -> Cell<'static> {
+    match s {
+        None => Cell::from("-"),
+        Some(s) if s.verdict.is_some() => {
+            Cell::from(format!("{} middlebox?", duration(s.idle_before_s)))
+                .style(Style::new().fg(Color::Red))
+        }
+        Some(s) => Cell::from(duration(s.idle_before_s)),
+    }
 }
 
 /// The connections silent for over `--idle-over`: what a middlebox that
@@ -421,10 +436,35 @@ fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
         Constraint::Length(24),
         Constraint::Length(14),
     ];
-    let table = Table::new(body, widths)
-        .header(header)
-        .block(Block::new().borders(Borders::ALL).title(title));
-    frame.render_widget(table, area);
+    let block = Block::new().borders(Borders::ALL).title(title);
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let paths = m.paths.rows();
+    let shown_paths = paths.len().min(usize::from(inner.height / 3));
+    let [rows_area, paths_area] = Layout::vertical([
+        Constraint::Min(1),
+        Constraint::Length(shown_paths as u16),
+    ])
+    .areas(inner);
+    frame.render_widget(Table::new(body, widths).header(header), rows_area);
+    let lines: Vec<Line> = paths
+        .iter()
+        .take(shown_paths)
+        .map(|p| {
+            Line::styled(
+                format!(
+                    "{} forgets idle flows: survives {}, dies after {} ({} death{})",
+                    endpoint(&p.daddr, p.dport),
+                    duration(p.survived_idle_s),
+                    duration(p.died_idle_s),
+                    p.deaths,
+                    if p.deaths == 1 { "" } else { "s" }
+                ),
+                Style::new().fg(Color::Red),
+            )
+        })
+        .collect();
+    frame.render_widget(Paragraph::new(lines), paths_area);
 }
 
 /// An event of the timeline in the words of every view, coloured by kind.
@@ -549,7 +589,7 @@ mod tests {
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
-    use super::super::model::tests::{at_risk, populated};
+    use super::super::model::tests::{at_risk, populated, suspected_death};
     use super::super::model::{Key, Model, Msg};
     use super::view;
     use crate::testkit::at;
@@ -595,11 +635,15 @@ mod tests {
         let mut m = populated();
         m.update(Msg::Key(Key::Char('a')));
         both("at_risk_listing", &m);
+        m.update(suspected_death(41005));
         m.update(Msg::AtRisk(vec![
             at_risk(41000, 2520.0, None, 812),
             at_risk(41002, 540.0, Some(6480.0), 812),
         ]));
         both("at_risk", &m);
+        // Back to the deaths: the suspected one says how long it was silent.
+        m.update(Msg::Key(Key::Char('a')));
+        insta::assert_snapshot!("deaths_suspected_160x45", screen(&m, 160, 45));
     }
 
     #[test]

@@ -407,3 +407,29 @@ fn pid_applies_to_the_at_risk_panel() {
     let ports: Vec<u16> = m.at_risk.iter().flatten().map(|a| a.sport).collect();
     assert_eq!(ports, [41001]);
 }
+
+/// A death on port 5432 suspected of a middlebox's doing after 5 s of
+/// silence, the path having answered after 1 s.
+pub(crate) fn suspected_death(sport: u16) -> Msg {
+    let mut what = death(Reason::KeepaliveTimeout);
+    if let What::Death { silence, .. } = &mut what {
+        *silence = Some(Silence {
+            idle_before_s: 5.0,
+            verdict: Some(crate::event::Verdict::MiddleboxIdleDropSuspected),
+            survived_idle_s: Some(1.0),
+        });
+    }
+    Msg::Event(Box::new(event(key(sport, 5432), 6, what)))
+}
+
+#[test]
+fn suspected_deaths_teach_the_dashboard_the_path() {
+    let mut m = populated();
+    assert!(m.paths.rows().is_empty());
+    m.update(suspected_death(41005));
+    m.update(suspected_death(41006));
+    let paths = m.paths.rows();
+    assert_eq!(paths.len(), 1);
+    assert_eq!((paths[0].dport, paths[0].deaths), (5432, 2));
+    assert_eq!(m.deaths[0].silence.map(|s| s.idle_before_s), Some(5.0));
+}
