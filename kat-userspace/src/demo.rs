@@ -5,6 +5,8 @@
 //!
 //! client 198.18.1.1 ── veth ── server 198.18.1.2  (ports 6699, 6700, 6702)
 //!        198.18.2.1 ── veth ── peer   198.18.2.2  (port 6701, "restarts")
+//! nat-client 198.18.20.1 ── NAT router ── nat-server 198.18.21.2 (port 6703;
+//!        the router forgets a flow after 4 s of silence)
 
 use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
+use kat_scenarios::nat::Nat;
 use kat_scenarios::ns;
 
 use crate::engine::Selection;
@@ -33,7 +36,11 @@ const BLACKHOLE: u16 = 6700;
 const RESTART: u16 = 6701;
 /// Closed with unread data: abort_on_close.
 const UNREAD: u16 = 6702;
-pub const PORTS: [u16; 4] = [HEALTHY, BLACKHOLE, RESTART, UNREAD];
+/// Through a NAT that forgets idle flows: seed 001's story.
+const NAT: u16 = 6703;
+/// Seconds of silence after which the NAT forgets a flow.
+const NAT_FORGETS_S: u32 = 4;
+pub const PORTS: [u16; 5] = [HEALTHY, BLACKHOLE, RESTART, UNREAD, NAT];
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {}
@@ -163,10 +170,43 @@ impl Stories {
     }
 }
 
-/// The lab and the thread that drives it; removed on drop.
+/// Seed 001's story through the NAT, round after round: a connection
+/// without keepalive goes silently dead and is found only when it next
+/// sends (`user_timeout`); one with keepalive shorter than the NAT's
+/// timeout lives; one with keepalive longer than it dies at its first
+/// probe. The dashboard marks both deaths `middlebox?`, lists the silent
+/// ones at risk (key a) and learns the path.
+fn nat_round(nat: &Nat, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
+    let mut silent = nat.connect(NAT, |s| {
+        s.set_tcp_user_timeout(Some(Duration::from_secs(3)))
+    })?;
+    let kept = nat.connect(NAT, |s| ns::set_keepalive(s, (2, 1, 3)))?;
+    let late = nat.connect(NAT, |s| ns::set_keepalive(s, (7, 1, 2)))?;
+    let servers = [listener.accept()?, listener.accept()?, listener.accept()?];
+    if !pause(stop, Duration::from_secs(8)) {
+        return Ok(());
+    }
+    silent.write_all(b"still there?")?;
+    pause(stop, Duration::from_secs(6));
+    drop((silent, kept, late, servers));
+    Ok(())
+}
+
+fn nat_stories(nat: &Nat, listener: &TcpListener, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        if let Err(e) = nat_round(nat, listener, stop) {
+            log::debug!("demo NAT round: {e:#}");
+            if !pause(stop, Duration::from_secs(2)) {
+                return;
+            }
+        }
+    }
+}
+
+/// The lab and the threads that drive it; removed on drop.
 struct Lab {
     stop: Arc<AtomicBool>,
-    driver: Option<JoinHandle<()>>,
+    drivers: Vec<JoinHandle<()>>,
 }
 
 impl Lab {
@@ -193,15 +233,19 @@ impl Lab {
             unread: listen(SERVER, "198.18.1.2", UNREAD)?,
             peer: Some(listen(PEER, "198.18.2.2", RESTART)?),
         };
+        let nat = Nat::new("kat-demo", NAT_FORGETS_S)?;
+        let nat_listener = nat.listen(NAT)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let driver = std::thread::spawn(move || {
             let _open = (healthy, healthy_listener);
             stories.run(&flag);
         });
+        let flag = Arc::clone(&stop);
+        let nat_driver = std::thread::spawn(move || nat_stories(&nat, &nat_listener, &flag));
         Ok(Self {
             stop,
-            driver: Some(driver),
+            drivers: vec![driver, nat_driver],
         })
     }
 }
@@ -209,7 +253,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(d) = self.driver.take() {
+        for d in self.drivers.drain(..) {
             let _ = d.join();
         }
         remove_all();

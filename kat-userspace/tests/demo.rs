@@ -1,6 +1,7 @@
 //! `kat demo` end to end in a real terminal (tmux): the dashboard shows a
-//! probing connection and a keepalive_timeout death, q quits with 0, and no
-//! namespace is left.
+//! probing connection, a keepalive_timeout death and a death through the
+//! NAT marked `middlebox?`; key a shows the path learnt; q quits with 0,
+//! and no namespace is left.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -27,12 +28,13 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
     let term = Terminal::start("kat-e2e", &command, 120, 40);
 
     let deadline = Instant::now() + Duration::from_secs(90);
-    let (mut probing, mut timeout) = (false, false);
+    let (mut probing, mut timeout, mut middlebox) = (false, false, false);
     let mut screen = String::new();
-    while !(probing && timeout) {
+    while !(probing && timeout && middlebox) {
         assert!(
             Instant::now() < deadline,
-            "the demo never showed both a probing connection and a keepalive_timeout:\n{screen}"
+            "the demo never showed a probing connection, a keepalive_timeout and a \
+             middlebox? death:\n{screen}"
         );
         std::thread::sleep(Duration::from_millis(500));
         screen = term.screen();
@@ -41,6 +43,18 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
             .lines()
             .any(|l| l.contains("→") && ["1/3", "2/3"].iter().any(|p| l.contains(p)));
         timeout |= screen.contains("keepalive_timeout");
+        // Only the deaths through the NAT are suspected of a middlebox.
+        middlebox |= screen.lines().any(|l| l.contains("middlebox?"));
+    }
+    term.keys("a");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !screen.contains("198.18.21.2:6703 forgets idle flows") {
+        assert!(
+            Instant::now() < deadline,
+            "the at-risk panel never showed the path learnt:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        screen = term.screen();
     }
     assert!(screen.contains("kat top"), "{screen}");
     term.keys("q");

@@ -96,9 +96,9 @@ impl Learner {
             return;
         }
         let t = self.paths.entry(key).or_insert_with(|| Tally {
-                died: f64::INFINITY,
-                ..Tally::default()
-            });
+            died: f64::INFINITY,
+            ..Tally::default()
+        });
         t.survived = t.survived.max(survived);
         t.died = t.died.min(s.idle_before_s);
         t.deaths += 1;

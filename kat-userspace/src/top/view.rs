@@ -441,11 +441,8 @@ fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
     frame.render_widget(block, area);
     let paths = m.paths.rows();
     let shown_paths = paths.len().min(usize::from(inner.height / 3));
-    let [rows_area, paths_area] = Layout::vertical([
-        Constraint::Min(1),
-        Constraint::Length(shown_paths as u16),
-    ])
-    .areas(inner);
+    let [rows_area, paths_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(shown_paths as u16)]).areas(inner);
     frame.render_widget(Table::new(body, widths).header(header), rows_area);
     let lines: Vec<Line> = paths
         .iter()
