@@ -354,8 +354,9 @@ impl Tracker {
         let path = (sock.netns, sock.daddr, sock.dport);
         if let Some(idle) = silence {
             if !self.survived.contains_key(&path) && self.survived.len() >= PATHS_KEPT {
-                let any = self.survived.keys().next().copied();
-                any.map(|k| self.survived.remove(&k));
+                if let Some(any) = self.survived.keys().next().copied() {
+                    self.survived.remove(&any);
+                }
             }
             let longest = self.survived.entry(path).or_insert(idle);
             *longest = longest.max(idle);

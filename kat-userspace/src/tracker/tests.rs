@@ -675,3 +675,23 @@ fn a_rst_answering_the_first_data_after_a_silence_measures_to_the_send() {
     assert_eq!(death(&ev).reason(), Some(Reason::PeerReset));
     assert_eq!(silence(&ev).map(|s| s.idle_before_s), Some(20.0));
 }
+
+#[test]
+fn the_paths_remembered_are_bounded() {
+    let mut t = tracker();
+    for port in 0..=PATHS_KEPT as u16 {
+        let answered = |r: Record| {
+            let mut r = other(port, r);
+            r.dport = port;
+            r
+        };
+        feed(
+            &mut t,
+            [
+                answered(timer_idle(1.0, 1.0, 0, 1)),
+                answered(timer_idle(2.0, 1.0, 0, 1)),
+            ],
+        );
+    }
+    assert_eq!(t.survived.len(), PATHS_KEPT);
+}
