@@ -1,7 +1,7 @@
 //! `kat demo` end to end in a real terminal (tmux): the dashboard shows a
 //! probing connection, a keepalive_timeout death and a death through the
-//! NAT marked `middlebox?`; key a shows the path learnt; q quits with 0,
-//! and no namespace is left.
+//! NAT marked `middlebox?`; key a shows the path learnt and a keepalive
+//! too slow for it; q quits with 0, and no namespace is left.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -52,6 +52,17 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
         assert!(
             Instant::now() < deadline,
             "the at-risk panel never showed the path learnt:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        screen = term.screen();
+    }
+    // A later round's keepalive of 7 s is flagged before it dies: its
+    // next probe comes after more silence than the path survives.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !screen.contains("its path survives") {
+        assert!(
+            Instant::now() < deadline,
+            "the at-risk panel never flagged a keepalive slower than the path:\n{screen}"
         );
         std::thread::sleep(Duration::from_millis(500));
         screen = term.screen();

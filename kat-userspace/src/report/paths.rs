@@ -105,6 +105,12 @@ impl Learner {
         t.knobs.extend(ev.keepalive.as_ref().map(Knob::of));
     }
 
+    /// The longest silence a path was seen to survive, when kat has learnt
+    /// that it forgets idle flows.
+    pub fn survives(&self, netns: u32, daddr: IpAddr, dport: u16) -> Option<f64> {
+        self.paths.get(&(netns, daddr, dport)).map(|t| t.survived)
+    }
+
     /// The paths, the most deaths first.
     pub fn rows(&self) -> Vec<PathRow> {
         let mut rows: Vec<PathRow> = self

@@ -498,6 +498,21 @@ impl Model {
         rows
     }
 
+    /// Keepalive connections on a path kat has learnt to forget idle
+    /// flows whose next probe comes later than the longest silence the
+    /// path survives: at risk if they go quiet. With that silence.
+    pub fn keepalive_too_slow(&self) -> Vec<(&Live, f64)> {
+        self.live
+            .iter()
+            .filter(|l| pid_wanted(self.pid, l.owner.as_ref().map(|o| o.pid)))
+            .filter_map(|l| {
+                let k = &l.key;
+                let survives = self.paths.survives(k.netns, k.daddr, k.dport)?;
+                (l.next_run_s > survives).then_some((l, survives))
+            })
+            .collect()
+    }
+
     pub fn probing_now(&self) -> usize {
         self.live.iter().filter(|l| l.probes_out > 0).count()
     }

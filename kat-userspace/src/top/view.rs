@@ -439,29 +439,37 @@ fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
     let block = Block::new().borders(Borders::ALL).title(title);
     let inner = block.inner(area);
     frame.render_widget(block, area);
-    let paths = m.paths.rows();
-    let shown_paths = paths.len().min(usize::from(inner.height / 3));
-    let [rows_area, paths_area] =
-        Layout::vertical([Constraint::Min(1), Constraint::Length(shown_paths as u16)]).areas(inner);
+    let red = Style::new().fg(Color::Red);
+    let paths = m.paths.rows().into_iter().map(|p| {
+        Line::styled(
+            format!(
+                "{} forgets idle flows: survives {}, dies after {} ({} death{})",
+                endpoint(&p.daddr, p.dport),
+                duration(p.survived_idle_s),
+                duration(p.died_idle_s),
+                p.deaths,
+                if p.deaths == 1 { "" } else { "s" }
+            ),
+            red,
+        )
+    });
+    let too_slow = m.keepalive_too_slow().into_iter().map(|(l, survives)| {
+        Line::styled(
+            format!(
+                "{}: next probe in {}, its path survives {} of silence",
+                conn_short(&l.key, wide),
+                duration(l.next_run_s),
+                duration(survives)
+            ),
+            red,
+        )
+    });
+    let lines: Vec<Line> = paths.chain(too_slow).collect();
+    let shown = lines.len().min(usize::from(inner.height / 2));
+    let [rows_area, lines_area] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(shown as u16)]).areas(inner);
     frame.render_widget(Table::new(body, widths).header(header), rows_area);
-    let lines: Vec<Line> = paths
-        .iter()
-        .take(shown_paths)
-        .map(|p| {
-            Line::styled(
-                format!(
-                    "{} forgets idle flows: survives {}, dies after {} ({} death{})",
-                    endpoint(&p.daddr, p.dport),
-                    duration(p.survived_idle_s),
-                    duration(p.died_idle_s),
-                    p.deaths,
-                    if p.deaths == 1 { "" } else { "s" }
-                ),
-                Style::new().fg(Color::Red),
-            )
-        })
-        .collect();
-    frame.render_widget(Paragraph::new(lines), paths_area);
+    frame.render_widget(Paragraph::new(lines), lines_area);
 }
 
 /// An event of the timeline in the words of every view, coloured by kind.
@@ -633,6 +641,14 @@ mod tests {
         m.update(Msg::Key(Key::Char('a')));
         both("at_risk_listing", &m);
         m.update(suspected_death(41005));
+        let slow = crate::testkit::conn(
+            crate::testkit::addr("198.18.1.1"),
+            41010,
+            crate::testkit::addr("198.18.1.2"),
+            5432,
+        );
+        m.live
+            .push(crate::testkit::live(slow, 4242, "client", 0, 7200.0));
         m.update(Msg::AtRisk(vec![
             at_risk(41000, 2520.0, None, 812),
             at_risk(41002, 540.0, Some(6480.0), 812),

@@ -433,3 +433,25 @@ fn suspected_deaths_teach_the_dashboard_the_path() {
     assert_eq!((paths[0].dport, paths[0].deaths), (5432, 2));
     assert_eq!(m.deaths[0].silence.map(|s| s.idle_before_s), Some(5.0));
 }
+
+#[test]
+fn keepalive_slower_than_a_learnt_path_is_at_risk() {
+    let mut m = populated();
+    // Not learnt yet: nothing is too slow.
+    m.live.push(live(key(41010, 5432), 0, 6.0, "client"));
+    assert!(m.keepalive_too_slow().is_empty());
+    m.update(suspected_death(41005));
+    m.live.push(live(key(41011, 5432), 0, 0.5, "client"));
+    let slow: Vec<(u16, f64)> = m
+        .keepalive_too_slow()
+        .iter()
+        .map(|(l, survives)| (l.key.sport, *survives))
+        .collect();
+    assert_eq!(
+        slow,
+        [(41010, 1.0)],
+        "the path survives 1 s; 0.5 s is soon enough"
+    );
+    m.pid = Some(7);
+    assert!(m.keepalive_too_slow().is_empty(), "--pid applies");
+}
