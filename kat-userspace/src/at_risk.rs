@@ -4,14 +4,13 @@
 //! sent more often than the path's idle timeout would keep them alive.
 //! `kat trace --at-risk` lists them once; `kat top` shows them on a key.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::diag::{self, Diag, IdleSocket};
-use crate::event::rfc3339;
+use crate::event::{rfc3339, ConnKey};
 use crate::owner::{Census, Owner};
 use crate::text;
 
@@ -35,11 +34,8 @@ pub struct AtRisk {
     /// When it was listed.
     #[serde(serialize_with = "rfc3339")]
     pub ts: DateTime<Utc>,
-    pub saddr: IpAddr,
-    pub sport: u16,
-    pub daddr: IpAddr,
-    pub dport: u16,
-    pub netns: u32,
+    #[serde(flatten)]
+    pub conn: ConnKey,
     pub uid: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
@@ -55,15 +51,17 @@ pub struct AtRisk {
 }
 
 impl AtRisk {
-    pub fn of(s: &IdleSocket, owner: Option<Owner>, ts: DateTime<Utc>) -> Self {
+    fn of(s: &IdleSocket, owner: Option<Owner>, ts: DateTime<Utc>) -> Self {
         let r = &s.socket;
         Self {
             ts,
-            saddr: r.saddr,
-            sport: r.sport,
-            daddr: r.daddr,
-            dport: r.dport,
-            netns: s.netns,
+            conn: ConnKey {
+                netns: s.netns,
+                saddr: r.saddr,
+                sport: r.sport,
+                daddr: r.daddr,
+                dport: r.dport,
+            },
             uid: r.uid,
             pid: owner.as_ref().map(|o| o.pid),
             comm: owner.map(|o| o.comm),
@@ -74,23 +72,24 @@ impl AtRisk {
     }
 }
 
-/// Longest silent first: the next a middlebox forgets.
-pub fn sort(list: &mut [AtRisk]) {
-    list.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
-}
-
-/// Every connection at risk in the namespaces kat can see, with owners
-/// from one census. Blocking: for a one-shot listing or the worker thread.
-pub fn list(ports: &[u16], over: Duration) -> Vec<AtRisk> {
-    let sockets = idle_sockets(&mut Diag::default(), &diag::visible_netns(), ports, over);
-    let owners = Census::default().take();
+/// The idle sockets as rows, with the owner `owner_of` finds for each
+/// socket inode, longest silent first: the next a middlebox forgets.
+pub fn rows(sockets: &[IdleSocket], owner_of: impl Fn(u64) -> Option<Owner>) -> Vec<AtRisk> {
     let now = Utc::now();
     let mut list: Vec<AtRisk> = sockets
         .iter()
-        .map(|s| AtRisk::of(s, owners.get(&u64::from(s.socket.inode)).cloned(), now))
+        .map(|s| AtRisk::of(s, owner_of(u64::from(s.socket.inode)), now))
         .collect();
-    sort(&mut list);
+    list.sort_by(|a, b| b.idle_s.total_cmp(&a.idle_s));
     list
+}
+
+/// Every connection at risk in the namespaces kat can see, with owners
+/// from one census. Blocking: for a one-shot listing.
+pub fn list(ports: &[u16], over: Duration) -> Vec<AtRisk> {
+    let sockets = idle_sockets(&mut Diag::default(), &diag::visible_netns(), ports, over);
+    let owners = Census::default().take();
+    rows(&sockets, |inode| owners.get(&inode).cloned())
 }
 
 /// The idle sockets of these namespaces; a namespace that cannot be asked
@@ -115,9 +114,8 @@ pub fn idle_sockets(
 /// (psql)`.
 pub fn line(a: &AtRisk) -> String {
     let mut s = format!(
-        "{} → {}  idle {}  keepalive {}",
-        text::endpoint(&a.saddr, a.sport),
-        text::endpoint(&a.daddr, a.dport),
+        "{}  idle {}  keepalive {}",
+        a.conn,
         text::duration(a.idle_s),
         keepalive(a)
     );
@@ -140,15 +138,13 @@ pub fn keepalive(a: &AtRisk) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diag::Row;
+    use crate::testkit::{addr, conn};
 
     fn at_risk(idle_s: f64, next_probe_s: Option<f64>) -> AtRisk {
         AtRisk {
             ts: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
-            saddr: "198.18.0.1".parse().expect("addr"),
-            sport: 41000,
-            daddr: "198.18.0.2".parse().expect("addr"),
-            dport: 5432,
-            netns: 4026531840,
+            conn: conn(addr("198.18.0.1"), 41000, addr("198.18.0.2"), 5432),
             uid: 0,
             pid: Some(4242),
             comm: Some("psql".into()),
@@ -188,16 +184,37 @@ mod tests {
         assert!(v.get("pid").is_none() && v.get("comm").is_none());
     }
 
+    fn idle_socket(inode: u32, idle_s: u64) -> IdleSocket {
+        IdleSocket {
+            netns: 7,
+            idle: Duration::from_secs(idle_s),
+            socket: Row {
+                saddr: addr("198.18.0.1"),
+                sport: 41000,
+                daddr: addr("198.18.0.2"),
+                dport: 5432,
+                state: 1,
+                uid: 0,
+                inode,
+                keepalive: None,
+                probes_out: 0,
+                idle: Some(Duration::from_secs(idle_s)),
+            },
+        }
+    }
+
     #[test]
-    fn the_longest_silent_come_first() {
-        let mut list = vec![
-            at_risk(61.0, None),
-            at_risk(900.0, None),
-            at_risk(300.0, Some(1.0)),
-        ];
-        sort(&mut list);
-        let idle: Vec<f64> = list.iter().map(|a| a.idle_s).collect();
-        assert_eq!(idle, [900.0, 300.0, 61.0]);
+    fn the_longest_silent_come_first_with_their_owners() {
+        let sockets = [idle_socket(1, 61), idle_socket(2, 900), idle_socket(3, 300)];
+        let owner = |inode| {
+            (inode == 2).then(|| Owner {
+                pid: 42,
+                comm: "psql".into(),
+            })
+        };
+        let list = rows(&sockets, owner);
+        let got: Vec<(f64, Option<u32>)> = list.iter().map(|a| (a.idle_s, a.pid)).collect();
+        assert_eq!(got, [(900.0, Some(42)), (300.0, None), (61.0, None)]);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use futures_util::StreamExt as _;
 use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 
-use crate::at_risk::{self, AtRisk, DEFAULT_IDLE_OVER};
+use crate::at_risk::{self, DEFAULT_IDLE_OVER};
 use crate::diag::worker::Ask;
 use crate::engine::{Engine, Selection, Step, StopSignals, Wants};
 use crate::journal::{reader, Entry};
@@ -140,18 +140,6 @@ fn live(engine: &Engine, sockets: Vec<diag::KeepaliveSocket>) -> Vec<Live> {
         .collect()
 }
 
-/// The silent connections of a snapshot as the at-risk panel's rows, with
-/// the owners the index knows, longest silent first.
-fn at_risk_rows(engine: &Engine, sockets: &[diag::IdleSocket]) -> Vec<AtRisk> {
-    let now = Utc::now();
-    let mut list: Vec<AtRisk> = sockets
-        .iter()
-        .map(|s| AtRisk::of(s, engine.owner(u64::from(s.socket.inode)), now))
-        .collect();
-    at_risk::sort(&mut list);
-    list
-}
-
 /// A snapshot dumps every namespace, which on a host with 100 000
 /// connections takes a good part of a second. The next one is asked for
 /// only after 19 times as long as the last one took (at most 5 % of the
@@ -264,7 +252,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
                 Step::Snapshot(snapshot) => {
                     pace.answered(Instant::now(), snapshot.took);
                     if let Some(idle) = &snapshot.idle {
-                        msgs.push(Msg::AtRisk(at_risk_rows(&engine, idle)));
+                        msgs.push(Msg::AtRisk(at_risk::rows(idle, |inode| engine.owner(inode))));
                     }
                     msgs.push(Msg::Snapshot(live(&engine, snapshot.sockets)));
                 }

@@ -399,16 +399,9 @@ fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
         .iter()
         .take(visible)
         .map(|a| {
-            let key = ConnKey {
-                netns: a.netns,
-                saddr: a.saddr,
-                sport: a.sport,
-                daddr: a.daddr,
-                dport: a.dport,
-            };
             let keepalive = Cell::from(at_risk::keepalive(a));
             TableRow::new([
-                Cell::from(conn_short(&key, wide)),
+                Cell::from(conn_short(&a.conn, wide)),
                 Cell::from(duration(a.idle_s)),
                 if a.keepalive {
                     keepalive

@@ -357,14 +357,9 @@ fn pid_keeps_its_process_and_the_owners_not_known_yet() {
 
 /// A connection at risk from client port `sport`, owned by `pid`.
 pub(crate) fn at_risk(sport: u16, idle_s: f64, next_probe_s: Option<f64>, pid: u32) -> AtRisk {
-    let k = key(sport, 5432);
     AtRisk {
         ts: at(0.0),
-        saddr: k.saddr,
-        sport: k.sport,
-        daddr: k.daddr,
-        dport: k.dport,
-        netns: k.netns,
+        conn: key(sport, 5432),
         uid: 1000,
         pid: Some(pid),
         comm: Some("psql".into()),
@@ -404,7 +399,7 @@ fn pid_applies_to_the_at_risk_panel() {
         at_risk(41000, 420.0, None, 4242),
         at_risk(41001, 90.0, None, 7),
     ]));
-    let ports: Vec<u16> = m.at_risk.iter().flatten().map(|a| a.sport).collect();
+    let ports: Vec<u16> = m.at_risk.iter().flatten().map(|a| a.conn.sport).collect();
     assert_eq!(ports, [41001]);
 }
 
