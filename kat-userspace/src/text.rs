@@ -155,17 +155,17 @@ pub fn what(what: &What) -> String {
                 s.push_str(&format!(", lived {}", duration(*l)));
             }
             if let Some(silence) = silence {
-                s.push_str(&self::silence(silence));
+                s.push_str(&format!(", {}", self::silence(silence)));
             }
             s
         }
     }
 }
 
-/// `, silent 5s before; middlebox_idle_drop_suspected (this path answered
+/// `silent 5s before; middlebox_idle_drop_suspected (this path answered
 /// after 1s of silence)`.
 pub fn silence(s: &Silence) -> String {
-    let mut out = format!(", silent {} before", duration(s.idle_before_s));
+    let mut out = format!("silent {} before", duration(s.idle_before_s));
     if let Some(v) = s.verdict {
         out.push_str(&format!("; {}", v.name()));
         if let Some(survived) = s.survived_idle_s {

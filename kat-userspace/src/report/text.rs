@@ -153,7 +153,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
                 details.push(format!("pid {}", text::process(pid, d.comm.as_deref())));
             }
             if let Some(silence) = &d.silence {
-                details.push(text::silence(silence).trim_start_matches(", ").to_string());
+                details.push(text::silence(silence));
             }
             let line = format!(
                 "  {}  {:<48} {:<18} {}",
