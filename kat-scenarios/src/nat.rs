@@ -73,30 +73,9 @@ impl Nat {
             ),
             ("net.netfilter.nf_conntrack_tcp_loose", "0".to_string()),
         ] {
-            ns::command(&[
-                "ip",
-                "netns",
-                "exec",
-                &nat.router,
-                "sysctl",
-                "-qw",
-                &format!("{key}={value}"),
-            ])?;
+            ns::sysctl(&nat.router, key, &value)?;
         }
         Ok(nat)
-    }
-
-    /// A sysctl of the client's namespace (its own keepalive defaults).
-    pub fn client_sysctl(&self, key: &str, value: &str) -> io::Result<()> {
-        ns::command(&[
-            "ip",
-            "netns",
-            "exec",
-            &self.client,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ])
     }
 
     pub fn listen(&self, port: u16) -> io::Result<TcpListener> {
@@ -186,7 +165,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
         ("net.ipv4.tcp_keepalive_intvl", "1"),
         ("net.ipv4.tcp_keepalive_probes", "2"),
     ] {
-        nat.client_sysctl(key, value).expect("client sysctl");
+        ns::sysctl(&nat.client, key, value).expect("client sysctl");
     }
     let recorder = Kat::record(kat_cmd, &journal, &["--port", &p]);
     let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);

@@ -113,13 +113,7 @@ impl Net for Lab {
     }
 
     fn client_sysctl(&self, key: &str, value: &str) {
-        must(
-            "sysctl",
-            ns::ip(&format!(
-                "netns exec {} sysctl -qw {key}={value}",
-                self.client
-            )),
-        );
+        must("sysctl", ns::sysctl(&self.client, key, value));
     }
 
     /// Matched by port, local address *and* namespace inode: other labs

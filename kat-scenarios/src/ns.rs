@@ -58,6 +58,11 @@ pub fn nft(ns: &str, script: &str) -> io::Result<()> {
     command(&["ip", "netns", "exec", ns, "nft", script])
 }
 
+/// Sets a sysctl inside namespace `ns` (`sysctl -w KEY=VALUE`).
+pub fn sysctl(ns: &str, key: &str, value: &str) -> io::Result<()> {
+    ip(&format!("netns exec {ns} sysctl -qw {key}={value}"))
+}
+
 /// A new namespace with its loopback up.
 pub fn add(name: &str) -> io::Result<()> {
     ip(&format!("netns add {name}"))?;
