@@ -19,6 +19,28 @@ fn demo_namespaces() -> usize {
         .count()
 }
 
+/// Reads the screen every half second until `done` says so; fails naming
+/// `what` once `timeout` has passed.
+fn wait_for_screen(
+    term: &Terminal,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let screen = term.screen();
+        if done(&screen) {
+            return screen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo never showed {what}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 #[test]
 fn demo_shows_probes_and_deaths_and_cleans_up() {
     if !kat_scenarios::root_or_skip() {
@@ -27,46 +49,37 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
     let command = format!("{} demo", env!("CARGO_BIN_EXE_kat"));
     let term = Terminal::start("kat-e2e", &command, 120, 40);
 
-    let deadline = Instant::now() + Duration::from_secs(90);
     let (mut probing, mut timeout, mut middlebox) = (false, false, false);
-    let mut screen = String::new();
-    while !(probing && timeout && middlebox) {
-        assert!(
-            Instant::now() < deadline,
-            "the demo never showed a probing connection, a keepalive_timeout and a \
-             middlebox? death:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        screen = term.screen();
-        // A row whose PROBES column reads n/m with n > 0.
-        probing |= screen
-            .lines()
-            .any(|l| l.contains("→") && ["1/3", "2/3"].iter().any(|p| l.contains(p)));
-        timeout |= screen.contains("keepalive_timeout");
-        // Only the deaths through the NAT are suspected of a middlebox.
-        middlebox |= screen.lines().any(|l| l.contains("middlebox?"));
-    }
+    let screen = wait_for_screen(
+        &term,
+        "a probing connection, a keepalive_timeout and a middlebox? death",
+        Duration::from_secs(90),
+        |screen| {
+            // A row whose PROBES column reads n/m with n > 0.
+            probing |= screen
+                .lines()
+                .any(|l| l.contains("→") && ["1/3", "2/3"].iter().any(|p| l.contains(p)));
+            timeout |= screen.contains("keepalive_timeout");
+            // Only the deaths through the NAT are suspected of a middlebox.
+            middlebox |= screen.lines().any(|l| l.contains("middlebox?"));
+            probing && timeout && middlebox
+        },
+    );
     term.keys("a");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !screen.contains("198.18.21.2:6703 forgets idle flows") {
-        assert!(
-            Instant::now() < deadline,
-            "the at-risk panel never showed the path learnt:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        screen = term.screen();
-    }
+    wait_for_screen(
+        &term,
+        "the path learnt in the at-risk panel",
+        Duration::from_secs(10),
+        |screen| screen.contains("198.18.21.2:6703 forgets idle flows"),
+    );
     // A later round's keepalive of 7 s is flagged before it dies: its
     // next probe comes after more silence than the path survives.
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !screen.contains("its path survives") {
-        assert!(
-            Instant::now() < deadline,
-            "the at-risk panel never flagged a keepalive slower than the path:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        screen = term.screen();
-    }
+    wait_for_screen(
+        &term,
+        "a keepalive slower than the path flagged in the at-risk panel",
+        Duration::from_secs(40),
+        |screen| screen.contains("its path survives"),
+    );
     assert!(screen.contains("kat top"), "{screen}");
     term.keys("q");
     assert_eq!(
