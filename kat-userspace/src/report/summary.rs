@@ -462,6 +462,7 @@ impl Builder {
         self.from = Some(self.from.map_or(ev.ts, |f| f.min(ev.ts)));
         self.to = self.to.max(Some(ev.ts));
         let conn = ConnKey::of(&ev);
+        self.paths.add(&ev);
         let t = self.open.entry(conn).or_insert_with(|| {
             self.connections += 1;
             Open {
@@ -474,9 +475,8 @@ impl Builder {
         });
         if ev.pid.is_some() {
             t.pid = ev.pid;
-            t.comm = ev.comm.clone();
+            t.comm = ev.comm;
         }
-        self.paths.add(&ev);
         match ev.what {
             What::Probe { probe, .. } => {
                 self.probes += 1;
