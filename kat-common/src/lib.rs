@@ -71,6 +71,9 @@ pub mod context {
 
 /// TCP states as the kernel numbers them (include/net/tcp_states.h: stable ABI).
 pub mod tcp_state {
+    /// Not a kernel state: a CLOSE learnt of only as the socket was freed
+    /// does not know the state it left.
+    pub const UNKNOWN: u8 = 0;
     pub const ESTABLISHED: u8 = 1;
     pub const SYN_SENT: u8 = 2;
     pub const SYN_RECV: u8 = 3;
@@ -342,8 +345,15 @@ pub struct Config {
     /// Non-zero: send each orderly close as a [`kind::CLOSED`] record
     /// instead of counting it in `CLOSES`.
     pub emit_closed: u32,
-    pub _pad1: u32,
+    /// Non-zero only in tests ([`FAULT_MISS_CLOSE`]): the CLOSE
+    /// tracepoint does nothing, as when the kernel skips it.
+    pub fault_miss_close: u32,
 }
+
+/// Set in kat's environment, the CLOSE tracepoint does nothing: tests show
+/// that a keepalive death the kernel skipped that tracepoint for is still
+/// reported.
+pub const FAULT_MISS_CLOSE: &str = "KAT_FAULT_MISS_CLOSE";
 
 /// What the kernel remembers about a socket between its records
 /// (`SOCKS`, an LRU map keyed by the socket's address): what is needed
@@ -373,6 +383,12 @@ pub mod sock_flag {
     pub const RESET: u8 = 2;
     /// A CLOSE is held in `close_ns`.
     pub const CLOSING: u8 = 4;
+    /// The CLOSE tracepoint ran for this socket. The kernel skips a
+    /// program that fires while it already runs on that CPU (a softirq
+    /// interrupting it in a process's close); without this mark, the
+    /// keepalive timer that leaves its socket closed, or else the socket's
+    /// free, sends the CLOSE instead.
+    pub const CLOSE_SEEN: u8 = 8;
     /// Direction, as in [`super::flag`].
     pub const ACTIVE_OPEN: u8 = super::flag::ACTIVE_OPEN;
     pub const PASSIVE_OPEN: u8 = super::flag::PASSIVE_OPEN;

@@ -435,7 +435,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
         })?,
         has_reset_reason: u32::from(variants.function_reason),
         emit_closed: 0,
-        _pad1: 0,
+        fault_miss_close: u32::from(std::env::var_os(kat_common::FAULT_MISS_CLOSE).is_some()),
     };
     config.ports[..ports.len()].copy_from_slice(ports);
     Ok(KernelFacts {

@@ -9,6 +9,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
 use kat_common::{kind, Record, RECORD_SIZE};
 
 use crate::kernel::ContextRanges;
+use crate::misses::Misses;
 use tokio::io::unix::AsyncFd;
 
 /// Decodes one ring-buffer item; None when it is not a whole record.
@@ -26,6 +27,7 @@ pub struct Source {
     lost: PerCpuArray<MapData, u64>,
     stacks: StackTraceMap<MapData>,
     contexts: ContextRanges,
+    misses: Misses,
     /// Malformed items (never expected; counted rather than trusted).
     pub malformed: u64,
 }
@@ -44,27 +46,39 @@ fn ring(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
         .map_err(|e| anyhow!("cannot poll the ring buffer {name}: {e}"))
 }
 
-/// Records lost so far, by kind (`kat_common::kind`).
+/// What the kernel could not tell kat so far: records it could not queue
+/// (the ring was full) or whose program it skipped (crate::misses), by
+/// kind (`kat_common::kind`), and skipped runs that may each have been any
+/// kind.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LostCounts(pub [u64; kind::COUNT]);
+pub struct LostCounts {
+    pub by_kind: [u64; kind::COUNT],
+    pub skipped_runs: u64,
+}
+
+/// The name skipped runs go by beside the kinds.
+const SKIPPED_RUN: &str = "skipped_run";
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.0.iter().sum()
+        self.by_kind.iter().sum::<u64>() + self.skipped_runs
     }
 
-    /// Every kind but orderly closes: what must never be lost.
+    /// All but orderly closes: what must never be lost. A skipped run may
+    /// have been a death.
     pub fn precious(&self) -> u64 {
-        self.total() - self.0[kind::CLOSED as usize]
+        self.total() - self.by_kind[kind::CLOSED as usize]
     }
 
-    /// The kinds with losses, by name.
+    /// The kinds with losses, by name, and the skipped runs.
     pub fn by_kind(&self) -> BTreeMap<String, u64> {
-        self.0
+        self.by_kind
             .iter()
             .enumerate()
-            .filter(|(_, &n)| n > 0)
-            .map(|(k, &n)| (kind::name(k).to_string(), n))
+            .map(|(k, &n)| (kind::name(k), n))
+            .chain([(SKIPPED_RUN, self.skipped_runs)])
+            .filter(|&(_, n)| n > 0)
+            .map(|(k, n)| (k.to_string(), n))
             .collect()
     }
 
@@ -96,6 +110,7 @@ impl Source {
                 .ok_or_else(|| anyhow!("map STACKS missing"))?,
         )?;
         Ok(Self {
+            misses: Misses::start(ebpf),
             precious,
             bulk,
             lost,
@@ -162,16 +177,22 @@ impl Source {
         context
     }
 
-    /// Records the kernel could not queue, by kind, summed over CPUs.
+    /// Records the kernel could not queue, by kind, summed over CPUs, and
+    /// the runs it skipped.
     pub fn lost(&self) -> LostCounts {
-        let mut counts = LostCounts::default();
-        for (k, n) in counts.0.iter_mut().enumerate() {
+        let skipped = self.misses.get();
+        let mut counts = LostCounts {
+            skipped_runs: skipped.anything,
+            ..LostCounts::default()
+        };
+        for (k, n) in counts.by_kind.iter_mut().enumerate() {
             *n = self
                 .lost
                 .get(&(k as u32), 0)
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0);
         }
+        counts.by_kind[kind::CLOSED as usize] += skipped.orderly_closes;
         counts
     }
 }
@@ -206,11 +227,18 @@ mod tests {
     fn loss_is_told_by_kind_and_precious_excludes_orderly_closes() {
         let mut lost = LostCounts::default();
         assert_eq!(lost.text(), "0 records lost");
-        lost.0[kind::CLOSED as usize] = 10;
-        lost.0[kind::STATE_CHANGE as usize] = 2;
+        lost.by_kind[kind::CLOSED as usize] = 10;
+        lost.by_kind[kind::STATE_CHANGE as usize] = 2;
         assert_eq!(lost.total(), 12);
         assert_eq!(lost.precious(), 2);
         assert_eq!(lost.text(), "12 records lost (closed 10, death 2)");
         assert_eq!(lost.by_kind().get("closed"), Some(&10));
+        lost.skipped_runs = 3;
+        assert_eq!(lost.total(), 15);
+        assert_eq!(lost.precious(), 5, "a skipped run may have been a death");
+        assert_eq!(
+            lost.text(),
+            "15 records lost (closed 10, death 2, skipped_run 3)"
+        );
     }
 }

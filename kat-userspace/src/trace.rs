@@ -104,7 +104,7 @@ impl Output {
             )
             .is_ok()
         } else {
-            eprintln!("kat: {} so far (ring buffer full)", lost.text());
+            eprintln!("kat: {} so far", lost.text());
             true
         }
     }
