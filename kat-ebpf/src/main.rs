@@ -361,25 +361,24 @@ fn silent_jiffies(sk: u64, now: u32) -> u32 {
 }
 
 /// The run ends: one TIMER_RUN record for a socket with keepalive on.
-/// `sk` is None where the hook has no arguments (kretprobe).
+/// `sk` is None where the hook has no arguments (kretprobe). The run is
+/// forgotten only afterwards, so that what is sent here is marked as sent
+/// from within the keepalive timer.
 #[inline(always)]
 fn keepalive_exit(sk: Option<u64>) {
     let Some(running) = RUNNING.get_ptr_mut(0) else {
         return;
     };
-    let (was, probes_before, probe_sent, state_before) = unsafe {
-        (
-            (*running).sk,
-            (*running).probes_before,
-            (*running).probe_sent,
-            (*running).state_before,
-        )
-    };
-    unsafe { (*running).sk = 0 };
-    let sk = sk.unwrap_or(was);
-    if was != sk || sk == 0 {
-        return;
+    let run = unsafe { *running };
+    let sk = sk.unwrap_or(run.sk);
+    if run.sk == sk && sk != 0 {
+        keepalive_run_ended(sk, &run);
     }
+    unsafe { (*running).sk = 0 };
+}
+
+#[inline(always)]
+fn keepalive_run_ended(sk: u64, run: &Running) {
     let o = &config().offsets;
     let sk_flags: u64 = read(sk, &o.sk_flags);
     if (sk_flags >> (cfg_u32(&config().keepopen_bit) & 63)) & 1 == 0 {
@@ -390,10 +389,11 @@ fn keepalive_exit(sk: Option<u64>) {
         return;
     }
     let state: u8 = read(sk, &o.skc_state);
-    if state == tcp_state::CLOSE && state_before != tcp_state::CLOSE {
-        close_if_unseen(sk, state_before);
+    if state == tcp_state::CLOSE && run.state_before != tcp_state::CLOSE {
+        close_if_unseen(sk, run.state_before);
     }
     let idle = silent_jiffies(sk, unsafe { bpf_jiffies64() } as u32);
+    let (probes_before, probe_sent) = (run.probes_before, run.probe_sent);
     emit(sk, sport, dport, kind::TIMER_RUN, |rec| {
         rec.probes_before = probes_before;
         rec.idle_jiffies = idle;

@@ -79,6 +79,8 @@ struct Closing {
     /// Since the first retransmission of the data in flight; None when
     /// nothing was retransmitted.
     retrans_ago_s: Option<f64>,
+    /// The keepalive timer closed it.
+    in_keepalive_timer: bool,
 }
 
 impl Closing {
@@ -506,6 +508,7 @@ impl Tracker {
                     srtt_s: f64::from(rec.srtt_us) / 1e6,
                     retrans_ago_s: (rec.retrans_ago_ms != 0)
                         .then(|| f64::from(rec.retrans_ago_ms) / 1e3),
+                    in_keepalive_timer: rec.flags & flag::IN_KEEPALIVE_TIMER != 0,
                 });
                 // A RST already sent or received, or an error already set,
                 // decides the reason: nothing more is coming.
@@ -527,6 +530,7 @@ impl Tracker {
                     sent_ago_s: 0.0,
                     srtt_s: 0.0,
                     retrans_ago_s: None,
+                    in_keepalive_timer: false,
                 });
                 self.finish(rec.sk, out);
             }
@@ -676,6 +680,11 @@ impl Tracker {
             return Reason::PeerReset;
         }
         if closing.sk_err != 0 {
+            // The keepalive timer's RST unseen (its hook skipped by the
+            // kernel): the timer that closed it tells.
+            if closing.in_keepalive_timer {
+                return timed_out(user_timeout);
+            }
             // tcp_write_err: sk_err = sk_err_soft ?: ETIMEDOUT, from the
             // retransmit (or zero-window probe) timer, without a RST.
             return if user_timeout {

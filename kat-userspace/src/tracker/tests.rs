@@ -336,6 +336,23 @@ fn orderly_close_is_reported_at_destroy_or_after_the_grace_period() {
 }
 
 #[test]
+fn a_close_by_the_keepalive_timer_is_its_timeout_even_with_its_rst_unseen() {
+    let mut t = tracker();
+    let mut c = close(5.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 3);
+    c.flags |= flag::IN_KEEPALIVE_TIMER;
+    let ev = feed(&mut t, [timer(4.0, 2, 3), c]);
+    assert_eq!(death(&ev).reason(), Some(Reason::KeepaliveTimeout));
+    let mut c = other(
+        50_001,
+        close(5.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 1),
+    );
+    c.flags |= flag::IN_KEEPALIVE_TIMER;
+    c.user_timeout_ms = 2500;
+    let ev = feed(&mut t, [c]);
+    assert_eq!(death(&ev).reason(), Some(Reason::UserTimeout));
+}
+
+#[test]
 fn retransmit_timeout_is_an_error_close_without_a_reset() {
     let mut t = tracker();
     let ev = feed(
