@@ -195,14 +195,16 @@ pub struct Lost {
     pub note: Option<String>,
 }
 
-/// The kinds kat counts losses by; all but `closed` are precious.
-const KINDS: [&str; 6] = [
+/// The kinds kat counts losses by (and its skipped hook runs, which may
+/// have been any kind); all but `closed` are precious.
+const KINDS: [&str; 7] = [
     "timer_run",
     "reset_sent",
     "reset_received",
     "death",
     "destroy",
     "closed",
+    "skipped_run",
 ];
 
 impl Lost {
@@ -300,6 +302,11 @@ mod tests {
         let l = Lost::from_stderr("kat: 5 events shown, 0 connections still tracked, 9 records lost (timer_run 2, closed 7)")
             .expect("parsed");
         assert_eq!((l.total, l.precious()), (9, Some(2)));
+        let l = Lost::from_stderr(
+            "kat: 5 events shown, 0 connections still tracked, 12 records lost (closed 7, skipped_run 5)",
+        )
+        .expect("parsed");
+        assert_eq!((l.total, l.precious()), (12, Some(5)));
         let j = r#"{"type":"lost","ts":"x","count":4}
 {"type":"lost","ts":"x","count":10,"by_kind":{"closed":8,"death":2}}"#;
         let l = Lost::from_json_lines(j).expect("parsed");
