@@ -13,6 +13,7 @@ pub mod exit;
 pub mod journal;
 pub mod kernel;
 pub mod loader;
+pub mod metrics;
 pub mod misses;
 pub mod owner;
 pub mod record;

@@ -1,7 +1,9 @@
 //! `kat record`: the journal of every event, unattended (a systemd
 //! service): messages on stderr, a clean stop on SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -14,6 +16,7 @@ use crate::exit::Failure;
 use crate::journal::writer::{Limits, Writer};
 use crate::journal::{Header, FORMAT};
 use crate::kernel;
+use crate::metrics::{server, Build, Metrics};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RecordArgs {
@@ -35,6 +38,10 @@ pub struct RecordArgs {
     /// How often the `closes` aggregates are written (e.g. 60s, 5m).
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = every)]
     pub closes_every: Duration,
+    /// Also serve Prometheus metrics on this address (`:9464` for every
+    /// IPv4 address, `127.0.0.1:9464`): `/metrics` and `/healthz`.
+    #[arg(long, value_name = "ADDR", value_parser = server::parse_addr)]
+    pub metrics: Option<SocketAddr>,
 }
 
 fn every(s: &str) -> Result<Duration, String> {
@@ -63,6 +70,11 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let limits =
         Limits::new(args.max_size, args.file_size).map_err(|e| Failure::Usage(e.to_string()))?;
     kernel::require_root("record")?;
+    // Bound before the programs load: an address in use is told at once.
+    let listener = match args.metrics {
+        Some(addr) => Some(server::bind(addr).await?),
+        None => None,
+    };
     let mut engine = Engine::start(
         &args.selection,
         Wants {
@@ -84,6 +96,18 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         file_started: now,
     };
     let mut journal = Writer::open(&args.dir, limits, header)?;
+    let metrics = listener.map(|listener| {
+        let (metrics, registry) = Metrics::new(&Build {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: &kernel::release(),
+            lanes: &engine.lanes_text(),
+        });
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("kat: metrics on http://{addr}/metrics");
+        }
+        tokio::spawn(server::serve(listener, Arc::new(registry)));
+        metrics
+    });
     eprintln!(
         "kat: recording to {} (up to {} in files of {}) on Linux {} ({}); SIGTERM or Ctrl-C to stop",
         journal.path().display(),
@@ -109,12 +133,16 @@ pub async fn run(args: RecordArgs) -> Result<()> {
                 continue;
             }
             _ = closes.tick() => {
-                push_closes(&mut journal, &mut engine)?;
+                push_closes(&mut journal, &mut engine, metrics.as_ref())?;
                 continue;
             }
         };
         recorded += push(&mut journal, &events)?;
         let lost = engine.lost();
+        if let Some(m) = &metrics {
+            m.observe(&events);
+            m.lost(&lost);
+        }
         if lost.total() > lost_written {
             lost_written = lost.total();
             journal.push(&Lost {
@@ -133,8 +161,8 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     recorded += push(&mut journal, &events)?;
     // Twice: the half quiet since the last aggregate, then the half that
     // counted until now.
-    push_closes(&mut journal, &mut engine)?;
-    push_closes(&mut journal, &mut engine)?;
+    push_closes(&mut journal, &mut engine, metrics.as_ref())?;
+    push_closes(&mut journal, &mut engine, metrics.as_ref())?;
     journal.flush()?;
     eprintln!(
         "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {}",
@@ -146,9 +174,13 @@ pub async fn run(args: RecordArgs) -> Result<()> {
 }
 
 /// The orderly closes the kernel counted in the last interval.
-fn push_closes(journal: &mut Writer, engine: &mut Engine) -> Result<()> {
-    for c in engine.take_closes(Utc::now()) {
-        journal.push(&c)?;
+fn push_closes(journal: &mut Writer, engine: &mut Engine, metrics: Option<&Metrics>) -> Result<()> {
+    let closes = engine.take_closes(Utc::now());
+    for c in &closes {
+        journal.push(c)?;
+    }
+    if let Some(m) = metrics {
+        m.closes(&closes);
     }
     Ok(())
 }

@@ -235,6 +235,11 @@ fn report_and_record_refuse_bad_arguments_clearly() {
         ),
         (vec!["record", "--max-size", "banana"], 2, "not a size"),
         (
+            vec!["record", "--metrics", "9464"],
+            2,
+            "not an address to listen on",
+        ),
+        (
             vec!["record", "--max-size", "1MiB", "--file-size", "2MiB"],
             2,
             "smaller than one file",

@@ -8,8 +8,9 @@ use crate::run;
 
 /// Debian packages: LLVM 22 for bpf-linker; iproute2 and nftables for the
 /// kernel tests' lab namespaces; tmux for the dashboard's end-to-end test;
-/// QEMU, busybox and cpio for the VM matrix; nginx, wrk and time (for
-/// `/usr/bin/time`) for `cargo xtask bench`.
+/// QEMU, busybox and cpio for the VM matrix; a Prometheus server for the
+/// metrics test; nginx, wrk and time (for `/usr/bin/time`) for `cargo
+/// xtask bench`.
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "prometheus",
     "nginx-light",
     "wrk",
     "time",

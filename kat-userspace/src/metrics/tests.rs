@@ -1,0 +1,174 @@
+use hyper::{Method, StatusCode};
+use prometheus_client::encoding::text::encode;
+
+use super::server::{parse_addr, respond};
+use super::*;
+use crate::event::{Reason, Silence, Verdict};
+use crate::testkit::{addr, at, conn, death, event};
+
+fn build() -> Build<'static> {
+    Build {
+        version: "0.1.0",
+        kernel: "6.18.44",
+        lanes: "tracepoint lane",
+    }
+}
+
+fn text(registry: &Registry) -> String {
+    let mut s = String::new();
+    encode(&mut s, registry).expect("encodes");
+    s
+}
+
+fn has(text: &str, line: &str) -> bool {
+    text.lines().any(|l| l == line)
+}
+
+#[test]
+fn deaths_probes_resets_and_silences_are_counted_by_reason() {
+    let (metrics, registry) = Metrics::new(&build());
+    let k = conn(addr("10.0.0.1"), 40000, addr("10.0.0.2"), 6699);
+    let keepalive = match death(Reason::KeepaliveTimeout, Some("ETIMEDOUT"), 3, Some(9.0)) {
+        What::Death {
+            reason,
+            errno,
+            unanswered_probes,
+            found_by_probe,
+            lifetime_s,
+            state,
+            ..
+        } => What::Death {
+            reason,
+            errno,
+            unanswered_probes,
+            found_by_probe,
+            lifetime_s,
+            state,
+            kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
+            silence: Some(Silence {
+                idle_before_s: 400.0,
+                verdict: Some(Verdict::MiddleboxIdleDropSuspected),
+                survived_idle_s: Some(300.0),
+            }),
+        },
+        _ => unreachable!(),
+    };
+    metrics.observe(&[
+        event(k, at(1.0), What::ProbeAnswered { probe: 2 }),
+        event(k, at(2.0), keepalive),
+        event(
+            k,
+            at(3.0),
+            death(Reason::PeerReset, Some("ECONNRESET"), 0, None),
+        ),
+    ]);
+    let t = text(&registry);
+    assert!(
+        has(
+            &t,
+            r#"kat_connection_deaths_total{reason="keepalive_timeout"} 1"#
+        ),
+        "{t}"
+    );
+    assert!(
+        has(&t, r#"kat_connection_deaths_total{reason="peer_reset"} 1"#),
+        "{t}"
+    );
+    assert!(
+        has(&t, r#"kat_keepalive_probes_total{outcome="answered"} 2"#),
+        "{t}"
+    );
+    assert!(
+        has(&t, r#"kat_keepalive_probes_total{outcome="unanswered"} 3"#),
+        "{t}"
+    );
+    assert!(
+        has(
+            &t,
+            r#"kat_tcp_resets_sent_total{kernel_reason="TCP_KEEPALIVE_TIMEOUT"} 1"#
+        ),
+        "{t}"
+    );
+    // 400 s is over the 350 s bucket, under the 600 s one.
+    assert!(
+        has(
+            &t,
+            r#"kat_idle_before_death_seconds_bucket{le="350.0",reason="keepalive_timeout"} 0"#
+        ),
+        "{t}"
+    );
+    assert!(
+        has(
+            &t,
+            r#"kat_idle_before_death_seconds_bucket{le="600.0",reason="keepalive_timeout"} 1"#
+        ),
+        "{t}"
+    );
+    assert!(
+        has(
+            &t,
+            r#"kat_build_info{version="0.1.0",kernel="6.18.44",lanes="tracepoint lane"} 1"#
+        ),
+        "{t}"
+    );
+    // No address, port or pid is ever a label.
+    assert!(!t.contains("10.0.0") && !t.contains("6699"), "{t}");
+}
+
+#[test]
+fn losses_follow_the_kernel_counts_and_closes_count_as_closed() {
+    let (metrics, registry) = Metrics::new(&build());
+    let mut lost = LostCounts::default();
+    lost.by_kind[kat_common::kind::CLOSED as usize] = 5;
+    metrics.lost(&lost);
+    lost.by_kind[kat_common::kind::CLOSED as usize] = 8;
+    lost.skipped_runs = 1;
+    metrics.lost(&lost);
+    metrics.lost(&lost);
+    let t = text(&registry);
+    assert!(has(&t, r#"kat_events_lost_total{kind="closed"} 8"#), "{t}");
+    assert!(
+        has(&t, r#"kat_events_lost_total{kind="skipped_run"} 1"#),
+        "{t}"
+    );
+}
+
+#[test]
+fn scrapes_get_metrics_and_health_and_nothing_else() {
+    let (_metrics, registry) = Metrics::new(&build());
+    let ok = respond(&Method::GET, "/metrics", &registry);
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert!(ok.headers()["content-type"]
+        .to_str()
+        .is_ok_and(|v| v.starts_with("application/openmetrics-text")));
+    assert_eq!(
+        respond(&Method::GET, "/healthz", &registry).status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        respond(&Method::GET, "/", &registry).status(),
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        respond(&Method::GET, "/metrics/x", &registry).status(),
+        StatusCode::NOT_FOUND
+    );
+    let post = respond(&Method::POST, "/metrics", &registry);
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+}
+
+#[test]
+fn the_listen_address_takes_a_bare_port() {
+    assert_eq!(
+        parse_addr(":9464"),
+        Ok("0.0.0.0:9464".parse().expect("addr"))
+    );
+    assert_eq!(
+        parse_addr("127.0.0.1:9464"),
+        Ok("127.0.0.1:9464".parse().expect("addr"))
+    );
+    assert!(parse_addr("[::1]:9464").is_ok());
+    assert!(parse_addr("9464").is_err());
+    assert!(parse_addr("localhost:x").is_err());
+}

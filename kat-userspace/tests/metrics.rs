@@ -1,0 +1,224 @@
+//! `kat record --metrics` scraped every second by a real Prometheus server
+//! (Debian's package) while two scenarios of the suite run: a keepalive
+//! death and answered probes. Prometheus's HTTP API must say what the same
+//! kat wrote in its journal.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kat_scenarios::kat::Kat;
+use kat_scenarios::netns::Lab;
+use kat_scenarios::KatCmd;
+use kat_userspace::journal::reader::read_dir;
+use kat_userspace::journal::Entry;
+use serde_json::Value;
+
+const KEEPALIVE_DEATH_PORT: u16 = 6851;
+const ANSWERED_PORT: u16 = 6853;
+
+fn kat_cmd() -> KatCmd {
+    KatCmd {
+        binary: env!("CARGO_BIN_EXE_kat").to_string(),
+        lane: None,
+    }
+}
+
+/// A loopback port free now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The Prometheus server, stopped when dropped.
+struct Prometheus {
+    child: Child,
+    api: String,
+}
+
+impl Prometheus {
+    /// Scraping `target` every second; ready when its API says so.
+    fn start(dir: &Path, target: &str) -> Self {
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kat\n    static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("prometheus.yml");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package, installed by cargo xtask setup)");
+        let prometheus = Prometheus {
+            child,
+            api: format!("http://{listen}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ureq::get(format!("{}/-/ready", prometheus.api))
+            .call()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "prometheus not ready in 60 s");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        prometheus
+    }
+
+    /// An instant query's result: label set → value.
+    fn query(&self, q: &str) -> Vec<(Value, f64)> {
+        let body = ureq::get(format!("{}/api/v1/query", self.api))
+            .query("query", q)
+            .call()
+            .expect("query")
+            .body_mut()
+            .read_to_string()
+            .expect("body");
+        let v: Value = serde_json::from_str(&body).expect("JSON");
+        assert_eq!(v["status"], "success", "{v}");
+        v["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| {
+                let value = r["value"][1]
+                    .as_str()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(f64::NAN);
+                (r["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// The value of a query with one result (0 with none).
+    fn one(&self, q: &str) -> f64 {
+        match self.query(q).as_slice() {
+            [] => 0.0,
+            [(_, v)] => *v,
+            many => panic!("{q}: more than one result: {many:?}"),
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_what_kat_saw() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cmd = kat_cmd();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let ports = [KEEPALIVE_DEATH_PORT, ANSWERED_PORT].map(|p| p.to_string());
+    let filter = ["--port", &ports[0], "--port", &ports[1]];
+    let mut args = vec!["--metrics", metrics.as_str()];
+    args.extend(filter);
+    let journal = dir.path().join("journal");
+    let recorder = Kat::record(&cmd, &journal, &args);
+    let prometheus = Prometheus::start(dir.path(), &metrics);
+
+    // What a scrape gets besides the metrics.
+    let url = format!("http://{metrics}");
+    assert!(ureq::get(format!("{url}/healthz")).call().is_ok());
+    match ureq::get(format!("{url}/nope")).call() {
+        Err(ureq::Error::StatusCode(code)) => assert_eq!(code, 404),
+        other => panic!("GET /nope: {other:?}"),
+    }
+    match ureq::post(format!("{url}/metrics")).send_empty() {
+        Err(ureq::Error::StatusCode(code)) => assert_eq!(code, 405),
+        other => panic!("POST /metrics: {other:?}"),
+    }
+    // The address is taken: a second kat says so at once, and fails.
+    let second = Command::new(&cmd.binary)
+        .args(["record", "--dir"])
+        .arg(dir.path().join("second"))
+        .args(["--metrics", &metrics])
+        .output()
+        .expect("a second kat record");
+    assert_eq!(second.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        said.contains(&format!("cannot serve metrics on {metrics}")),
+        "{said}"
+    );
+
+    kat_scenarios::vanished_peer_keepalive_timeout(&Lab::new(), &cmd, KEEPALIVE_DEATH_PORT);
+    kat_scenarios::healthy_probes_answered(&Lab::new(), &cmd, ANSWERED_PORT);
+    // Two scrapes after the last event.
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let deaths_by_reason = |reason: &str| {
+        prometheus.one(&format!(
+            r#"kat_connection_deaths_total{{reason="{reason}"}}"#
+        ))
+    };
+    let scraped = [
+        deaths_by_reason("keepalive_timeout"),
+        deaths_by_reason("peer_reset"),
+        prometheus.one(r#"kat_keepalive_probes_total{outcome="answered"}"#),
+        prometheus.one(r#"kat_keepalive_probes_total{outcome="unanswered"}"#),
+        prometheus.one(r#"kat_idle_before_death_seconds_count{reason="keepalive_timeout"}"#),
+    ];
+    let build = prometheus.query("kat_build_info");
+    let (status, _, _) = recorder.stop();
+    assert!(status.success());
+
+    let seen: Vec<Value> = read_dir(&journal)
+        .expect("the journal")
+        .entries
+        .into_iter()
+        .filter_map(|e| match e {
+            Entry::Event(ev) => serde_json::to_value(ev).ok(),
+            _ => None,
+        })
+        .collect();
+    let deaths = |reason: &str| {
+        seen.iter()
+            .filter(|v| v["type"] == "death" && v["reason"] == reason)
+            .count() as f64
+    };
+    let sum = |ty: &str, field: &str| -> f64 {
+        seen.iter()
+            .filter(|v| v["type"] == ty)
+            .map(|v| v[field].as_f64().unwrap_or(0.0))
+            .sum()
+    };
+    assert!(deaths("keepalive_timeout") >= 1.0, "{seen:#?}");
+    let answered = sum("probe_answered", "probe");
+    assert!(answered >= 1.0, "{seen:#?}");
+    assert_eq!(
+        scraped,
+        [
+            deaths("keepalive_timeout"),
+            deaths("peer_reset"),
+            answered,
+            sum("death", "unanswered_probes"),
+            deaths("keepalive_timeout"),
+        ],
+        "Prometheus (keepalive_timeout and peer_reset deaths, probes answered and unanswered, silences) against the journal"
+    );
+    assert_eq!(build.len(), 1, "{build:?}");
+    assert_eq!(build[0].0["version"], env!("CARGO_PKG_VERSION"));
+    assert!(build[0].0["lanes"]
+        .as_str()
+        .is_some_and(|l| l.contains("lane")));
+}
