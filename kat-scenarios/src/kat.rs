@@ -48,6 +48,14 @@ impl Kat {
         Self::start(cmd, "record", &all, &[], "kat: recording to ")
     }
 
+    /// `kat record --stdout ARGS` without a journal directory, its lines
+    /// read as events.
+    pub fn record_to_stdout(cmd: &KatCmd, args: &[&str]) -> Self {
+        let mut all = vec!["--stdout"];
+        all.extend_from_slice(args);
+        Self::start(cmd, "record", &all, &[], "kat: recording to ")
+    }
+
     fn start(
         cmd: &KatCmd,
         subcommand: &str,

@@ -1,6 +1,8 @@
 //! `kat record`: the journal of every event, unattended (a systemd
 //! service): messages on stderr, a clean stop on SIGTERM or SIGINT.
 
+mod sinks;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,8 +15,13 @@ use chrono::Utc;
 use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{Event, Lost};
 use crate::exit::Failure;
-use crate::journal::writer::{Limits, Writer};
+use crate::journal::writer::Limits;
 use crate::journal::{Header, FORMAT};
+use sinks::Sinks;
+
+/// The journal's directory when neither --dir, --metrics nor --stdout is
+/// given.
+const DEFAULT_DIR: &str = "/var/lib/kat";
 use crate::kernel;
 use crate::metrics::{server, Build, Metrics};
 
@@ -22,9 +29,13 @@ use crate::metrics::{server, Build, Metrics};
 pub struct RecordArgs {
     #[command(flatten)]
     pub selection: Selection,
-    /// The journal's directory (created 0700 when missing).
-    #[arg(long, default_value = "/var/lib/kat")]
-    pub dir: PathBuf,
+    /// The journal's directory (created 0700 when missing); by default
+    /// /var/lib/kat, and none when --metrics or --stdout is given.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Also write the journal's lines to stdout, for a log shipper.
+    #[arg(long)]
+    pub stdout: bool,
     /// The journal's total size; the oldest files go first (e.g. 256MiB, 1G).
     #[arg(long, default_value = "256MiB", value_parser = size)]
     pub max_size: u64,
@@ -95,7 +106,12 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         run_started: now,
         file_started: now,
     };
-    let mut journal = Writer::open(&args.dir, limits, header)?;
+    let dir = match (&args.dir, args.metrics.is_some() || args.stdout) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => None,
+        (None, false) => Some(PathBuf::from(DEFAULT_DIR)),
+    };
+    let mut journal = Sinks::open(dir.as_deref(), limits, args.stdout, header)?;
     let metrics = listener.map(|listener| {
         let (metrics, registry) = Metrics::new(&Build {
             version: env!("CARGO_PKG_VERSION"),
@@ -109,10 +125,8 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         metrics
     });
     eprintln!(
-        "kat: recording to {} (up to {} in files of {}) on Linux {} ({}); SIGTERM or Ctrl-C to stop",
-        journal.path().display(),
-        ByteSize(limits.max_size).display().iec(),
-        ByteSize(limits.file_size).display().iec(),
+        "kat: recording to {} on Linux {} ({}); SIGTERM or Ctrl-C to stop",
+        journal.describe(limits),
         kernel::release(),
         engine.lanes_text(),
     );
@@ -165,16 +179,15 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     push_closes(&mut journal, &mut engine, metrics.as_ref())?;
     journal.flush()?;
     eprintln!(
-        "kat: recorded {recorded} events; {} files opened, {} removed for the size cap, {}",
-        journal.files_opened,
-        journal.files_removed,
+        "kat: recorded {recorded} events; {}{}",
+        journal.files_text(),
         engine.lost().text()
     );
     Ok(())
 }
 
 /// The orderly closes the kernel counted in the last interval.
-fn push_closes(journal: &mut Writer, engine: &mut Engine, metrics: Option<&Metrics>) -> Result<()> {
+fn push_closes(journal: &mut Sinks, engine: &mut Engine, metrics: Option<&Metrics>) -> Result<()> {
     let closes = engine.take_closes(Utc::now());
     for c in &closes {
         journal.push(c)?;
@@ -187,7 +200,7 @@ fn push_closes(journal: &mut Writer, engine: &mut Engine, metrics: Option<&Metri
 
 /// Adds the events to the batch (`--port` was applied in the kernel);
 /// returns how many.
-fn push(journal: &mut Writer, events: &[Event]) -> Result<u64> {
+fn push(journal: &mut Sinks, events: &[Event]) -> Result<u64> {
     for ev in events {
         journal.push(ev)?;
     }

@@ -1,6 +1,7 @@
 //! `kat record` on the running kernel, read back by `kat report`: while
 //! the scenario suite of `kat trace` runs, after SIGTERM and after kill -9,
-//! and with a size cap small enough to rotate every second.
+//! and with a size cap small enough to rotate every second; and its lines
+//! on stdout for a log shipper.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -312,4 +313,44 @@ fn a_small_max_size_rotates_files_and_drops_the_oldest() {
     }
     let r = report(dir.path(), &[]);
     assert!(r["probes"].as_u64().is_some_and(|p| p > 10), "{r}");
+}
+
+const STDOUT_PORT: u16 = 6861;
+
+#[test]
+fn stdout_carries_the_journals_lines_for_a_log_shipper() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let cmd = kat_cmd();
+    let port = STDOUT_PORT.to_string();
+    let mut recorder = Kat::record_to_stdout(&cmd, &["--port", &port]);
+    assert!(
+        recorder
+            .started
+            .starts_with("kat: recording to stdout on Linux"),
+        "{}",
+        recorder.started
+    );
+    kat_scenarios::vanished_peer_keepalive_timeout(&Lab::new(), &cmd, STDOUT_PORT);
+    let dead = recorder.wait_for("death on stdout", Duration::from_secs(5), |v| {
+        v["type"] == "death" && v["dport"] == STDOUT_PORT
+    });
+    assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+    let (status, lines, stderr) = recorder.stop_with(Signal::SIGTERM);
+    assert!(status.success(), "{stderr:#?}");
+    // The journal's own lines: its header first, then probes and the death.
+    assert_eq!(lines[0]["type"], "journal", "{:#?}", lines[0]);
+    assert_eq!(lines[0]["ports"][0], STDOUT_PORT);
+    let probes = lines
+        .iter()
+        .filter(|v| v["type"] == "probe" && v["dport"] == STDOUT_PORT)
+        .count();
+    assert_eq!(probes, 3, "{lines:#?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("kat: recorded ") && !l.contains("files opened")),
+        "no journal, no files: {stderr:#?}"
+    );
 }
