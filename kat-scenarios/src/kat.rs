@@ -121,30 +121,38 @@ impl Kat {
         &mut self,
         what: &str,
         timeout: Duration,
-        mut pred: impl FnMut(&Value) -> bool,
+        pred: impl FnMut(&Value) -> bool,
     ) -> Value {
+        match self.wait_until(timeout, pred) {
+            Ok(v) => v,
+            Err(RecvTimeoutError::Timeout) => {
+                panic!(
+                    "no {what} within {timeout:?}; events seen: {:#?}",
+                    self.seen
+                )
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("kat exited before {what}; events seen: {:#?}", self.seen)
+            }
+        }
+    }
+
+    /// The same, telling rather than failing when none comes.
+    pub fn wait_until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Result<Value, RecvTimeoutError> {
         if let Some(v) = self.seen.iter().find(|v| pred(v)) {
-            return v.clone();
+            return Ok(v.clone());
         }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(v) => {
-                    self.seen.push(v.clone());
-                    if pred(&v) {
-                        return v;
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    panic!(
-                        "no {what} within {timeout:?}; events seen: {:#?}",
-                        self.seen
-                    )
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    panic!("kat exited before {what}; events seen: {:#?}", self.seen)
-                }
+            let v = self.events.recv_timeout(left)?;
+            self.seen.push(v.clone());
+            if pred(&v) {
+                return Ok(v);
             }
         }
     }

@@ -145,9 +145,15 @@ pub fn healthy_probes_answered(net: &dyn Net, kat: &KatCmd, port: u16) {
 pub fn vanished_peer_keepalive_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
     let mut kat = start(kat, port);
     let listener = net.listen(addr(net, port));
-    let (mut client, _) = keepalive_dies(net, &mut kat, &listener, port);
+    let mut silenced = silenced_keepalive(net, &listener, port);
+    let sport = silenced.sport;
+    let dead = kat.wait_for("death", secs(15.0 * net.slack()), |v| {
+        net.is(v, "death", Side::Client, port) && v["sport"] == sport
+    });
+    check_keepalive_death(net, &kat, port, &dead, silenced.connected);
     // What the application sees matches kat's errno.
-    let err = client
+    let err = silenced
+        .client
         .read(&mut [0u8; 1])
         .expect_err("the connection is dead");
     assert_eq!(err.raw_os_error(), Some(libc::ETIMEDOUT));
@@ -164,13 +170,39 @@ pub fn vanished_peer_keepalive_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
 pub fn keepalive_death_when_the_close_hook_is_skipped(net: &dyn Net, kat: &KatCmd, port: u16) {
     let fault = [(kat_common::FAULT_MISS_CLOSE, "1")];
     let mut kat = Kat::trace(kat, &["--port", &port.to_string()], &fault);
+    // The kprobe lane's timer hooks are kprobes, which the kernel also
+    // skips while a BPF map syscall runs on that CPU (kat's own loss
+    // reads): there the timer's hook may miss this death too, and then
+    // it comes at the socket's free.
+    let kprobe_lane = kat.started.contains("kprobe");
     let listener = net.listen(addr(net, port));
     let reset = net.connect(addr(net, port), Box::new(|_| {}));
     let reset_port = reset.local_addr().expect("local address").port();
     let (server, _) = listener.accept().expect("accept");
     net::abort(server);
 
-    let (dying, dead) = keepalive_dies(net, &mut kat, &listener, port);
+    let dying = silenced_keepalive(net, &listener, port);
+    let sport = dying.sport;
+    let is_death = |v: &Value| net.is(v, "death", Side::Client, port) && v["sport"] == sport;
+    let dead = match kat.wait_until(secs(15.0 * net.slack()), is_death) {
+        Ok(dead) => {
+            check_keepalive_death(net, &kat, port, &dead, dying.connected);
+            drop(dying);
+            dead
+        }
+        Err(_) if kprobe_lane => {
+            drop(dying);
+            let dead = kat.wait_for(
+                "keepalive death at the free",
+                secs(5.0 * net.slack()),
+                is_death,
+            );
+            assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
+            assert_eq!(dead["errno"], "ETIMEDOUT");
+            dead
+        }
+        Err(e) => panic!("no keepalive death ({e:?}); events seen: {:#?}", kat.seen),
+    };
     assert!(
         !kat.seen.iter().any(|v| v["sport"] == reset_port),
         "the reset connection is told of only when it is freed: {:#?}",
@@ -184,7 +216,6 @@ pub fn keepalive_death_when_the_close_hook_is_skipped(net: &dyn Net, kat: &KatCm
     assert_eq!(reset_dead["errno"], "ECONNRESET");
     assert_eq!(reset_dead["state"], "UNKNOWN", "{reset_dead}");
 
-    drop(dying);
     std::thread::sleep(secs(0.5 * net.slack()));
     let (status, events, _) = kat.stop();
     assert!(status.success());
@@ -195,41 +226,60 @@ pub fn keepalive_death_when_the_close_hook_is_skipped(net: &dyn Net, kat: &KatCm
     assert_eq!(deaths, 1, "the keepalive death once, not again at the free");
 }
 
+/// The keepalive settings of the connections whose peer vanishes: idle,
+/// interval, count.
+const SILENCED: (u64, u64, u8) = (2, 1, 3);
+
 /// A keepalive connection to `listener` whose server's packets are then
-/// dropped: its probes and its keepalive_timeout death, checked. Returns
-/// the client and the death.
-fn keepalive_dies(
-    net: &dyn Net,
-    kat: &mut Kat,
-    listener: &std::net::TcpListener,
-    port: u16,
-) -> (std::net::TcpStream, Value) {
-    let (idle, intvl, count) = (2, 1, 3);
+/// dropped.
+struct Silenced {
+    client: std::net::TcpStream,
+    /// Kept open: its close would send a FIN wherever the blackhole drops
+    /// only what it receives.
+    _server: std::net::TcpStream,
+    /// The client's local port.
+    sport: u16,
+    /// When it connected (seconds since the epoch).
+    connected: f64,
+}
+
+fn silenced_keepalive(net: &dyn Net, listener: &std::net::TcpListener, port: u16) -> Silenced {
+    let (idle, intvl, count) = SILENCED;
     let client = net.connect(
         addr(net, port),
-        Box::new(move |s| keepalive(s, idle, intvl, count)),
+        Box::new(move |s| keepalive(s, idle, intvl, u32::from(count))),
     );
     let sport = client.local_addr().expect("local address").port();
     let connected = now();
     let (server, _) = listener.accept().expect("accept");
     net.blackhole(&server);
+    Silenced {
+        client,
+        _server: server,
+        sport,
+        connected,
+    }
+}
 
-    let dead = kat.wait_for("death", secs(15.0 * net.slack()), |v| {
-        net.is(v, "death", Side::Client, port) && v["sport"] == sport
-    });
+/// The death of a [`silenced_keepalive`] connection, reported on time:
+/// keepalive_timeout, ETIMEDOUT, every probe unanswered, at idle + count
+/// × interval, after probes 1, 2, 3 and no answer.
+fn check_keepalive_death(net: &dyn Net, kat: &Kat, port: u16, dead: &Value, connected: f64) {
+    let (idle, intvl, count) = SILENCED;
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["errno"], "ETIMEDOUT");
     assert_eq!(dead["unanswered_probes"], count);
     let expected = (idle + u64::from(count) * intvl) as f64;
-    let took = ts(&dead) - connected;
+    let took = ts(dead) - connected;
     assert!(
         (took - expected).abs() < 0.75 * net.slack(),
-        "died after {took:.2} s, idle + count × interval = {expected} s"
+        "died after {took:.2} s, idle + count × interval = {expected} s; events seen: {:#?}",
+        kat.seen
     );
     let probes: Vec<u64> = kat
         .seen
         .iter()
-        .filter(|v| net.is(v, "probe", Side::Client, port))
+        .filter(|v| net.is(v, "probe", Side::Client, port) && v["sport"] == dead["sport"])
         .map(|v| v["probe"].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(probes, [1, 2, 3], "{:#?}", kat.seen);
@@ -237,7 +287,6 @@ fn keepalive_dies(
         .seen
         .iter()
         .any(|v| net.is(v, "probe_answered", Side::Client, port)));
-    (client, dead)
 }
 
 /// The server host restarts: the next probe is answered by a RST.

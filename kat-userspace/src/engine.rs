@@ -237,8 +237,14 @@ impl Engine {
         self.loaded.reset_reasons.is_some()
     }
 
+    /// What the kernel lost so far, as read in the last second.
     pub fn lost(&self) -> LostCounts {
-        self.source.lost()
+        self.source.lost(false)
+    }
+
+    /// The same, read now: for the last word on a run.
+    pub fn lost_now(&self) -> LostCounts {
+        self.source.lost(true)
     }
 
     /// Ring-buffer items that were not whole records.

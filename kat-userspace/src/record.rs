@@ -24,6 +24,7 @@ use sinks::Sinks;
 const DEFAULT_DIR: &str = "/var/lib/kat";
 use crate::kernel;
 use crate::metrics::{server, Build, Metrics};
+use crate::source::LostCounts;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RecordArgs {
@@ -157,14 +158,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             m.observe(&events);
             m.lost(&lost);
         }
-        if lost.total() > lost_written {
-            lost_written = lost.total();
-            journal.push(&Lost {
-                ts: Utc::now(),
-                count: lost.total(),
-                by_kind: lost.by_kind(),
-            })?;
-        }
+        push_lost(&mut journal, &lost, &mut lost_written)?;
         if journal.pending() >= BATCH_BYTES {
             journal.flush()?;
         }
@@ -177,12 +171,27 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     // counted until now.
     push_closes(&mut journal, &mut engine, metrics.as_ref())?;
     push_closes(&mut journal, &mut engine, metrics.as_ref())?;
+    let lost = engine.lost_now();
+    push_lost(&mut journal, &lost, &mut lost_written)?;
     journal.flush()?;
     eprintln!(
         "kat: recorded {recorded} events; {}{}",
         journal.files_text(),
-        engine.lost().text()
+        lost.text()
     );
+    Ok(())
+}
+
+/// A `lost` line when the kernel's count grew since the last one.
+fn push_lost(journal: &mut Sinks, lost: &LostCounts, written: &mut u64) -> Result<()> {
+    if lost.total() > *written {
+        *written = lost.total();
+        journal.push(&Lost {
+            ts: Utc::now(),
+            count: lost.total(),
+            by_kind: lost.by_kind(),
+        })?;
+    }
     Ok(())
 }
 

@@ -1,8 +1,9 @@
 //! Kernel records in: the ring buffer, drained in batches, and the
 //! lost-record counter.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf, StackTraceMap};
@@ -28,12 +29,16 @@ pub struct Source {
     stacks: StackTraceMap<MapData>,
     contexts: ContextRanges,
     misses: Misses,
+    /// The loss counts last read, and when.
+    lost_read: Cell<Option<(Instant, LostCounts)>>,
     /// Malformed items (never expected; counted rather than trusted).
     pub malformed: u64,
 }
 
 /// How long records may wait in a ring when the kernel did not wake us.
 const DRAIN_EVERY: Duration = Duration::from_millis(100);
+/// How often the loss counters are read from the kernel.
+const LOST_EVERY: Duration = Duration::from_secs(1);
 
 fn ring(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
     let ring = RingBuf::try_from(
@@ -111,6 +116,7 @@ impl Source {
         )?;
         Ok(Self {
             misses: Misses::start(ebpf),
+            lost_read: Cell::new(None),
             precious,
             bulk,
             lost,
@@ -178,8 +184,22 @@ impl Source {
     }
 
     /// Records the kernel could not queue, by kind, summed over CPUs, and
-    /// the runs it skipped.
-    pub fn lost(&self) -> LostCounts {
+    /// the runs it skipped; read from the kernel at most once a second
+    /// (`fresh` always). Each read is a map syscall, and while one runs
+    /// the kernel skips the kprobe lane's programs on that CPU: the views
+    /// ask after every drain.
+    pub fn lost(&self, fresh: bool) -> LostCounts {
+        if let Some((at, counts)) = self.lost_read.get() {
+            if !fresh && at.elapsed() < LOST_EVERY {
+                return counts;
+            }
+        }
+        let counts = self.read_lost();
+        self.lost_read.set(Some((Instant::now(), counts)));
+        counts
+    }
+
+    fn read_lost(&self) -> LostCounts {
         let skipped = self.misses.get();
         let mut counts = LostCounts {
             skipped_runs: skipped.anything,

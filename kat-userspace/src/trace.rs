@@ -185,14 +185,15 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             return Ok(());
         }
     }
-    if !out.flush() {
+    let lost = engine.lost_now();
+    if !out.lost(&lost) || !out.flush() {
         return Ok(());
     }
     eprintln!(
         "kat: {} events shown, {} connections still tracked, {}{}",
         out.events,
         engine.tracked(),
-        engine.lost().text(),
+        lost.text(),
         if engine.malformed() > 0 {
             format!(", {} malformed", engine.malformed())
         } else {
