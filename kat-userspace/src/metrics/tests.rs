@@ -28,31 +28,20 @@ fn has(text: &str, line: &str) -> bool {
 fn deaths_probes_resets_and_silences_are_counted_by_reason() {
     let (metrics, registry) = Metrics::new(&build());
     let k = conn(addr("10.0.0.1"), 40000, addr("10.0.0.2"), 6699);
-    let keepalive = match death(Reason::KeepaliveTimeout, Some("ETIMEDOUT"), 3, Some(9.0)) {
-        What::Death {
-            reason,
-            errno,
-            unanswered_probes,
-            found_by_probe,
-            lifetime_s,
-            state,
-            ..
-        } => What::Death {
-            reason,
-            errno,
-            unanswered_probes,
-            found_by_probe,
-            lifetime_s,
-            state,
-            kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
-            silence: Some(Silence {
-                idle_before_s: 400.0,
-                verdict: Some(Verdict::MiddleboxIdleDropSuspected),
-                survived_idle_s: Some(300.0),
-            }),
-        },
-        _ => unreachable!(),
-    };
+    let mut keepalive = death(Reason::KeepaliveTimeout, Some("ETIMEDOUT"), 3, Some(9.0));
+    if let What::Death {
+        kernel_reset_reason,
+        silence,
+        ..
+    } = &mut keepalive
+    {
+        *kernel_reset_reason = Some("TCP_KEEPALIVE_TIMEOUT".into());
+        *silence = Some(Silence {
+            idle_before_s: 400.0,
+            verdict: Some(Verdict::MiddleboxIdleDropSuspected),
+            survived_idle_s: Some(300.0),
+        });
+    }
     metrics.observe(&[
         event(k, at(1.0), What::ProbeAnswered { probe: 2 }),
         event(k, at(2.0), keepalive),
