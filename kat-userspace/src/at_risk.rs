@@ -4,6 +4,8 @@
 //! sent more often than the path's idle timeout would keep them alive.
 //! `kat trace --at-risk` lists them once; `kat top` shows them on a key.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -11,8 +13,9 @@ use serde::Serialize;
 
 use crate::diag::{self, Diag, IdleSocket};
 use crate::event::{rfc3339, ConnKey};
-use crate::owner::{Census, Owner};
+use crate::owner::{self, Census, Owner};
 use crate::text;
+use crate::workload::{Attributor, Workload};
 
 /// The default `--idle-over`: shorter than the idle timeouts of common
 /// middleboxes (4 to 15 minutes), longer than a busy connection's gaps.
@@ -41,6 +44,8 @@ pub struct AtRisk {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<Workload>>,
     /// Seconds since anything crossed the connection either way.
     pub idle_s: f64,
     /// SO_KEEPALIVE is on (its timer is pending).
@@ -64,6 +69,7 @@ impl AtRisk {
             },
             uid: r.uid,
             pid: owner.as_ref().map(|o| o.pid),
+            workload: owner.as_ref().and_then(|o| o.workload.clone()),
             comm: owner.map(|o| o.comm),
             idle_s: s.idle.as_secs_f64(),
             keepalive: r.keepalive.is_some(),
@@ -86,9 +92,13 @@ pub fn rows(sockets: &[IdleSocket], owner_of: impl Fn(u64) -> Option<Owner>) -> 
 
 /// Every connection at risk in the namespaces kat can see, with owners
 /// from one census. Blocking: for a one-shot listing.
-pub fn list(ports: &[u16], over: Duration) -> Vec<AtRisk> {
+pub fn list(ports: &[u16], over: Duration, host_root: &Path) -> Vec<AtRisk> {
     let sockets = idle_sockets(&mut Diag::default(), &diag::visible_netns(), ports, over);
-    let owners = Census::default().take();
+    let mut owners = Census::default().take();
+    owner::attribute(
+        &mut owners,
+        &mut Attributor::new(Path::new("/proc"), host_root),
+    );
     rows(&sockets, |inode| owners.get(&inode).cloned())
 }
 
@@ -148,6 +158,7 @@ mod tests {
             uid: 0,
             pid: Some(4242),
             comm: Some("psql".into()),
+            workload: None,
             idle_s,
             keepalive: next_probe_s.is_some(),
             next_probe_s,
@@ -210,6 +221,7 @@ mod tests {
             (inode == 2).then(|| Owner {
                 pid: 42,
                 comm: "psql".into(),
+                workload: None,
             })
         };
         let list = rows(&sockets, owner);

@@ -5,6 +5,7 @@
 //! the stop). It never blocks on slow I/O: the workers do that, and their
 //! results come back over channels.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
@@ -22,6 +23,7 @@ use crate::loader::{self, Lane, Loaded};
 use crate::owner::{Index, Owner, Owners};
 use crate::source::{LostCounts, Source};
 use crate::tracker::{Msg, Setup, Tracker};
+use crate::workload::Attributor;
 
 /// What every live command traces: `--port` and `--lane`.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,6 +40,11 @@ pub struct Selection {
     /// closes), rounded up to a power of two: more absorbs longer bursts.
     #[arg(long, value_name = "SIZE", default_value = "4MiB", value_parser = ring_size)]
     pub ring_size: u32,
+    /// Where the node's /run and /var/log are, for the container runtimes'
+    /// and the kubelet's names of containers and pods (/host when kat runs
+    /// in a pod with the node's directories mounted there).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub host_root: PathBuf,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -59,6 +66,7 @@ impl Default for Selection {
             ports: Vec::new(),
             lane: None,
             ring_size: loader::RING_BYTES,
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -122,7 +130,10 @@ impl Engine {
         })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;
-        let owners = Owners::new(Index::start(std::mem::take(&mut loaded.owners)));
+        let owners = Owners::new(Index::start(
+            std::mem::take(&mut loaded.owners),
+            Attributor::new(Path::new("/proc"), &selection.host_root),
+        ));
         release_startup_memory();
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,

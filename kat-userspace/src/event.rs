@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::workload::Workload;
 
 /// Why a connection died: the names users see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -181,6 +184,9 @@ pub struct Event {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// The owner's unit, container or pod.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<Workload>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<Settings>,
     /// Socket inode, for finding the owning process; not part of the JSON.
@@ -206,6 +212,7 @@ struct EventLine {
     uid: u32,
     pid: Option<u32>,
     comm: Option<String>,
+    workload: Option<Workload>,
     keepalive: Option<Settings>,
     probe: Option<u8>,
     probes_max: Option<u8>,
@@ -324,6 +331,7 @@ impl TryFrom<EventLine> for Event {
             uid: l.uid,
             pid: l.pid,
             comm: l.comm,
+            workload: l.workload.map(Arc::new),
             keepalive: l.keepalive,
             sock_ino: 0,
         })

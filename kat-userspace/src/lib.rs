@@ -25,3 +25,4 @@ pub mod text;
 pub mod top;
 pub mod trace;
 pub mod tracker;
+pub mod workload;

@@ -21,11 +21,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::event::Event;
+use crate::workload::{Attributor, Workload};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub pid: u32,
     pub comm: String,
+    /// Its unit, container or pod, where its cgroup says.
+    pub workload: Option<Arc<Workload>>,
 }
 
 /// The socket inode in an fd's link text, `socket:[123]`.
@@ -80,7 +83,14 @@ fn keep_lowest(
     if index.get(&inode).is_some_and(|o| o.pid < pid) {
         return;
     }
-    index.insert(inode, Owner { pid, comm: comm() });
+    index.insert(
+        inode,
+        Owner {
+            pid,
+            comm: comm(),
+            workload: None,
+        },
+    );
 }
 
 /// One record of the owner iterator: the socket's inode and its owner.
@@ -189,6 +199,8 @@ pub enum Lookup {
 
 struct State {
     owners: HashMap<u64, Owner>,
+    /// The workload of each process that held a socket at the last walk.
+    workloads: HashMap<u32, Arc<Workload>>,
     /// Walks begun, and the number of the last one finished.
     started: u64,
     finished: u64,
@@ -222,14 +234,15 @@ pub struct Index {
 
 impl Index {
     /// Starts the walker (first census at once).
-    pub fn start(census: Census) -> Self {
-        Self::start_with(census, Timing::default())
+    pub fn start(census: Census, attributor: Attributor) -> Self {
+        Self::start_with(census, attributor, Timing::default())
     }
 
-    pub fn start_with(census: Census, timing: Timing) -> Self {
+    pub fn start_with(census: Census, attributor: Attributor, timing: Timing) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 owners: HashMap::new(),
+                workloads: HashMap::new(),
                 started: 0,
                 finished: 0,
                 wanted: true,
@@ -243,7 +256,7 @@ impl Index {
         // Not joined: a walk in progress must not delay kat's exit.
         std::thread::Builder::new()
             .name("kat-owners".into())
-            .spawn(move || walker(&worker, census, timing))
+            .spawn(move || walker(&worker, census, attributor, timing))
             .map_err(|e| log::warn!("cannot start the owner walker: {e}"))
             .ok();
         Self { shared, timing }
@@ -286,6 +299,11 @@ impl Index {
         }
     }
 
+    /// The workload of a process that held a socket at the last walk.
+    pub fn workload(&self, pid: u32) -> Option<Arc<Workload>> {
+        self.shared.lock().workloads.get(&pid).cloned()
+    }
+
     /// Walks finished so far.
     pub fn walks(&self) -> u64 {
         self.shared.lock().finished
@@ -305,7 +323,20 @@ impl Drop for Index {
     }
 }
 
-fn walker(shared: &Shared, mut census: Census, timing: Timing) {
+/// Gives every owner its workload, read once per process; returns them
+/// by process.
+pub fn attribute(
+    owners: &mut HashMap<u64, Owner>,
+    attributor: &mut Attributor,
+) -> HashMap<u32, Arc<Workload>> {
+    let workloads = attributor.resolve_all(owners.values().map(|o| o.pid));
+    for owner in owners.values_mut() {
+        owner.workload = workloads.get(&owner.pid).cloned();
+    }
+    workloads
+}
+
+fn walker(shared: &Shared, mut census: Census, mut attributor: Attributor, timing: Timing) {
     let mut last: Option<Instant> = None;
     // A host with 200 000 socket descriptors makes a walk of seconds: the
     // gaps stretch so that at most 5 % of the time is spent walking.
@@ -333,7 +364,8 @@ fn walker(shared: &Shared, mut census: Census, timing: Timing) {
         drop(st);
         let began = Instant::now();
         last = Some(began);
-        let fresh = census.take();
+        let mut fresh = census.take();
+        let workloads = attribute(&mut fresh, &mut attributor);
         took = began.elapsed();
         log::debug!(
             "owner walk {number}: {} sockets in {:?}",
@@ -342,6 +374,7 @@ fn walker(shared: &Shared, mut census: Census, timing: Timing) {
         );
         let mut st = shared.lock();
         st.owners = fresh;
+        st.workloads = workloads;
         st.finished = number;
         let State { owners, asked, .. } = &mut *st;
         asked.retain(|inode, (at, _)| {
@@ -389,11 +422,15 @@ impl Owners {
             let Some((ev, since)) = self.held.front_mut() else {
                 break;
             };
-            if ev.pid.is_none() {
+            if let (Some(pid), None) = (ev.pid, &ev.workload) {
+                // The kernel named the process (a close in its context).
+                ev.workload = self.index.workload(pid);
+            } else if ev.pid.is_none() {
                 match self.index.lookup(ev.sock_ino) {
                     Lookup::Found(owner) => {
                         ev.pid = Some(owner.pid);
                         ev.comm = Some(owner.comm);
+                        ev.workload = owner.workload;
                     }
                     Lookup::Pending if !all && !crowded && since.elapsed() < MAX_HOLD => {
                         break;
@@ -465,6 +502,7 @@ mod tests {
         Some(Owner {
             pid,
             comm: comm.into(),
+            workload: None,
         })
     }
 
@@ -531,6 +569,10 @@ mod tests {
         assert_eq!(walk(&proc.root()).get(&123), None);
     }
 
+    fn attributor(proc: &FakeProc) -> Attributor {
+        Attributor::new(&proc.root(), &proc.root())
+    }
+
     fn fast() -> Timing {
         Timing {
             min_gap: Duration::from_millis(300),
@@ -551,7 +593,7 @@ mod tests {
     fn a_miss_asks_for_a_walk_that_finds_the_new_socket() {
         let proc = FakeProc::new();
         proc.process(10, "server");
-        let index = Index::start_with(Census::Proc(proc.root()), fast());
+        let index = Index::start_with(Census::Proc(proc.root()), attributor(&proc), fast());
         wait_for(&index, 1);
         proc.socket(10, 3, 123);
         assert_eq!(index.lookup(123), Lookup::Pending);
@@ -560,10 +602,32 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_gives_each_owner_its_unit() {
+        let proc = FakeProc::new();
+        proc.process(10, "nginx");
+        proc.socket(10, 3, 123);
+        std::fs::write(
+            proc.0.path().join("10/cgroup"),
+            "1:name=systemd:/system.slice/nginx.service\n0::/\n",
+        )
+        .expect("cgroup");
+        proc.process(11, "bash");
+        proc.socket(11, 3, 124);
+        let index = Index::start_with(Census::Proc(proc.root()), attributor(&proc), fast());
+        wait_for(&index, 1);
+        let unit = index
+            .owner(123)
+            .and_then(|o| o.workload)
+            .and_then(|w| w.unit.clone());
+        assert_eq!(unit.as_deref(), Some("nginx.service"));
+        assert_eq!(index.owner(124).map(|o| o.workload), Some(None));
+    }
+
+    #[test]
     fn a_burst_of_misses_costs_one_walk() {
         let proc = FakeProc::new();
         proc.process(10, "server");
-        let index = Index::start_with(Census::Proc(proc.root()), fast());
+        let index = Index::start_with(Census::Proc(proc.root()), attributor(&proc), fast());
         wait_for(&index, 1);
         for inode in 1000..3000 {
             assert_eq!(index.lookup(inode), Lookup::Pending);

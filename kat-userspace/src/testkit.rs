@@ -99,6 +99,7 @@ pub fn event(k: ConnKey, ts: DateTime<Utc>, what: What) -> Event {
         uid: 0,
         pid: None,
         comm: None,
+        workload: None,
         keepalive: None,
         sock_ino: 0,
     }
@@ -127,6 +128,7 @@ pub fn live(key: ConnKey, pid: u32, comm: &str, probes_out: u8, next_run_s: f64)
         owner: Some(Owner {
             pid,
             comm: comm.into(),
+            workload: None,
         }),
         next_run_s,
         probes_out,

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use chrono::{DateTime, Local, Utc};
 
 use crate::event::{ConnKey, Origin, Reason, Settings, Silence, What};
+use crate::workload::Workload;
 
 /// `198.18.0.1:6699`, `[fd00::1]:6699`.
 pub fn endpoint(addr: &IpAddr, port: u16) -> String {
@@ -98,6 +99,17 @@ pub fn process(pid: u32, comm: Option<&str>) -> String {
         Some(c) => format!("{pid} ({c})"),
         None => pid.to_string(),
     }
+}
+
+/// The process, and where it runs when kat knows:
+/// `4242 (nginx) shop/web-7d9f/nginx`, `812 (postgres) postgresql.service`.
+pub fn owner(pid: u32, comm: Option<&str>, workload: Option<&Workload>) -> String {
+    let mut s = process(pid, comm);
+    if let Some(label) = workload.and_then(Workload::label) {
+        s.push(' ');
+        s.push_str(&label);
+    }
+    s
 }
 
 /// What happened, in words: `probe 2/2, idle 61s, previous unanswered`,

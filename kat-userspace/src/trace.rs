@@ -52,7 +52,10 @@ pub fn line(ev: &Event) -> String {
         s.push_str(&format!("  [{}]", text::settings(k)));
     }
     if let Some(pid) = ev.pid {
-        s.push_str(&format!(" pid {}", text::process(pid, ev.comm.as_deref())));
+        s.push_str(&format!(
+            " pid {}",
+            text::owner(pid, ev.comm.as_deref(), ev.workload.as_deref())
+        ));
     }
     s
 }
@@ -117,7 +120,11 @@ fn list_at_risk(args: &TraceArgs) -> Result<()> {
             "kat: not root: only this network namespace, and owners among your own processes"
         );
     }
-    let list = at_risk::list(&args.selection.ports, args.idle_over);
+    let list = at_risk::list(
+        &args.selection.ports,
+        args.idle_over,
+        &args.selection.host_root,
+    );
     let mut stdout = BufWriter::new(std::io::stdout());
     for a in &list {
         let text = if args.json {
@@ -232,6 +239,19 @@ mod tests {
             ),
             "{l}"
         );
+    }
+
+    #[test]
+    fn a_line_names_the_owners_pod_and_container() {
+        let mut e = ev(What::ProbeAnswered { probe: 1 });
+        e.workload = Some(std::sync::Arc::new(crate::workload::Workload {
+            pod: Some("web-7d9f".into()),
+            namespace: Some("shop".into()),
+            container: Some("nginx".into()),
+            ..Default::default()
+        }));
+        let l = line(&e);
+        assert!(l.ends_with("pid 42 (server) shop/web-7d9f/nginx"), "{l}");
     }
 
     #[test]

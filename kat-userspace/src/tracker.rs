@@ -412,6 +412,7 @@ impl Tracker {
             uid: s.uid,
             pid: None,
             comm: None,
+            workload: None,
             keepalive: s.settings,
             sock_ino: s.sock_ino,
         }

@@ -281,6 +281,15 @@ fn every_kind_of_event_reads_back_field_for_field() {
         user_timeout_ms: Some(2500),
         ..testkit::settings(55.0, 6.5, 4)
     });
+    with_settings.workload = Some(std::sync::Arc::new(crate::workload::Workload {
+        runtime: Some("containerd".into()),
+        container_id: Some("4f1b".repeat(16)),
+        container: Some("nginx".into()),
+        pod_uid: Some("0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9".into()),
+        pod: Some("web-7d9f".into()),
+        namespace: Some("shop".into()),
+        unit: None,
+    }));
     let mut bare = death(3.0, 40000, Reason::Unknown);
     bare.pid = None;
     bare.comm = None;

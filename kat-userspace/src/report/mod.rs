@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::exit::Failure;
 use crate::journal::reader::{self, Problem};
 use crate::journal::Entry;
+use crate::workload::By;
 use summary::{timelines, Deaths, Filter, Summary, Timeline};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +48,9 @@ pub struct ReportArgs {
     /// How many peers, ports and latest deaths to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
+    /// Deaths by the owner's Kubernetes pod, container, or systemd unit too.
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub by: Option<By>,
 }
 
 /// A `--since`/`--until` value: a duration back from `now`, or a time
@@ -162,7 +166,7 @@ pub fn run(args: &ReportArgs) -> Result<()> {
         } else {
             Deaths::Latest(args.top)
         };
-        let mut builder = Summary::builder(filter, args.top, keep);
+        let mut builder = Summary::builder(filter, args.top, keep).grouped_by(args.by);
         let read = reader::each_entry(&args.dir, |e| builder.add(e))?;
         tell(&read.problems);
         let summary = builder.finish();

@@ -6,12 +6,14 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, Silence, What};
 use crate::journal::{Entry, Header};
+use crate::workload::{By, Workload};
 
 use super::paths::{Learner, PathRow};
 
@@ -69,6 +71,8 @@ pub struct Timeline<'a> {
     pub conn: ConnKey,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<Workload>>,
     /// The latest settings seen.
     pub keepalive: Option<Settings>,
     /// Borrowed from the events kept for `--conn`.
@@ -101,6 +105,7 @@ pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timelin
                 conn,
                 pid: None,
                 comm: None,
+                workload: None,
                 keepalive: None,
                 events: Vec::new(),
             });
@@ -110,6 +115,7 @@ pub fn timelines<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Timelin
         if ev.pid.is_some() {
             t.pid = ev.pid;
             t.comm.clone_from(&ev.comm);
+            t.workload.clone_from(&ev.workload);
         }
         if ev.keepalive.is_some() {
             t.keepalive = ev.keepalive;
@@ -155,6 +161,8 @@ pub struct DeathRow {
     pub lived_s: Option<f64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<Arc<Workload>>,
     #[serde(flatten)]
     pub silence: Option<Silence>,
 }
@@ -188,6 +196,10 @@ pub struct Summary {
     pub closed: u64,
     pub worst_peers: Vec<Worst>,
     pub worst_ports: Vec<Worst>,
+    /// With `--by`: deaths by pod, container or unit, the most first
+    /// (`-` for deaths whose owner has none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub by_owner: Option<Vec<Worst>>,
     /// Abnormal deaths, oldest first: all of them, or the latest as many as
     /// `Deaths::Latest` asked for (`reasons` has the total).
     pub deaths: Vec<DeathRow>,
@@ -284,6 +296,7 @@ struct Open {
     start: Place,
     pid: Option<u32>,
     comm: Option<String>,
+    workload: Option<Arc<Workload>>,
     probed: bool,
     /// The first probe of the current unanswered run.
     run_start: Option<DateTime<Utc>>,
@@ -359,6 +372,8 @@ pub struct Builder {
     per_reason: BTreeMap<Reason, PerReason>,
     peers: HashMap<IpAddr, Tally>,
     ports: HashMap<u16, Tally>,
+    by: Option<By>,
+    owners: HashMap<String, Tally>,
     /// The deaths listed, the earliest on top (to be dropped first).
     deaths: BinaryHeap<Reverse<Listed>>,
     paths: Learner,
@@ -391,6 +406,8 @@ impl Summary {
             per_reason: BTreeMap::new(),
             peers: HashMap::new(),
             ports: HashMap::new(),
+            by: None,
+            owners: HashMap::new(),
             deaths: BinaryHeap::new(),
             paths: Learner::default(),
             out_of_order: 0,
@@ -399,6 +416,12 @@ impl Summary {
 }
 
 impl Builder {
+    /// Deaths grouped by their owner's pod, container or unit too.
+    pub fn grouped_by(mut self, by: Option<By>) -> Self {
+        self.by = by;
+        self
+    }
+
     pub fn add(&mut self, entry: Entry) {
         match entry {
             Entry::Header(Header {
@@ -469,6 +492,7 @@ impl Builder {
                 start: place,
                 pid: None,
                 comm: None,
+                workload: None,
                 probed: false,
                 run_start: None,
             }
@@ -476,6 +500,7 @@ impl Builder {
         if ev.pid.is_some() {
             t.pid = ev.pid;
             t.comm = ev.comm;
+            t.workload = ev.workload;
         }
         match ev.what {
             What::Probe { probe, .. } => {
@@ -526,6 +551,13 @@ impl Builder {
                     .entry(service_port(&conn))
                     .or_default()
                     .add(reason);
+                if let Some(by) = self.by {
+                    let name = t.workload.as_ref().and_then(|w| w.by(by));
+                    self.owners
+                        .entry(name.unwrap_or_else(|| "-".into()))
+                        .or_default()
+                        .add(reason);
+                }
                 self.list(Listed {
                     order: (ev.ts, t.start),
                     row: DeathRow {
@@ -538,6 +570,7 @@ impl Builder {
                         lived_s: lifetime_s,
                         pid: t.pid,
                         comm: t.comm,
+                        workload: t.workload,
                         silence,
                     },
                 });
@@ -597,6 +630,9 @@ impl Builder {
             closed: self.closed,
             worst_peers: worst(self.peers, self.top),
             worst_ports: worst(self.ports, self.top),
+            by_owner: self
+                .by
+                .map(|_| worst(std::mem::take(&mut self.owners), self.top)),
             deaths,
             paths: self.paths.rows(),
             lost: self.lost_by_run.iter().sum(),

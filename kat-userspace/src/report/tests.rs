@@ -476,3 +476,69 @@ fn json_from_and_to_are_rfc3339_like_every_other_time() {
     let empty = summarize(&[], &Filter::default(), 10);
     assert!(serde_json::to_value(&empty).expect("JSON")["from"].is_null());
 }
+
+fn owned_by(mut e: crate::event::Event, workload: crate::workload::Workload) -> Entry {
+    e.pid = Some(7);
+    e.comm = Some("client".into());
+    e.workload = Some(std::sync::Arc::new(workload));
+    Entry::Event(e)
+}
+
+#[test]
+fn deaths_by_pod_container_or_unit() {
+    use crate::workload::{By, Workload};
+    let pod = |name: &str, container: &str| Workload {
+        pod: Some(name.into()),
+        namespace: Some("shop".into()),
+        container: Some(container.into()),
+        ..Workload::default()
+    };
+    let unit = Workload {
+        unit: Some("psql.service".into()),
+        ..Workload::default()
+    };
+    let j = vec![
+        Entry::Header(header()),
+        // The owner comes with the probe; the death inherits it.
+        owned_by(probe(1.0, 40001, 1), pod("web-1", "nginx")),
+        ev(crate::event::Event {
+            pid: None,
+            comm: None,
+            ..death(2.0, 40001, Reason::KeepaliveTimeout)
+        }),
+        owned_by(death(3.0, 40002, Reason::PeerReset), pod("web-1", "php")),
+        owned_by(death(4.0, 40003, Reason::PeerReset), unit),
+        ev(death(5.0, 40004, Reason::PeerReset)),
+    ];
+    let by = |b: Option<By>| {
+        let mut builder = Summary::builder(Filter::default(), 10, Deaths::All).grouped_by(b);
+        for e in &j {
+            builder.add(e.clone());
+        }
+        builder.finish().by_owner.map(|rows| {
+            rows.into_iter()
+                .map(|w| (w.name, w.deaths))
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(by(None), None);
+    let names = |v: &[(&str, u64)]| Some(v.iter().map(|(n, d)| (n.to_string(), *d)).collect());
+    assert_eq!(by(Some(By::Pod)), names(&[("-", 2), ("shop/web-1", 2)]));
+    assert_eq!(
+        by(Some(By::Container)),
+        names(&[("-", 2), ("shop/web-1/nginx", 1), ("shop/web-1/php", 1)])
+    );
+    assert_eq!(by(Some(By::Unit)), names(&[("-", 3), ("psql.service", 1)]));
+
+    let mut builder =
+        Summary::builder(Filter::default(), 10, Deaths::All).grouped_by(Some(By::Pod));
+    for e in &j {
+        builder.add(e.clone());
+    }
+    let s = builder.finish();
+    let t = text::summary(&s, std::path::Path::new("/var/lib/kat"), 1, 10);
+    assert!(t.contains("Deaths by owner"), "{t}");
+    assert!(t.contains("pid 7 (client) shop/web-1/php"), "{t}");
+    let json = serde_json::to_value(&s).expect("json");
+    assert_eq!(json["deaths"][0]["workload"]["pod"], "web-1", "{json}");
+}

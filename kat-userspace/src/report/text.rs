@@ -116,6 +116,9 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         "PORT (THE LOWER OF THE TWO)",
         &s.worst_ports,
     );
+    if let Some(rows) = &s.by_owner {
+        worst_table(&mut out, "Deaths by owner", "OWNER", rows);
+    }
 
     if !s.paths.is_empty() {
         let _ = writeln!(out, "\nPaths that forget idle flows");
@@ -150,7 +153,10 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
                 details.push(format!("lived {}", duration(l)));
             }
             if let Some(pid) = d.pid {
-                details.push(format!("pid {}", text::process(pid, d.comm.as_deref())));
+                details.push(format!(
+                    "pid {}",
+                    text::owner(pid, d.comm.as_deref(), d.workload.as_deref())
+                ));
             }
             if let Some(silence) = &d.silence {
                 details.push(text::silence(silence));
@@ -184,7 +190,11 @@ pub fn timelines(conns: &[Timeline]) -> String {
         }
         let mut head = format!("{}  netns {}", t.conn, t.conn.netns);
         if let Some(pid) = t.pid {
-            let _ = write!(head, "  pid {}", text::process(pid, t.comm.as_deref()));
+            let _ = write!(
+                head,
+                "  pid {}",
+                text::owner(pid, t.comm.as_deref(), t.workload.as_deref())
+            );
         }
         if let Some(k) = &t.keepalive {
             let _ = write!(head, "  {}", text::settings(k));

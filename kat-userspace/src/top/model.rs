@@ -2,6 +2,7 @@
 //! messages in, state changed, no I/O.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
@@ -10,6 +11,7 @@ pub use crate::event::ConnKey;
 use crate::event::{Event, Reason, Settings, Silence, What};
 use crate::owner::Owner;
 use crate::report::paths::Learner;
+use crate::workload::Workload;
 
 /// A socket with its keepalive timer pending, from the latest snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,7 @@ pub struct Death {
     pub lifetime_s: Option<f64>,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    pub workload: Option<Arc<Workload>>,
     pub silence: Option<Silence>,
 }
 
@@ -341,6 +344,7 @@ impl Model {
                     lifetime_s: *lifetime_s,
                     pid: ev.pid,
                     comm: ev.comm.clone(),
+                    workload: ev.workload.clone(),
                     silence: *silence,
                 });
                 self.deaths.truncate(DEATHS_KEPT);
@@ -457,7 +461,13 @@ impl Model {
             || f == k.dport.to_string()
             || k.saddr.to_string().contains(f)
             || k.daddr.to_string().contains(f)
-            || l.owner.as_ref().is_some_and(|o| o.comm.contains(f))
+            || l.owner.as_ref().is_some_and(|o| {
+                o.comm.contains(f)
+                    || o.workload
+                        .as_ref()
+                        .and_then(|w| w.label())
+                        .is_some_and(|label| label.contains(f))
+            })
     }
 
     /// The connections table, filtered and sorted.

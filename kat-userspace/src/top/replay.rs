@@ -277,6 +277,7 @@ impl Replay {
             conn.live.owner = Some(Owner {
                 pid,
                 comm: ev.comm.clone().unwrap_or_default(),
+                workload: ev.workload.clone(),
             });
         }
     }

@@ -255,7 +255,7 @@ fn draw_connections(frame: &mut Frame, area: Rect, m: &Model) {
         .map(|r| {
             let owner = r.live.owner.as_ref().map_or_else(
                 || format!("uid {}", r.live.uid),
-                |o| text::process(o.pid, Some(&o.comm)),
+                |o| text::owner(o.pid, Some(&o.comm), o.workload.as_deref()),
             );
             TableRow::new(pick(
                 [
@@ -345,10 +345,9 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
                     Cell::from(d.probes.to_string()),
                     Cell::from(d.lifetime_s.map_or("-".into(), duration)),
                     silence_cell(d.silence),
-                    Cell::from(
-                        d.pid
-                            .map_or("-".into(), |p| text::process(p, d.comm.as_deref())),
-                    ),
+                    Cell::from(d.pid.map_or("-".into(), |p| {
+                        text::owner(p, d.comm.as_deref(), d.workload.as_deref())
+                    })),
                 ],
                 &shown,
             ))
@@ -410,7 +409,7 @@ fn draw_at_risk(frame: &mut Frame, area: Rect, m: &Model) {
                 },
                 Cell::from(a.pid.map_or_else(
                     || format!("uid {}", a.uid),
-                    |p| text::process(p, a.comm.as_deref()),
+                    |p| text::owner(p, a.comm.as_deref(), a.workload.as_deref()),
                 )),
             ])
         })
@@ -552,7 +551,7 @@ fn draw_help(frame: &mut Frame, area: Rect, replay: bool) {
         "Home End         first, last row",
         "Enter            the connection's timeline",
         "Esc              back, close help",
-        "/                filter by port, address or command",
+        "/                filter: port, address, command, pod",
         "s                sort by the next column",
     ]
     .into_iter()

@@ -344,6 +344,7 @@ fn pid_keeps_its_process_and_the_owners_not_known_yet() {
     foreign.owner = Some(Owner {
         pid: 1,
         comm: "x".into(),
+        workload: None,
     });
     m.update(Msg::Snapshot(vec![
         live(key(5, 5), 0, 1.0, "client"),
@@ -363,6 +364,7 @@ pub(crate) fn at_risk(sport: u16, idle_s: f64, next_probe_s: Option<f64>, pid: u
         uid: 1000,
         pid: Some(pid),
         comm: Some("psql".into()),
+        workload: None,
         idle_s,
         keepalive: next_probe_s.is_some(),
         next_probe_s,
