@@ -1,20 +1,27 @@
 //! What `kat record --metrics` serves: counters and histograms of the
 //! events, in Prometheus' conventions (docs/metrics.md). Every label has
 //! a bounded set of values (reasons, kinds, kernel RST reasons): never an
-//! address, a port or a pid. Fed by the live loop; encoded on each scrape
-//! (`server`).
+//! address, a port or a pid. The owner's labels (namespace, pod,
+//! container, unit) are as many as the node runs, so each family takes at
+//! most `max_label_sets` of them and counts the rest under `_overflow`.
+//! Fed by the live loop; encoded on each scrape (`server`).
 
 pub mod server;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabel as _, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
+use std::collections::HashSet;
+use std::hash::Hash;
+use std::sync::Mutex;
+
 use crate::event::{Closes, Event, What};
 use crate::source::LostCounts;
+use crate::workload::Workload;
 
 /// Seconds: the idle timeouts middleboxes commonly have (AWS NLB 350 s,
 /// many NATs 60 s, 240 s, 900 s, 1 or 2 hours), and shorter ones.
@@ -22,14 +29,105 @@ pub const IDLE_BUCKETS: [f64; 13] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 240.0, 350.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
 
+/// Who owned the connection. A label kat has no value for (no pod, no
+/// unit, owner unknown) is left out, as Prometheus reads an empty one.
+#[derive(Debug, Clone, Default, Hash, PartialEq, Eq)]
+struct OwnerLabels {
+    namespace: String,
+    pod: String,
+    container: String,
+    unit: String,
+}
+
+impl EncodeLabelSet for OwnerLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        for (key, value) in self.pairs() {
+            if !value.is_empty() {
+                (key, value).encode(encoder.encode_label())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The owner labels of label sets over a family's cap.
+pub const OVERFLOW: &str = "_overflow";
+
+impl OwnerLabels {
+    fn of(w: Option<&Workload>) -> Self {
+        let Some(w) = w else {
+            return Self::default();
+        };
+        let s = |v: &Option<String>| v.clone().unwrap_or_default();
+        Self {
+            namespace: s(&w.namespace),
+            pod: s(&w.pod.clone().or_else(|| w.pod_uid.clone())),
+            container: s(&w.container),
+            unit: s(&w.unit),
+        }
+    }
+
+    fn pairs(&self) -> [(&'static str, &str); 4] {
+        [
+            ("namespace", &self.namespace),
+            ("pod", &self.pod),
+            ("container", &self.container),
+            ("unit", &self.unit),
+        ]
+    }
+
+    fn overflow() -> Self {
+        Self {
+            namespace: OVERFLOW.into(),
+            pod: OVERFLOW.into(),
+            container: OVERFLOW.into(),
+            unit: OVERFLOW.into(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
+}
+
+/// The label sets one family has taken, up to its cap; a new set beyond it
+/// has its owner labels replaced by `_overflow`.
+struct Capped<L> {
+    taken: Mutex<HashSet<L>>,
+    max: usize,
+}
+
+impl<L: Clone + Hash + Eq> Capped<L> {
+    fn new(max: usize) -> Self {
+        Self {
+            taken: Mutex::new(HashSet::new()),
+            max,
+        }
+    }
+
+    /// `labels`, or the same with `overflow` applied when the cap is reached.
+    fn admit(&self, labels: L, overflow: impl FnOnce(L) -> L) -> L {
+        // Only this set of labels is at stake: a panic elsewhere leaves it whole.
+        let mut taken = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if taken.contains(&labels) {
+            return labels;
+        }
+        if taken.len() < self.max {
+            taken.insert(labels.clone());
+            return labels;
+        }
+        overflow(labels)
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -46,12 +144,22 @@ fn idle_histogram() -> Histogram {
     Histogram::new(IDLE_BUCKETS)
 }
 
+fn reason_overflow(l: ReasonLabel) -> ReasonLabel {
+    ReasonLabel {
+        owner: OwnerLabels::overflow(),
+        ..l
+    }
+}
+
 /// The metric families, shared with the registry the server encodes.
 pub struct Metrics {
     deaths: Family<ReasonLabel, Counter>,
+    deaths_cap: Capped<ReasonLabel>,
     probes: Family<OutcomeLabel, Counter>,
+    probes_cap: Capped<OutcomeLabel>,
     resets_sent: Family<KernelReasonLabel, Counter>,
     idle_before_death: Family<ReasonLabel, Histogram, fn() -> Histogram>,
+    idle_cap: Capped<ReasonLabel>,
     lost: Family<KindLabel, Counter>,
 }
 
@@ -63,13 +171,18 @@ pub struct Build<'a> {
 }
 
 impl Metrics {
-    /// The families, registered in a new registry for the server.
-    pub fn new(build: &Build) -> (Self, Registry) {
+    /// The families, registered in a new registry for the server; each
+    /// family with owner labels takes at most `max_label_sets` of them
+    /// (and one `_overflow` set per value of its other label).
+    pub fn new(build: &Build, max_label_sets: usize) -> (Self, Registry) {
         let metrics = Self {
             deaths: Family::default(),
+            deaths_cap: Capped::new(max_label_sets),
             probes: Family::default(),
+            probes_cap: Capped::new(max_label_sets),
             resets_sent: Family::default(),
             idle_before_death: Family::new_with_constructor(idle_histogram),
+            idle_cap: Capped::new(max_label_sets),
             lost: Family::default(),
         };
         let mut registry = Registry::default();
@@ -115,7 +228,7 @@ impl Metrics {
         for ev in events {
             match &ev.what {
                 What::Probe { .. } => {}
-                What::ProbeAnswered { probe } => self.probes_ended("answered", *probe),
+                What::ProbeAnswered { probe } => self.probes_ended(ev, "answered", *probe),
                 What::Death {
                     reason,
                     unanswered_probes,
@@ -125,9 +238,11 @@ impl Metrics {
                 } => {
                     let reason = ReasonLabel {
                         reason: reason.name().to_string(),
+                        owner: OwnerLabels::of(ev.workload.as_deref()),
                     };
-                    self.deaths.get_or_create(&reason).inc();
-                    self.probes_ended("unanswered", *unanswered_probes);
+                    let counted = self.deaths_cap.admit(reason.clone(), reason_overflow);
+                    self.deaths.get_or_create(&counted).inc();
+                    self.probes_ended(ev, "unanswered", *unanswered_probes);
                     if let Some(kernel_reason) = kernel_reset_reason {
                         self.resets_sent
                             .get_or_create(&KernelReasonLabel {
@@ -136,8 +251,9 @@ impl Metrics {
                             .inc();
                     }
                     if let Some(s) = silence {
+                        let observed = self.idle_cap.admit(reason, reason_overflow);
                         self.idle_before_death
-                            .get_or_create(&reason)
+                            .get_or_create(&observed)
                             .observe(s.idle_before_s);
                     }
                 }
@@ -145,25 +261,30 @@ impl Metrics {
         }
     }
 
-    fn probes_ended(&self, outcome: &str, n: u8) {
+    fn probes_ended(&self, ev: &Event, outcome: &str, n: u8) {
         if n > 0 {
-            self.probes
-                .get_or_create(&OutcomeLabel {
-                    outcome: outcome.to_string(),
-                })
-                .inc_by(u64::from(n));
+            let labels = OutcomeLabel {
+                outcome: outcome.to_string(),
+                owner: OwnerLabels::of(ev.workload.as_deref()),
+            };
+            let counted = self.probes_cap.admit(labels, |l| OutcomeLabel {
+                owner: OwnerLabels::overflow(),
+                ..l
+            });
+            self.probes.get_or_create(&counted).inc_by(u64::from(n));
         }
     }
 
-    /// Orderly closes the kernel counted.
+    /// Orderly closes the kernel counted (their owners are not known).
     pub fn closes(&self, closes: &[Closes]) {
         let n: u64 = closes.iter().map(|c| c.count).sum();
         if n > 0 {
-            self.deaths
-                .get_or_create(&ReasonLabel {
-                    reason: crate::event::Reason::Closed.name().to_string(),
-                })
-                .inc_by(n);
+            let labels = ReasonLabel {
+                reason: crate::event::Reason::Closed.name().to_string(),
+                owner: OwnerLabels::default(),
+            };
+            let counted = self.deaths_cap.admit(labels, reason_overflow);
+            self.deaths.get_or_create(&counted).inc_by(n);
         }
     }
 

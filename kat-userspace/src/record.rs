@@ -54,6 +54,12 @@ pub struct RecordArgs {
     /// IPv4 address, `127.0.0.1:9464`): `/metrics` and `/healthz`.
     #[arg(long, value_name = "ADDR", value_parser = server::parse_addr)]
     pub metrics: Option<SocketAddr>,
+    /// At most this many label sets per metric family with owner labels
+    /// (namespace, pod, container, unit); later owners are counted under
+    /// `_overflow`, so a node with thousands of pods cannot flood Prometheus.
+    #[arg(long, value_name = "N", default_value_t = 1000, requires = "metrics",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub metrics_label_sets: u32,
 }
 
 fn every(s: &str) -> Result<Duration, String> {
@@ -114,11 +120,14 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     };
     let mut journal = Sinks::open(dir.as_deref(), limits, args.stdout, header)?;
     let metrics = listener.map(|listener| {
-        let (metrics, registry) = Metrics::new(&Build {
-            version: env!("CARGO_PKG_VERSION"),
-            kernel: &kernel::release(),
-            lanes: &engine.lanes_text(),
-        });
+        let (metrics, registry) = Metrics::new(
+            &Build {
+                version: env!("CARGO_PKG_VERSION"),
+                kernel: &kernel::release(),
+                lanes: &engine.lanes_text(),
+            },
+            args.metrics_label_sets as usize,
+        );
         if let Ok(addr) = listener.local_addr() {
             eprintln!("kat: metrics on http://{addr}/metrics");
         }

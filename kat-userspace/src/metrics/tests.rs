@@ -26,7 +26,7 @@ fn has(text: &str, line: &str) -> bool {
 
 #[test]
 fn deaths_probes_resets_and_silences_are_counted_by_reason() {
-    let (metrics, registry) = Metrics::new(&build());
+    let (metrics, registry) = Metrics::new(&build(), 1000);
     let k = conn(addr("10.0.0.1"), 40000, addr("10.0.0.2"), 6699);
     let mut keepalive = death(Reason::KeepaliveTimeout, Some("ETIMEDOUT"), 3, Some(9.0));
     if let What::Death {
@@ -106,7 +106,7 @@ fn deaths_probes_resets_and_silences_are_counted_by_reason() {
 
 #[test]
 fn losses_follow_the_kernel_counts_and_closes_count_as_closed() {
-    let (metrics, registry) = Metrics::new(&build());
+    let (metrics, registry) = Metrics::new(&build(), 1000);
     let mut lost = LostCounts::default();
     lost.by_kind[kat_common::kind::CLOSED as usize] = 5;
     metrics.lost(&lost);
@@ -124,7 +124,7 @@ fn losses_follow_the_kernel_counts_and_closes_count_as_closed() {
 
 #[test]
 fn scrapes_get_metrics_and_health_and_nothing_else() {
-    let (_metrics, registry) = Metrics::new(&build());
+    let (_metrics, registry) = Metrics::new(&build(), 1000);
     let ok = respond(&Method::GET, "/metrics", &registry);
     assert_eq!(ok.status(), StatusCode::OK);
     assert!(ok.headers()["content-type"]
@@ -160,4 +160,74 @@ fn the_listen_address_takes_a_bare_port() {
     assert!(parse_addr("[::1]:9464").is_ok());
     assert!(parse_addr("9464").is_err());
     assert!(parse_addr("localhost:x").is_err());
+}
+
+fn owned(pod: &str, reason: Reason) -> Event {
+    let k = conn(addr("10.0.0.1"), 40000, addr("10.0.0.2"), 6699);
+    let mut ev = event(k, at(1.0), death(reason, None, 0, None));
+    ev.workload = Some(std::sync::Arc::new(crate::workload::Workload {
+        namespace: Some("shop".into()),
+        pod: Some(pod.into()),
+        container: Some("nginx".into()),
+        ..Default::default()
+    }));
+    ev
+}
+
+#[test]
+fn deaths_carry_their_owners_labels_and_only_known_ones() {
+    let (metrics, registry) = Metrics::new(&build(), 1000);
+    let k = conn(addr("10.0.0.1"), 40000, addr("10.0.0.2"), 6699);
+    let mut unit = event(k, at(1.0), death(Reason::PeerReset, None, 0, None));
+    unit.workload = Some(std::sync::Arc::new(crate::workload::Workload {
+        unit: Some("psql.service".into()),
+        ..Default::default()
+    }));
+    metrics.observe(&[owned("web-1", Reason::PeerReset), unit]);
+    let t = text(&registry);
+    assert!(
+        has(
+            &t,
+            r#"kat_connection_deaths_total{reason="peer_reset",namespace="shop",pod="web-1",container="nginx"} 1"#
+        ),
+        "{t}"
+    );
+    assert!(
+        has(
+            &t,
+            r#"kat_connection_deaths_total{reason="peer_reset",unit="psql.service"} 1"#
+        ),
+        "{t}"
+    );
+}
+
+#[test]
+fn thousands_of_pods_stop_at_the_cap_and_the_rest_count_as_overflow() {
+    let (metrics, registry) = Metrics::new(&build(), 100);
+    let deaths: Vec<Event> = (0..5000)
+        .map(|i| owned(&format!("web-{i}"), Reason::PeerReset))
+        .collect();
+    metrics.observe(&deaths);
+    // An owner seen before the cap keeps its own series.
+    metrics.observe(&[owned("web-7", Reason::PeerReset)]);
+    let t = text(&registry);
+    let series = t
+        .lines()
+        .filter(|l| l.starts_with("kat_connection_deaths_total{"))
+        .count();
+    assert_eq!(series, 101, "100 owners and the overflow");
+    assert!(
+        has(
+            &t,
+            r#"kat_connection_deaths_total{reason="peer_reset",namespace="_overflow",pod="_overflow",container="_overflow",unit="_overflow"} 4900"#
+        ),
+        "{t}"
+    );
+    assert!(
+        has(
+            &t,
+            r#"kat_connection_deaths_total{reason="peer_reset",namespace="shop",pod="web-7",container="nginx"} 2"#
+        ),
+        "{t}"
+    );
 }
