@@ -103,8 +103,27 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
 }
 
+/// The kubernetes-validate release the deployment test was written against.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+
+/// PyPI's kubernetes-validate, with the Kubernetes API's schemas inside:
+/// the deployment test (kat-userspace/tests/deploy.rs) validates
+/// deploy/kubernetes against them, offline.
+fn kubernetes_validate() -> Result<()> {
+    let has = Command::new("python3")
+        .args(["-c", "import kubernetes_validate"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has {
+        return Ok(());
+    }
+    eprintln!("xtask: installing kubernetes-validate (PyPI)");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", KUBERNETES_VALIDATE]))
+}
+
 pub fn all() -> Result<()> {
     apt_packages()?;
+    kubernetes_validate()?;
     rust_src()?;
     musl_target()?;
     bpf_linker()
