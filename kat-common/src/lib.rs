@@ -326,6 +326,24 @@ pub struct OwnerRecord {
 pub const OWNER_RECORD_SIZE: usize = 32;
 const _: () = assert!(core::mem::size_of::<OwnerRecord>() == OWNER_RECORD_SIZE);
 
+/// One established connection as the connections iterator (`kat_conns`,
+/// over one network namespace's TCP sockets) writes it: whether keepalive
+/// is on and the idle setting in force.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnRecord {
+    /// `tp->keepalive_time` in jiffies; 0 means the namespace sysctl applies.
+    pub ka_time: u32,
+    /// The namespace's `net.ipv4.tcp_keepalive_time`, in jiffies.
+    pub sysctl_time: u32,
+    /// [`flag::KEEPOPEN`] when SO_KEEPALIVE is on.
+    pub flags: u8,
+    pub _pad: [u8; 7],
+}
+
+pub const CONN_RECORD_SIZE: usize = 16;
+const _: () = assert!(core::mem::size_of::<ConnRecord>() == CONN_RECORD_SIZE);
+
 /// Everything the programs are told at load time (one read-only global).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -23,8 +23,8 @@ use aya_ebpf::{
     },
 };
 use kat_common::{
-    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, Field, OwnerRecord, Record,
-    SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
+    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, ConnRecord, Field, OwnerRecord,
+    Record, SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
 };
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
@@ -162,6 +162,7 @@ const _: () = assert!(size_of::<SockState>().is_multiple_of(8));
 const _: () = assert!(size_of::<CloseKey>().is_multiple_of(8));
 const _: () = assert!(size_of::<CloseStats>().is_multiple_of(8));
 const _: () = assert!(size_of::<OwnerRecord>().is_multiple_of(8));
+const _: () = assert!(size_of::<ConnRecord>().is_multiple_of(8));
 
 #[inline(always)]
 fn port_wanted(sport: u16, dport: u16) -> bool {
@@ -874,6 +875,57 @@ pub extern "C" fn kat_owners(ctx: *mut c_void) -> i32 {
             seq as *mut _,
             (&out as *const OwnerRecord).cast::<c_void>(),
             size_of::<OwnerRecord>() as u32,
+        );
+    }
+    0
+}
+
+// --- the connections census: an iterator over a namespace's TCP sockets ---
+
+/// For each established connection (of `--port`) in the network namespace
+/// the reader opened the iterator in: keepalive on or off, and the idle
+/// setting in force. The context is `struct bpf_iter__tcp`: meta, then
+/// sk_common (NULL at the end), each in an 8-byte slot. Listeners, request
+/// and time-wait sockets are skipped by their state before anything of
+/// `tcp_sock` is read.
+#[no_mangle]
+#[link_section = "iter/tcp"]
+pub extern "C" fn kat_conns(ctx: *mut c_void) -> i32 {
+    let slots = ctx as *const u64;
+    let (meta, sk) = unsafe {
+        (
+            core::ptr::read_volatile(slots),
+            core::ptr::read_volatile(slots.add(1)),
+        )
+    };
+    if sk == 0 {
+        return 0;
+    }
+    let cfg = config();
+    let o = &cfg.offsets;
+    if read::<u8>(sk, &o.skc_state) != tcp_state::ESTABLISHED {
+        return 0;
+    }
+    let (sport, dport) = ports(sk);
+    if !port_wanted(sport, dport) {
+        return 0;
+    }
+    let mut out: ConnRecord = zeroed();
+    out.ka_time = read(sk, &o.tp_ka_time);
+    let net: u64 = read(sk, &o.skc_net);
+    if net != 0 {
+        out.sysctl_time = read(net, &o.net_ka_time);
+    }
+    let sk_flags: u64 = read(sk, &o.sk_flags);
+    if (sk_flags >> (cfg_u32(&cfg.keepopen_bit) & 63)) & 1 == 1 {
+        out.flags = flag::KEEPOPEN;
+    }
+    let seq: u64 = load(meta, &o.iter_meta_seq);
+    unsafe {
+        generated::bpf_seq_write(
+            seq as *mut _,
+            (&out as *const ConnRecord).cast::<c_void>(),
+            size_of::<ConnRecord>() as u32,
         );
     }
     0

@@ -366,7 +366,7 @@ fn netns_inode(path: &str) -> Option<u32> {
 
 /// A handle on the network namespace with this inode: a named one
 /// (/run/netns) or one a process lives in.
-fn open_netns(inode: u32) -> Option<OwnedFd> {
+pub fn open_netns(inode: u32) -> Option<OwnedFd> {
     let named = std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()

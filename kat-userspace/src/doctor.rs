@@ -45,6 +45,9 @@ struct Report {
     owners: &'static str,
     /// Why the iterator cannot load, where it cannot.
     owners_problem: Option<String>,
+    /// Why the connections census's tcp iterator cannot load (`kat record
+    /// --metrics`'s kat_connections), where it cannot; null: it loads.
+    connections_census_problem: Option<String>,
     /// sock_diag dumps both families in one walk (TCPDIAG_GETSOCK with
     /// AF_UNSPEC); false: one dump per family; null: no dump worked.
     one_dump_for_both_families: Option<bool>,
@@ -81,6 +84,7 @@ fn report() -> Report {
         lanes: Vec::new(),
         owners: "proc",
         owners_problem: None,
+        connections_census_problem: None,
         one_dump_for_both_families: crate::diag::Diag::one_walk_for_both_families().ok(),
         can_run: false,
         problem: None,
@@ -108,6 +112,9 @@ fn report() -> Report {
     match loader::probe_owner_iterator(&facts) {
         Ok(()) => r.owners = "iterator",
         Err(e) => r.owners_problem = Some(format!("{e:#}")),
+    }
+    if let Err(e) = loader::probe_conn_iterator(&facts) {
+        r.connections_census_problem = Some(format!("{e:#}"));
     }
     r.lanes = loader::choose(&LANES, |hook, lane| {
         r.attempts
@@ -188,6 +195,13 @@ fn text(r: &Report) -> String {
             match &r.owners_problem {
                 None => "task_file iterator in the kernel".into(),
                 Some(why) => format!("walk of /proc/*/fd (no iterator: {why})"),
+            },
+        );
+        line(
+            "connections census",
+            match &r.connections_census_problem {
+                None => "tcp iterator in the kernel".into(),
+                Some(why) => format!("none: kat_connections stays empty ({why})"),
             },
         );
         out.push_str(&format!("\n{:<18}", "hook"));

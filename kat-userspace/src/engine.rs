@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
+use aya::programs::Iter;
 use chrono::{DateTime, Utc};
 use tokio::time::Interval;
 
@@ -239,6 +240,12 @@ impl Engine {
     }
 
     /// Which lane each hook attached in.
+    /// The connections census's iterator and the kernel's HZ, once.
+    pub fn take_conns(&mut self) -> Option<(Iter, f64)> {
+        let hz = f64::from(self.loaded.hz);
+        self.loaded.conns.take().map(|iter| (iter, hz))
+    }
+
     pub fn lanes_text(&self) -> String {
         self.loaded.lanes_text()
     }

@@ -4,6 +4,7 @@
 pub mod at_risk;
 pub mod btf;
 pub mod closes;
+pub mod conns;
 pub mod demo;
 pub mod diag;
 pub mod doctor;

@@ -343,12 +343,34 @@ fn owner_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<Iter> {
     )?)
 }
 
+/// The iterator over a network namespace's TCP sockets that counts the
+/// connections and their keepalive settings (`kat record --metrics`).
+pub const CONN_ITERATOR: &str = "kat_conns";
+
+/// Loads the connections iterator and returns a handle of its own on it.
+/// Optional: where it cannot load (before 5.9), the gauges stay empty.
+fn conn_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<Iter> {
+    let program: &mut Iter = ebpf
+        .program_mut(CONN_ITERATOR)
+        .ok_or_else(|| anyhow!("program {CONN_ITERATOR} is missing from kat's eBPF object"))?
+        .try_into()?;
+    program
+        .load("tcp", btf)
+        .context("the kernel refused to load the tcp iterator")?;
+    Ok(Iter::from_program_info(
+        program.info()?,
+        CONN_ITERATOR.into(),
+    )?)
+}
+
 /// Loaded, attached programs and what userspace needs to read their records.
 pub struct Loaded {
     /// Keeps the programs attached: dropping it detaches them.
     pub ebpf: Ebpf,
     /// Where the owner index learns sockets' owners (taken by the engine).
     pub owners: Census,
+    /// The connections census's iterator, where the kernel loaded it.
+    pub conns: Option<Iter>,
     pub hz: u32,
     /// Kernel reset reasons by value; None on kernels without them.
     pub reset_reasons: Option<BTreeMap<u32, String>>,
@@ -523,8 +545,12 @@ pub fn load(opts: &Options) -> Result<Loaded> {
             Census::default()
         }
     };
+    let conns = conn_iterator(&mut ebpf, &btf)
+        .map_err(|e| log::info!("no connections census: {e:#}"))
+        .ok();
     Ok(Loaded {
         owners,
+        conns,
         ebpf,
         hz,
         reset_reasons,
@@ -576,6 +602,12 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
 pub fn probe_owner_iterator(facts: &KernelFacts) -> Result<()> {
     let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
     owner_iterator(&mut ebpf, &btf).map(drop)
+}
+
+/// Whether the connections iterator loads here (for `kat doctor`).
+pub fn probe_conn_iterator(facts: &KernelFacts) -> Result<()> {
+    let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
+    conn_iterator(&mut ebpf, &btf).map(drop)
 }
 
 #[cfg(test)]
@@ -652,6 +684,7 @@ mod tests {
     fn the_object_holds_only_programs_the_loader_attaches() {
         let mut asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
         asked.insert(OWNER_ITERATOR);
+        asked.insert(CONN_ITERATOR);
         let object = object();
         let unused: BTreeSet<&str> = object
             .programs

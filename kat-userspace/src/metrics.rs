@@ -17,9 +17,14 @@ use prometheus_client::registry::{Registry, Unit};
 
 use std::collections::HashSet;
 use std::hash::Hash;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
-use crate::event::{Closes, Event, What};
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
+
+use crate::conns::Census;
+use crate::event::{Closes, Event, Origin, What};
 use crate::source::LostCounts;
 use crate::workload::Workload;
 
@@ -144,6 +149,69 @@ fn idle_histogram() -> Histogram {
     Histogram::new(IDLE_BUCKETS)
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabels {
+    keepalive: String,
+    source: String,
+}
+
+/// A histogram of what is true now rather than of what happened: each
+/// census replaces it whole, so its buckets go down as well as up.
+#[derive(Debug, Clone)]
+pub struct Current(Arc<RwLock<Histogram>>);
+
+impl Current {
+    fn replace(&self, h: Histogram) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = h;
+    }
+}
+
+impl EncodeMetric for Current {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+/// The families the connections census sets (from its own thread).
+#[derive(Clone)]
+pub struct ConnGauges {
+    connections: Family<ConnLabels, Gauge>,
+    keepalive_idle: Current,
+}
+
+impl ConnGauges {
+    /// Publishes one census: every combination is set, to 0 when none.
+    pub fn publish(&self, census: &Census) {
+        for on in [true, false] {
+            for origin in [Origin::Socket, Origin::Sysctl] {
+                let n = census.counts.get(&(on, origin)).copied().unwrap_or(0);
+                self.connections
+                    .get_or_create(&ConnLabels {
+                        keepalive: if on { "on" } else { "off" }.into(),
+                        source: match origin {
+                            Origin::Socket => "socket",
+                            Origin::Sysctl => "sysctl",
+                        }
+                        .into(),
+                    })
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+        let h = idle_histogram();
+        for &s in &census.idle_s {
+            h.observe(s);
+        }
+        self.keepalive_idle.replace(h);
+    }
+}
+
 fn reason_overflow(l: ReasonLabel) -> ReasonLabel {
     ReasonLabel {
         owner: OwnerLabels::overflow(),
@@ -161,6 +229,7 @@ pub struct Metrics {
     idle_before_death: Family<ReasonLabel, Histogram, fn() -> Histogram>,
     idle_cap: Capped<ReasonLabel>,
     lost: Family<KindLabel, Counter>,
+    conns: ConnGauges,
 }
 
 /// Where kat runs, for `kat_build_info`.
@@ -184,6 +253,10 @@ impl Metrics {
             idle_before_death: Family::new_with_constructor(idle_histogram),
             idle_cap: Capped::new(max_label_sets),
             lost: Family::default(),
+            conns: ConnGauges {
+                connections: Family::default(),
+                keepalive_idle: Current(Arc::new(RwLock::new(idle_histogram()))),
+            },
         };
         let mut registry = Registry::default();
         registry.register(
@@ -213,6 +286,17 @@ impl Metrics {
             metrics.lost.clone(),
         );
         registry.register(
+            "kat_connections",
+            "Established connections at the last census, by SO_KEEPALIVE on or off and where their idle setting comes from (TCP_KEEPIDLE on the socket, or the namespace's sysctl)",
+            metrics.conns.connections.clone(),
+        );
+        registry.register_with_unit(
+            "kat_keepalive_idle",
+            "The keepalive idle time in force on each established connection with keepalive on, at the last census (not cumulative)",
+            Unit::Seconds,
+            metrics.conns.keepalive_idle.clone(),
+        );
+        registry.register(
             "kat_build",
             "kat's version, the kernel it runs on and the lane of each hook",
             Info::new(vec![
@@ -222,6 +306,11 @@ impl Metrics {
             ]),
         );
         (metrics, registry)
+    }
+
+    /// What the connections census sets.
+    pub fn conn_gauges(&self) -> ConnGauges {
+        self.conns.clone()
     }
 
     pub fn observe(&self, events: &[Event]) {

@@ -22,6 +22,7 @@ use sinks::Sinks;
 /// The journal's directory when neither --dir, --metrics nor --stdout is
 /// given.
 const DEFAULT_DIR: &str = "/var/lib/kat";
+use crate::conns;
 use crate::kernel;
 use crate::metrics::{server, Build, Metrics};
 use crate::source::LostCounts;
@@ -134,6 +135,16 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         tokio::spawn(server::serve(listener, Arc::new(registry)));
         metrics
     });
+    match (&metrics, engine.take_conns()) {
+        (Some(m), Some((iter, hz))) => {
+            let gauges = m.conn_gauges();
+            conns::start(iter, hz, move |census| gauges.publish(census));
+        }
+        (Some(_), None) => {
+            eprintln!("kat: this kernel has no TCP iterator (5.9 and later): kat_connections and kat_keepalive_idle_seconds stay empty");
+        }
+        _ => {}
+    }
     eprintln!(
         "kat: recording to {} on Linux {} ({}); SIGTERM or Ctrl-C to stop",
         journal.describe(limits),

@@ -434,8 +434,8 @@ fn kubernetes_manifests_pass_the_schema_validator() {
 // ---------------------------------------------------------------- Grafana
 
 /// The samples kat serves and the labels of each, from its own registry
-/// fed a death (with a kernel RST reason and a silence), an answered probe
-/// and losses, encoded as Prometheus reads it.
+/// fed a death (with a kernel RST reason and a silence), an answered probe,
+/// losses and a census of the connections, encoded as Prometheus reads it.
 fn served() -> BTreeMap<String, BTreeSet<String>> {
     use kat_userspace::event::{Reason, Silence, What};
     use kat_userspace::testkit::{addr, at, conn, death, event};
@@ -473,6 +473,13 @@ fn served() -> BTreeMap<String, BTreeSet<String>> {
         ..Default::default()
     }));
     metrics.observe(&[event(k, at(1.0), What::ProbeAnswered { probe: 1 }), died]);
+    // And one census of the connections open: one with keepalive on.
+    let mut census = kat_userspace::conns::Census::default();
+    census
+        .counts
+        .insert((true, kat_userspace::event::Origin::Socket), 1);
+    census.idle_s.push(60.0);
+    metrics.conn_gauges().publish(&census);
     let mut lost = kat_userspace::source::LostCounts::default();
     lost.by_kind[0] = 1;
     lost.skipped_runs = 1;
@@ -500,6 +507,8 @@ fn served() -> BTreeMap<String, BTreeSet<String>> {
         "kat_tcp_resets_sent_total",
         "kat_idle_before_death_seconds_bucket",
         "kat_events_lost_total",
+        "kat_connections",
+        "kat_keepalive_idle_seconds_bucket",
         "kat_build_info",
     ] {
         assert!(samples.contains_key(family), "{family} in\n{text}");

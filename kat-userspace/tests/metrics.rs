@@ -17,6 +17,10 @@ use serde_json::Value;
 
 const KEEPALIVE_DEATH_PORT: u16 = 6851;
 const ANSWERED_PORT: u16 = 6853;
+/// Held open on loopback for the census: keepalive on with TCP_KEEPIDLE
+/// 1234 s, and keepalive off.
+const HELD_PORT: u16 = 6855;
+const HELD_IDLE_S: u64 = 1234;
 
 fn kat_cmd() -> KatCmd {
     KatCmd {
@@ -120,6 +124,19 @@ impl Drop for Prometheus {
     }
 }
 
+/// A keepalive connection on loopback (TCP_KEEPIDLE `HELD_IDLE_S`) and
+/// its server's end (keepalive off), held until dropped.
+fn held_connections() -> (TcpListener, std::net::TcpStream, std::net::TcpStream) {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], HELD_PORT));
+    let listener = TcpListener::bind(addr).expect("listen");
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    kat_scenarios::net::keepalive(&s, HELD_IDLE_S, 60, 5);
+    s.connect(&addr.into()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    (listener, s.into(), server)
+}
+
 #[test]
 fn prometheus_scrapes_what_kat_saw() {
     if !kat_scenarios::root_or_skip() {
@@ -128,8 +145,10 @@ fn prometheus_scrapes_what_kat_saw() {
     let dir = tempfile::tempdir().expect("tempdir");
     let cmd = kat_cmd();
     let metrics = format!("127.0.0.1:{}", free_port());
-    let ports = [KEEPALIVE_DEATH_PORT, ANSWERED_PORT].map(|p| p.to_string());
-    let filter = ["--port", &ports[0], "--port", &ports[1]];
+    let ports = [KEEPALIVE_DEATH_PORT, ANSWERED_PORT, HELD_PORT].map(|p| p.to_string());
+    let filter = [
+        "--port", &ports[0], "--port", &ports[1], "--port", &ports[2],
+    ];
     let mut args = vec!["--metrics", metrics.as_str()];
     args.extend(filter);
     let journal = dir.path().join("journal");
@@ -161,6 +180,8 @@ fn prometheus_scrapes_what_kat_saw() {
         "{said}"
     );
 
+    let held = held_connections();
+
     kat_scenarios::vanished_peer_keepalive_timeout(&Lab::new(), &cmd, KEEPALIVE_DEATH_PORT);
     kat_scenarios::healthy_probes_answered(&Lab::new(), &cmd, ANSWERED_PORT);
     // Two scrapes after the last event.
@@ -179,6 +200,29 @@ fn prometheus_scrapes_what_kat_saw() {
         prometheus.one(r#"kat_idle_before_death_seconds_count{reason="keepalive_timeout"}"#),
     ];
     let build = prometheus.query("kat_build_info");
+    // The census (every 10 s) counts the held connections: the client with
+    // keepalive on and its own idle setting, the server's end without.
+    let census_deadline = Instant::now() + Duration::from_secs(30);
+    let on_socket = r#"kat_connections{keepalive="on",source="socket"}"#;
+    while prometheus.one(on_socket) < 1.0 {
+        assert!(
+            Instant::now() < census_deadline,
+            "no census counted the held connection"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        prometheus.one(r#"kat_connections{keepalive="off",source="sysctl"}"#) >= 1.0,
+        "the server's end, keepalive off"
+    );
+    let idle_between = prometheus.one(
+        r#"kat_keepalive_idle_seconds_bucket{le="1800.0"} - ignoring(le) kat_keepalive_idle_seconds_bucket{le="900.0"}"#,
+    );
+    assert_eq!(
+        idle_between, 1.0,
+        "one connection with an idle of {HELD_IDLE_S} s"
+    );
+    drop(held);
     let (status, _, _) = recorder.stop();
     assert!(status.success());
 

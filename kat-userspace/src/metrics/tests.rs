@@ -231,3 +231,37 @@ fn thousands_of_pods_stop_at_the_cap_and_the_rest_count_as_overflow() {
         "{t}"
     );
 }
+
+#[test]
+fn a_census_sets_the_connection_gauges_and_replaces_the_idle_histogram() {
+    let (metrics, registry) = Metrics::new(&build(), 1000);
+    let gauges = metrics.conn_gauges();
+    let mut census = crate::conns::Census::default();
+    census
+        .counts
+        .insert((true, crate::event::Origin::Socket), 2);
+    census
+        .counts
+        .insert((false, crate::event::Origin::Sysctl), 5);
+    census.idle_s = vec![60.0, 400.0];
+    gauges.publish(&census);
+    let t = text(&registry);
+    for line in [
+        r#"kat_connections{keepalive="on",source="socket"} 2"#,
+        r#"kat_connections{keepalive="on",source="sysctl"} 0"#,
+        r#"kat_connections{keepalive="off",source="sysctl"} 5"#,
+        r#"kat_keepalive_idle_seconds_count 2"#,
+        r#"kat_keepalive_idle_seconds_bucket{le="60.0"} 1"#,
+        r#"kat_keepalive_idle_seconds_bucket{le="600.0"} 2"#,
+    ] {
+        assert!(has(&t, line), "no {line} in\n{t}");
+    }
+    // The next census replaces the last: nothing is summed across them.
+    gauges.publish(&crate::conns::Census::default());
+    let t = text(&registry);
+    assert!(has(&t, "kat_keepalive_idle_seconds_count 0"), "{t}");
+    assert!(
+        has(&t, r#"kat_connections{keepalive="on",source="socket"} 0"#),
+        "{t}"
+    );
+}
