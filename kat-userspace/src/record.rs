@@ -132,7 +132,11 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         if let Ok(addr) = listener.local_addr() {
             eprintln!("kat: metrics on http://{addr}/metrics");
         }
-        tokio::spawn(server::serve(listener, Arc::new(registry)));
+        tokio::spawn(server::serve(
+            listener,
+            Arc::new(registry),
+            server::CONNECTION_TIMEOUT,
+        ));
         metrics
     });
     match (&metrics, engine.take_conns()) {

@@ -1,11 +1,13 @@
 //! The scrape endpoint: `GET /metrics` (OpenMetrics text) and
 //! `GET /healthz`; 404 for any other path, 405 for any other method.
 //! Each connection is a task of its own, so a slow scraper never holds up
-//! the live loop.
+//! the live loop, and lives at most `CONNECTION_TIMEOUT`: a client that
+//! connects and stalls costs its own connection for that long, no more.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
@@ -15,6 +17,10 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+
+/// A scrape connection is closed after this long, whatever it is doing
+/// (Prometheus opens a new one when it needs to).
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; charset=utf-8";
@@ -40,8 +46,8 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener> {
         .with_context(|| format!("cannot serve metrics on {addr}"))
 }
 
-/// Serves until the runtime ends.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+/// Serves until the runtime ends; each connection for at most `timeout`.
+pub async fn serve(listener: TcpListener, registry: Arc<Registry>, timeout: Duration) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -56,11 +62,12 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 let reply = respond(req.method(), req.uri().path(), &registry);
                 async move { Ok::<_, Infallible>(reply) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                log::debug!("metrics: connection: {e}");
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(timeout, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::debug!("metrics: connection: {e}"),
+                Err(_) => log::debug!("metrics: a connection outlived {timeout:?}: closed"),
             }
         });
     }

@@ -265,3 +265,58 @@ fn a_census_sets_the_connection_gauges_and_replaces_the_idle_histogram() {
         "{t}"
     );
 }
+
+/// Everything a plain HTTP/1.1 client reads for `request` on `addr`.
+async fn fetch(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.expect("read");
+    reply
+}
+
+#[tokio::test]
+async fn stalled_clients_cost_their_own_connections_for_a_while_only() {
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let (_metrics, registry) = Metrics::new(&build(), 1000);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let timeout = Duration::from_millis(500);
+    tokio::spawn(super::server::serve(
+        listener,
+        std::sync::Arc::new(registry),
+        timeout,
+    ));
+    // A hundred clients that send half a request and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metr").await.expect("write");
+        stalled.push(s);
+    }
+    // A scrape beside them is answered at once.
+    let reply = tokio::time::timeout(
+        Duration::from_secs(2),
+        fetch(
+            addr,
+            "GET /metrics HTTP/1.1\r\nHost: kat\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await
+    .expect("a scrape beside stalled clients is answered");
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("kat_build_info"), "{reply}");
+    // And the stalled ones are closed once their time is up.
+    for s in &mut stalled {
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(timeout * 4, s.read(&mut buf))
+            .await
+            .expect("closed by the server in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "nothing but the close");
+    }
+}
