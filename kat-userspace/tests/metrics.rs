@@ -4,15 +4,17 @@
 //! kat wrote in its journal.
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+mod prometheus;
 
 use kat_scenarios::kat::Kat;
 use kat_scenarios::netns::Lab;
 use kat_scenarios::KatCmd;
 use kat_userspace::journal::reader::read_dir;
 use kat_userspace::journal::Entry;
+use prometheus::{free_port, Prometheus};
 use serde_json::Value;
 
 const KEEPALIVE_DEATH_PORT: u16 = 6851;
@@ -29,98 +31,12 @@ fn kat_cmd() -> KatCmd {
     }
 }
 
-/// A loopback port free now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// The Prometheus server, stopped when dropped.
-struct Prometheus {
-    child: Child,
-    api: String,
-}
-
-impl Prometheus {
-    /// Scraping `target` every second; ready when its API says so.
-    fn start(dir: &Path, target: &str) -> Self {
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kat\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .expect("prometheus.yml");
-        let listen = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian's package, installed by cargo xtask setup)");
-        let prometheus = Prometheus {
-            child,
-            api: format!("http://{listen}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while ureq::get(format!("{}/-/ready", prometheus.api))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "prometheus not ready in 60 s");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        prometheus
-    }
-
-    /// An instant query's result: label set → value.
-    fn query(&self, q: &str) -> Vec<(Value, f64)> {
-        let body = ureq::get(format!("{}/api/v1/query", self.api))
-            .query("query", q)
-            .call()
-            .expect("query")
-            .body_mut()
-            .read_to_string()
-            .expect("body");
-        let v: Value = serde_json::from_str(&body).expect("JSON");
-        assert_eq!(v["status"], "success", "{v}");
-        v["data"]["result"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|r| {
-                let value = r["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN);
-                (r["metric"].clone(), value)
-            })
-            .collect()
-    }
-
-    /// The value of a query with one result (0 with none).
-    fn one(&self, q: &str) -> f64 {
-        match self.query(q).as_slice() {
-            [] => 0.0,
-            [(_, v)] => *v,
-            many => panic!("{q}: more than one result: {many:?}"),
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// The value of a query with one result (0 with none).
+fn one(prometheus: &Prometheus, q: &str) -> f64 {
+    match prometheus.query(q).as_slice() {
+        [] => 0.0,
+        [(_, v)] => *v,
+        many => panic!("{q}: more than one result: {many:?}"),
     }
 }
 
@@ -188,23 +104,33 @@ fn prometheus_scrapes_what_kat_saw() {
     std::thread::sleep(Duration::from_millis(2500));
 
     let deaths_by_reason = |reason: &str| {
-        prometheus.one(&format!(
-            r#"kat_connection_deaths_total{{reason="{reason}"}}"#
-        ))
+        one(
+            &prometheus,
+            &format!(r#"kat_connection_deaths_total{{reason="{reason}"}}"#),
+        )
     };
     let scraped = [
         deaths_by_reason("keepalive_timeout"),
         deaths_by_reason("peer_reset"),
-        prometheus.one(r#"kat_keepalive_probes_total{outcome="answered"}"#),
-        prometheus.one(r#"kat_keepalive_probes_total{outcome="unanswered"}"#),
-        prometheus.one(r#"kat_idle_before_death_seconds_count{reason="keepalive_timeout"}"#),
+        one(
+            &prometheus,
+            r#"kat_keepalive_probes_total{outcome="answered"}"#,
+        ),
+        one(
+            &prometheus,
+            r#"kat_keepalive_probes_total{outcome="unanswered"}"#,
+        ),
+        one(
+            &prometheus,
+            r#"kat_idle_before_death_seconds_count{reason="keepalive_timeout"}"#,
+        ),
     ];
     let build = prometheus.query("kat_build_info");
     // The census (every 10 s) counts the held connections: the client with
     // keepalive on and its own idle setting, the server's end without.
     let census_deadline = Instant::now() + Duration::from_secs(30);
     let on_socket = r#"kat_connections{keepalive="on",source="socket"}"#;
-    while prometheus.one(on_socket) < 1.0 {
+    while one(&prometheus, on_socket) < 1.0 {
         assert!(
             Instant::now() < census_deadline,
             "no census counted the held connection"
@@ -212,10 +138,14 @@ fn prometheus_scrapes_what_kat_saw() {
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(
-        prometheus.one(r#"kat_connections{keepalive="off",source="sysctl"}"#) >= 1.0,
+        one(
+            &prometheus,
+            r#"kat_connections{keepalive="off",source="sysctl"}"#
+        ) >= 1.0,
         "the server's end, keepalive off"
     );
-    let idle_between = prometheus.one(
+    let idle_between = one(
+        &prometheus,
         r#"kat_keepalive_idle_seconds_bucket{le="1800.0"} - ignoring(le) kat_keepalive_idle_seconds_bucket{le="900.0"}"#,
     );
     assert_eq!(

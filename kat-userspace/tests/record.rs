@@ -1,7 +1,12 @@
 //! `kat record` on the running kernel, read back by `kat report`: while
-//! the scenario suite of `kat trace` runs, after SIGTERM and after kill -9,
+//! the scenario suite of `kat trace` runs (with a real Prometheus server
+//! scraping its metrics every second), after SIGTERM and after kill -9,
 //! and with a size cap small enough to rotate every second; and its lines
 //! on stdout for a log shipper.
+
+mod prometheus;
+
+use std::collections::BTreeMap;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -51,7 +56,10 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let recorder = Kat::record(&kat_cmd(), dir.path(), &[]);
+    let metrics = format!("127.0.0.1:{}", prometheus::free_port());
+    let recorder = Kat::record(&kat_cmd(), dir.path(), &["--metrics", &metrics]);
+    let prometheus_dir = tempfile::tempdir().expect("tempdir");
+    let prometheus = prometheus::Prometheus::start(prometheus_dir.path(), &metrics);
     // A second kat traces everything alongside: the journal must say what it said.
     let cmd = kat_cmd();
     let reference = Kat::trace(&cmd, &["--all"], &[]);
@@ -62,7 +70,20 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         let run = std::panic::catch_unwind(|| scenario(&Lab::new(), &cmd, port));
         assert!(run.is_ok(), "scenario {name} failed");
     }
-    std::thread::sleep(Duration::from_secs(1));
+    // Two scrapes after the last event.
+    std::thread::sleep(Duration::from_millis(2500));
+    let by = |q: &str, label: &str| -> BTreeMap<String, f64> {
+        prometheus
+            .query(q)
+            .into_iter()
+            .map(|(m, v)| (m[label].as_str().unwrap_or_default().to_string(), v))
+            .collect()
+    };
+    let scraped_deaths = by(
+        r#"sum by (reason) (kat_connection_deaths_total{reason!="closed"})"#,
+        "reason",
+    );
+    let scraped_probes = by("sum by (outcome) (kat_keepalive_probes_total)", "outcome");
     let (_, traced, _) = reference.stop();
     let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
     assert!(status.success(), "kat record: {status} {stderr:#?}");
@@ -70,6 +91,48 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         stderr.iter().any(|l| l.starts_with("kat: recorded ")),
         "{stderr:#?}"
     );
+
+    // Prometheus says what the journal says: deaths by reason, probes
+    // answered and unanswered (orderly closes come as the kernel's
+    // aggregates, on their own schedule: not compared).
+    let mut journal_deaths: BTreeMap<String, f64> = BTreeMap::new();
+    let mut journal_probes: BTreeMap<String, f64> = BTreeMap::new();
+    for entry in read_dir(dir.path()).expect("the journal").entries {
+        let Entry::Event(ev) = entry else { continue };
+        let v = serde_json::to_value(&ev).expect("JSON");
+        let count = |m: &mut BTreeMap<String, f64>, k: &str, n: f64| {
+            if n > 0.0 {
+                *m.entry(k.to_string()).or_default() += n;
+            }
+        };
+        match v["type"].as_str() {
+            Some("death") => {
+                let reason = v["reason"].as_str().unwrap_or_default();
+                if reason != "closed" {
+                    count(&mut journal_deaths, reason, 1.0);
+                }
+                let unanswered = v["unanswered_probes"].as_f64().unwrap_or(0.0);
+                count(&mut journal_probes, "unanswered", unanswered);
+            }
+            Some("probe_answered") => {
+                count(
+                    &mut journal_probes,
+                    "answered",
+                    v["probe"].as_f64().unwrap_or(0.0),
+                );
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        scraped_deaths, journal_deaths,
+        "deaths by reason: Prometheus, journal"
+    );
+    assert_eq!(
+        scraped_probes, journal_probes,
+        "probes: Prometheus, journal"
+    );
+    drop(prometheus);
 
     let suite_ports = SUITE_PORT..SUITE_PORT + 2 * kat_scenarios::SCENARIOS.len() as u16;
     let in_suite = |v: &Value| {
