@@ -58,7 +58,7 @@ const TCPI_LAST_ACK_RECV: usize = 56;
 /// 100 000 connections, parsing every one was most of a snapshot's cost
 /// though a few hundred have keepalive on.
 #[derive(Debug, Clone, Copy, Default)]
-struct Keep<'a> {
+pub(crate) struct Keep<'a> {
     /// Only sockets whose keepalive timer is pending.
     keepalive_only: bool,
     /// Only sockets with one of these ports at either end (all when empty).
@@ -66,6 +66,13 @@ struct Keep<'a> {
 }
 
 impl Keep<'_> {
+    /// Every socket the reply lists.
+    #[cfg(test)]
+    pub(crate) const ALL: Keep<'static> = Keep {
+        keepalive_only: false,
+        ports: &[],
+    };
+
     /// `msg` is the payload after the netlink header.
     fn keeps(&self, msg: &[u8]) -> bool {
         // family, state, timer, retrans, then the ports, big-endian.
@@ -194,7 +201,7 @@ fn row(resp: &InetResponse, retrans: u8) -> Row {
 
 /// How a reply's messages ended.
 #[derive(Debug, PartialEq, Eq)]
-enum End {
+pub(crate) enum End {
     /// More messages to receive.
     More,
     /// NLMSG_DONE or an ACK.
@@ -207,7 +214,7 @@ enum End {
 /// wants. A socket in a reply to TCPDIAG_GETSOCK is the same
 /// `inet_diag_msg` under the old type: it is retyped in place so that the
 /// sock_diag crate parses it.
-fn parse(buf: &mut [u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
+pub(crate) fn parse(buf: &mut [u8], rows: &mut Vec<Row>, keep: Keep) -> Result<End> {
     let mut offset = 0;
     while offset < buf.len() {
         let Some(&[l0, l1, l2, l3, t0, t1, ..]) = buf.get(offset..offset + NLMSG_HDRLEN) else {

@@ -103,7 +103,9 @@ pub fn kallsyms() -> Result<Kallsyms> {
 
 pub fn keepalive_timer_address(kallsyms: &Kallsyms) -> Result<u64> {
     match kallsyms.address("tcp_keepalive_timer") {
-        Some(0) => bail!("/proc/kallsyms hides addresses (kernel.kptr_restrict): run kat as root"),
+        Some(0) => bail!(
+            "/proc/kallsyms hides addresses (kernel.kptr_restrict): kat needs root with CAP_SYSLOG to read them"
+        ),
         Some(addr) => Ok(addr),
         None => bail!("tcp_keepalive_timer is not in /proc/kallsyms"),
     }
@@ -163,20 +165,99 @@ pub fn monotonic_now_ns() -> u64 {
 /// kat loads eBPF programs and reads kernel addresses: that takes root
 /// (CAP_BPF + CAP_PERFMON + CAP_SYS_ADMIN in practice).
 pub fn require_root(command: &str) -> Result<()> {
-    if nix::unistd::geteuid().is_root() {
-        Ok(())
-    } else {
-        Err(crate::exit::Failure::NotRoot(format!(
+    if !nix::unistd::geteuid().is_root() {
+        return Err(crate::exit::Failure::NotRoot(format!(
             "kat {command} needs root (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN to load \
              eBPF programs and read kernel symbols): try `sudo kat {command}`"
         ))
-        .into())
+        .into());
     }
+    let Some(effective) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| effective_caps(&s))
+    else {
+        return Ok(());
+    };
+    let (missing, degraded) = caps_check(effective);
+    if !missing.is_empty() {
+        return Err(crate::exit::Failure::NotRoot(format!(
+            "kat {command} runs as root without {}: it needs CAP_BPF and CAP_PERFMON \
+             (or CAP_SYS_ADMIN) to load its programs (docs/deploy.md)",
+            missing.join(" and ")
+        ))
+        .into());
+    }
+    for (cap, what) in degraded {
+        eprintln!("kat: without {cap}, {what} (docs/deploy.md)");
+    }
+    Ok(())
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The effective capability set in /proc/self/status.
+fn effective_caps(status: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+}
+
+/// What an effective set lacks that kat cannot start without, and what
+/// it lacks that makes kat see less (each with what it costs).
+fn caps_check(effective: u64) -> (Vec<&'static str>, Vec<(&'static str, &'static str)>) {
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    let admin = has(CAP_SYS_ADMIN);
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) && !admin {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !admin {
+        missing.push("CAP_PERFMON");
+    }
+    let mut degraded = Vec::new();
+    if !admin {
+        degraded.push((
+            "CAP_SYS_ADMIN",
+            "owners come from a walk of /proc and answers in other network namespaces come late",
+        ));
+    }
+    if !has(CAP_SYS_PTRACE) {
+        degraded.push((
+            "CAP_SYS_PTRACE",
+            "the network namespaces of other users' processes stay out of sight",
+        ));
+    }
+    (missing, degraded)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capabilities_missing_and_wanting_are_named() {
+        let caps = |list: &[u32]| list.iter().fold(0u64, |m, c| m | 1 << c);
+        let full = caps(&[CAP_BPF, CAP_PERFMON, 34, CAP_SYS_ADMIN, CAP_SYS_PTRACE]);
+        assert_eq!(caps_check(full), (vec![], vec![]));
+        assert_eq!(caps_check(u64::MAX).0, Vec::<&str>::new());
+        // Before 5.8, CAP_SYS_ADMIN stands for both.
+        assert!(caps_check(caps(&[CAP_SYS_ADMIN, CAP_SYS_PTRACE]))
+            .0
+            .is_empty());
+        let (missing, degraded) = caps_check(caps(&[CAP_BPF]));
+        assert_eq!(missing, ["CAP_PERFMON"]);
+        let wanting: Vec<&str> = degraded.iter().map(|(c, _)| *c).collect();
+        assert_eq!(wanting, ["CAP_SYS_ADMIN", "CAP_SYS_PTRACE"]);
+        assert_eq!(
+            effective_caps("Name:\tkat\nCapPrm:\t0\nCapEff:\t000001c000200000\n"),
+            Some(caps(&[CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF, 40]))
+        );
+        assert_eq!(effective_caps("CapEff:\tzz\n"), None);
+    }
 
     #[test]
     fn finds_text_symbols_only_by_exact_name() {

@@ -11,6 +11,8 @@ pub mod doctor;
 pub mod engine;
 pub mod event;
 pub mod exit;
+#[cfg(test)]
+mod hostile;
 pub mod journal;
 pub mod kernel;
 pub mod loader;

@@ -53,6 +53,38 @@ fn not_root_names_the_missing_privilege() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// `kat trace` as root with only `caps` (setpriv, as a container or a
+/// systemd unit bounds them).
+fn trace_with_only(caps: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .arg("--inh-caps=-all")
+        .arg(format!("--bounding-set=-all,{caps}"))
+        .arg(env!("CARGO_BIN_EXE_kat"))
+        .args(["trace", "--port", "6699"])
+        .output()
+        .expect("setpriv")
+}
+
+#[test]
+fn missing_capabilities_are_named() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let o = trace_with_only("+bpf,+syslog");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("without CAP_PERFMON"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Enough to load, not to read kernel symbols: named when it matters,
+    // and what the others would have given is said first.
+    let o = trace_with_only("+bpf,+perfmon");
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("CAP_SYSLOG"), "{err}");
+    assert!(err.contains("without CAP_SYS_ADMIN"), "{err}");
+    assert!(err.contains("without CAP_SYS_PTRACE"), "{err}");
+}
+
 #[test]
 fn doctor_reports_the_lanes_and_whether_kat_can_run() {
     if !kat_scenarios::root_or_skip() {
