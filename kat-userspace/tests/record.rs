@@ -124,6 +124,7 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
             _ => {}
         }
     }
+    assert!(journal_deaths.len() >= 6, "{journal_deaths:?}");
     assert_eq!(
         scraped_deaths, journal_deaths,
         "deaths by reason: Prometheus, journal"
