@@ -161,7 +161,10 @@ impl Engine {
         loop {
             let step = tokio::select! {
                 batch = self.source.next_batch() => {
-                    let mut msgs: Vec<Msg> = batch.into_iter().map(Msg::Record).collect();
+                    // Two clock reads: cheap enough for every batch, so a
+                    // wall-clock step dates the events after it at once.
+                    let mut msgs = vec![Msg::WallClock(kernel::monotonic_to_realtime_ns())];
+                    msgs.extend(batch.into_iter().map(Msg::Record));
                     msgs.push(Msg::Tick(kernel::monotonic_now_ns()));
                     Step::Events(self.feed(msgs))
                 }
@@ -288,11 +291,13 @@ fn release_startup_memory() {
     }
 }
 
-/// SIGINT and SIGTERM, caught from before kat says it has started: a stop
-/// sent right after that line must end kat cleanly, not kill it.
+/// SIGINT, SIGTERM and SIGHUP (the terminal closed), caught from before
+/// kat says it has started: a stop sent right after that line must end kat
+/// cleanly, not kill it, and `kat demo` must remove its lab.
 pub struct StopSignals {
     interrupt: Signal,
     terminate: Signal,
+    hangup: Signal,
 }
 
 impl StopSignals {
@@ -300,14 +305,16 @@ impl StopSignals {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("cannot catch SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot catch SIGTERM")?,
+            hangup: signal(SignalKind::hangup()).context("cannot catch SIGHUP")?,
         })
     }
 
-    /// Resolves at the first SIGINT or SIGTERM.
+    /// Resolves at the first SIGINT, SIGTERM or SIGHUP.
     pub async fn recv(&mut self) {
         tokio::select! {
             _ = self.interrupt.recv() => {}
             _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
         }
     }
 }

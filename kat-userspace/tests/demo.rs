@@ -1,7 +1,9 @@
 //! `kat demo` end to end in a real terminal (tmux): the dashboard shows a
 //! probing connection, a keepalive_timeout death and a death through the
 //! NAT marked `middlebox?`; key a shows the path learnt and a keepalive
-//! too slow for it; q quits with 0, and no namespace is left.
+//! too slow for it; q quits with 0, and no namespace is left. A second
+//! demo whose terminal is closed (SIGHUP) ends and leaves none either; a
+//! third killed hard leaves its lab, which the fourth clears as it starts.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -88,4 +90,68 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
         "kat demo's exit code"
     );
     assert_eq!(demo_namespaces(), 0, "the demo left namespaces behind");
+
+    // A demo whose terminal closes (SIGHUP) removes its lab and ends too.
+    let term = Terminal::start("kat-e2e-hup", &command, 120, 40);
+    wait_for_screen(&term, "the dashboard", Duration::from_secs(60), |screen| {
+        screen.contains("kat top")
+    });
+    assert!(demo_namespaces() > 0, "the second demo built no lab");
+    drop(term);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while demo_namespaces() > 0 || demos_running() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "after its terminal closed: {} demo namespaces, {} kat demo processes",
+            demo_namespaces(),
+            demos_running()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A demo killed hard leaves its lab; the next one clears it and starts.
+    let term = Terminal::start("kat-e2e-kill", &command, 120, 40);
+    wait_for_screen(&term, "the dashboard", Duration::from_secs(60), |screen| {
+        screen.contains("kat top")
+    });
+    for pid in demo_pids() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    assert_eq!(
+        term.exit_code(Duration::from_secs(10)),
+        "137",
+        "killed by SIGKILL"
+    );
+    let left = demo_namespaces();
+    assert!(left > 0, "a demo killed hard cannot clean up");
+    let term = Terminal::start("kat-e2e-next", &command, 120, 40);
+    wait_for_screen(&term, "the dashboard", Duration::from_secs(60), |screen| {
+        screen.contains("kat top")
+    });
+    assert_eq!(demo_namespaces(), left, "the same lab, built anew");
+    term.keys("q");
+    assert_eq!(term.exit_code(Duration::from_secs(30)), "0");
+    assert_eq!(demo_namespaces(), 0, "the demo left namespaces behind");
+}
+
+fn demos_running() -> usize {
+    demo_pids().len()
+}
+
+/// `kat demo` processes of this test's kat.
+fn demo_pids() -> Vec<nix::unistd::Pid> {
+    let kat = env!("CARGO_BIN_EXE_kat");
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            (args.first().is_some_and(|a| *a == kat.as_bytes())
+                && args.get(1) == Some(&&b"demo"[..]))
+            .then(|| nix::unistd::Pid::from_raw(pid))
+        })
+        .collect()
 }
