@@ -33,6 +33,9 @@ pub enum Msg {
     },
     /// Monotonic time now, in ns.
     Tick(u64),
+    /// CLOCK_REALTIME − CLOCK_MONOTONIC now, ns: the wall clock was set
+    /// (NTP, `date -s`) or is being slewed. Events after it are dated by it.
+    WallClock(i128),
 }
 
 /// What the tracker needs to know about the kernel.
@@ -328,6 +331,7 @@ impl Tracker {
                     }
                 }
             }
+            Msg::WallClock(offset_ns) => self.realtime_offset_ns = offset_ns,
             Msg::Tick(now) => {
                 let due: Vec<u64> = self
                     .socks

@@ -712,3 +712,20 @@ fn the_paths_remembered_are_bounded() {
     }
     assert_eq!(t.survived.len(), PATHS_KEPT);
 }
+
+#[test]
+fn a_wall_clock_step_dates_the_events_after_it_by_the_new_clock() {
+    let mut t = tracker();
+    let first = feed(&mut t, [timer(10.0, 0, 1)]);
+    // The wall clock is set an hour back between two probes.
+    let back = 1_700_000_000_000_000_000 - 3_600 * 1_000_000_000;
+    t.update(Msg::WallClock(back));
+    let second = feed(&mut t, [timer(11.0, 1, 2)]);
+    let (a, b) = (first[0].ts, second[0].ts);
+    assert_eq!((a - b).num_milliseconds(), 3_600_000 - 1_000, "{a} {b}");
+    assert_eq!(
+        b.timestamp_nanos_opt(),
+        Some((back + 11_000_000_000) as i64),
+        "11 s of monotonic time on the new wall clock"
+    );
+}
