@@ -48,6 +48,38 @@ fn story(v: &Value) -> String {
     }
 }
 
+/// Deaths by reason (orderly closes aside: they come as the kernel's
+/// aggregates, on their own schedule) and probes answered and unanswered,
+/// as the journal in `dir` has them so far.
+fn journal_counts(dir: &Path) -> (BTreeMap<String, f64>, BTreeMap<String, f64>) {
+    let (mut deaths, mut probes) = (BTreeMap::new(), BTreeMap::new());
+    let count = |m: &mut BTreeMap<String, f64>, k: &str, n: f64| {
+        if n > 0.0 {
+            *m.entry(k.to_string()).or_default() += n;
+        }
+    };
+    let entries = read_dir(dir).map(|j| j.entries).unwrap_or_default();
+    for entry in entries {
+        let Entry::Event(ev) = entry else { continue };
+        let v = serde_json::to_value(&ev).expect("JSON");
+        match v["type"].as_str() {
+            Some("death") => {
+                let reason = v["reason"].as_str().unwrap_or_default();
+                if reason != "closed" {
+                    count(&mut deaths, reason, 1.0);
+                }
+                let unanswered = v["unanswered_probes"].as_f64().unwrap_or(0.0);
+                count(&mut probes, "unanswered", unanswered);
+            }
+            Some("probe_answered") => {
+                count(&mut probes, "answered", v["probe"].as_f64().unwrap_or(0.0));
+            }
+            _ => {}
+        }
+    }
+    (deaths, probes)
+}
+
 const SUITE_PORT: u16 = 6801;
 
 #[test]
@@ -70,8 +102,10 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         let run = std::panic::catch_unwind(|| scenario(&Lab::new(), &cmd, port));
         assert!(run.is_ok(), "scenario {name} failed");
     }
-    // Two scrapes after the last event.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_secs(1));
+    // Prometheus says what the journal says (deaths by reason, probes
+    // answered and unanswered), both read while kat still records: the
+    // last events reach the journal and a scrape within a second or two.
     let by = |q: &str, label: &str| -> BTreeMap<String, f64> {
         prometheus
             .query(q)
@@ -79,11 +113,27 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
             .map(|(m, v)| (m[label].as_str().unwrap_or_default().to_string(), v))
             .collect()
     };
-    let scraped_deaths = by(
-        r#"sum by (reason) (kat_connection_deaths_total{reason!="closed"})"#,
-        "reason",
-    );
-    let scraped_probes = by("sum by (outcome) (kat_keepalive_probes_total)", "outcome");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let journal = journal_counts(dir.path());
+        let scraped = (
+            by(
+                r#"sum by (reason) (kat_connection_deaths_total{reason!="closed"})"#,
+                "reason",
+            ),
+            by("sum by (outcome) (kat_keepalive_probes_total)", "outcome"),
+        );
+        if scraped == journal {
+            assert!(journal.0.len() >= 6, "{journal:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deaths by reason and probes, Prometheus {scraped:?}, journal {journal:?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    drop(prometheus);
     let (_, traced, _) = reference.stop();
     let (status, _, stderr) = recorder.stop_with(Signal::SIGTERM);
     assert!(status.success(), "kat record: {status} {stderr:#?}");
@@ -91,49 +141,6 @@ fn the_journal_of_the_scenario_suite_names_every_death_and_its_timeline() {
         stderr.iter().any(|l| l.starts_with("kat: recorded ")),
         "{stderr:#?}"
     );
-
-    // Prometheus says what the journal says: deaths by reason, probes
-    // answered and unanswered (orderly closes come as the kernel's
-    // aggregates, on their own schedule: not compared).
-    let mut journal_deaths: BTreeMap<String, f64> = BTreeMap::new();
-    let mut journal_probes: BTreeMap<String, f64> = BTreeMap::new();
-    for entry in read_dir(dir.path()).expect("the journal").entries {
-        let Entry::Event(ev) = entry else { continue };
-        let v = serde_json::to_value(&ev).expect("JSON");
-        let count = |m: &mut BTreeMap<String, f64>, k: &str, n: f64| {
-            if n > 0.0 {
-                *m.entry(k.to_string()).or_default() += n;
-            }
-        };
-        match v["type"].as_str() {
-            Some("death") => {
-                let reason = v["reason"].as_str().unwrap_or_default();
-                if reason != "closed" {
-                    count(&mut journal_deaths, reason, 1.0);
-                }
-                let unanswered = v["unanswered_probes"].as_f64().unwrap_or(0.0);
-                count(&mut journal_probes, "unanswered", unanswered);
-            }
-            Some("probe_answered") => {
-                count(
-                    &mut journal_probes,
-                    "answered",
-                    v["probe"].as_f64().unwrap_or(0.0),
-                );
-            }
-            _ => {}
-        }
-    }
-    assert!(journal_deaths.len() >= 6, "{journal_deaths:?}");
-    assert_eq!(
-        scraped_deaths, journal_deaths,
-        "deaths by reason: Prometheus, journal"
-    );
-    assert_eq!(
-        scraped_probes, journal_probes,
-        "probes: Prometheus, journal"
-    );
-    drop(prometheus);
 
     let suite_ports = SUITE_PORT..SUITE_PORT + 2 * kat_scenarios::SCENARIOS.len() as u16;
     let in_suite = |v: &Value| {
