@@ -834,6 +834,20 @@ fn count_close(key: &CloseKey, lifetime: Option<u64>) {
 
 // --- the owner index: an iterator over every process's open files ---
 
+/// Writes one record to the reader of the iterator whose context's meta
+/// is `meta` (the helper wants `meta->seq`).
+#[inline(always)]
+fn seq_write<T>(meta: u64, record: &T) {
+    let seq: u64 = load(meta, &config().offsets.iter_meta_seq);
+    unsafe {
+        generated::bpf_seq_write(
+            seq as *mut _,
+            (record as *const T).cast::<c_void>(),
+            size_of::<T>() as u32,
+        );
+    }
+}
+
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 
@@ -868,15 +882,7 @@ pub extern "C" fn kat_owners(ctx: *mut c_void) -> i32 {
     out.ino = load(inode, &o.inode_ino);
     out.pid = load(task, &o.task_tgid);
     out.comm = load(task, &o.task_comm);
-    // meta->seq, as the helper wants it.
-    let seq: u64 = load(meta, &o.iter_meta_seq);
-    unsafe {
-        generated::bpf_seq_write(
-            seq as *mut _,
-            (&out as *const OwnerRecord).cast::<c_void>(),
-            size_of::<OwnerRecord>() as u32,
-        );
-    }
+    seq_write(meta, &out);
     0
 }
 
@@ -920,14 +926,7 @@ pub extern "C" fn kat_conns(ctx: *mut c_void) -> i32 {
     if (sk_flags >> (cfg_u32(&cfg.keepopen_bit) & 63)) & 1 == 1 {
         out.flags = flag::KEEPOPEN;
     }
-    let seq: u64 = load(meta, &o.iter_meta_seq);
-    unsafe {
-        generated::bpf_seq_write(
-            seq as *mut _,
-            (&out as *const ConnRecord).cast::<c_void>(),
-            size_of::<ConnRecord>() as u32,
-        );
-    }
+    seq_write(meta, &out);
     0
 }
 

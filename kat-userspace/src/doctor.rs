@@ -109,11 +109,11 @@ fn report() -> Report {
             return r;
         }
     }
-    match loader::probe_owner_iterator(&facts) {
+    match loader::probe_iterator(&facts, &loader::OWNER_ITERATOR) {
         Ok(()) => r.owners = "iterator",
         Err(e) => r.owners_problem = Some(format!("{e:#}")),
     }
-    if let Err(e) = loader::probe_conn_iterator(&facts) {
+    if let Err(e) = loader::probe_iterator(&facts, &loader::CONN_ITERATOR) {
         r.connections_census_problem = Some(format!("{e:#}"));
     }
     r.lanes = loader::choose(&LANES, |hook, lane| {

@@ -323,44 +323,39 @@ pub struct Attempt {
     pub error: Option<String>,
 }
 
-/// The iterator over every process's files that finds sockets' owners.
-pub const OWNER_ITERATOR: &str = "kat_owners";
-
-/// Loads the owner iterator and returns a handle of its own on it, which
-/// the owner walker's thread keeps (each walk attaches and reads it).
-/// Optional: where it cannot load, owners come from a walk of /proc.
-fn owner_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<Iter> {
-    let program: &mut Iter = ebpf
-        .program_mut(OWNER_ITERATOR)
-        .ok_or_else(|| anyhow!("program {OWNER_ITERATOR} is missing from kat's eBPF object"))?
-        .try_into()?;
-    program
-        .load("task_file", btf)
-        .context("the kernel refused to load the task_file iterator")?;
-    Ok(Iter::from_program_info(
-        program.info()?,
-        OWNER_ITERATOR.into(),
-    )?)
+/// One of kat's iterator programs: its name in the object and the kernel
+/// object it iterates over.
+pub struct IterProgram {
+    pub name: &'static str,
+    target: &'static str,
 }
 
-/// The iterator over a network namespace's TCP sockets that counts the
-/// connections and their keepalive settings (`kat record --metrics`).
-pub const CONN_ITERATOR: &str = "kat_conns";
+/// Every process's files: finds sockets' owners. Where it cannot load,
+/// owners come from a walk of /proc.
+pub const OWNER_ITERATOR: IterProgram = IterProgram {
+    name: "kat_owners",
+    target: "task_file",
+};
 
-/// Loads the connections iterator and returns a handle of its own on it.
-/// Optional: where it cannot load (before 5.9), the gauges stay empty.
-fn conn_iterator(ebpf: &mut Ebpf, btf: &Btf) -> Result<Iter> {
+/// A network namespace's TCP sockets: counts the connections and their
+/// keepalive settings (`kat record --metrics`). Where it cannot load
+/// (before 5.9), the gauges stay empty.
+pub const CONN_ITERATOR: IterProgram = IterProgram {
+    name: "kat_conns",
+    target: "tcp",
+};
+
+/// Loads an iterator and returns a handle of its own on it, which the
+/// thread that runs it keeps (each run attaches and reads it).
+fn iterator(ebpf: &mut Ebpf, btf: &Btf, it: &IterProgram) -> Result<Iter> {
     let program: &mut Iter = ebpf
-        .program_mut(CONN_ITERATOR)
-        .ok_or_else(|| anyhow!("program {CONN_ITERATOR} is missing from kat's eBPF object"))?
+        .program_mut(it.name)
+        .ok_or_else(|| anyhow!("program {} is missing from kat's eBPF object", it.name))?
         .try_into()?;
     program
-        .load("tcp", btf)
-        .context("the kernel refused to load the tcp iterator")?;
-    Ok(Iter::from_program_info(
-        program.info()?,
-        CONN_ITERATOR.into(),
-    )?)
+        .load(it.target, btf)
+        .with_context(|| format!("the kernel refused to load the {} iterator", it.target))?;
+    Ok(Iter::from_program_info(program.info()?, it.name.into())?)
 }
 
 /// Loaded, attached programs and what userspace needs to read their records.
@@ -538,14 +533,14 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     if let Some(&hook) = missing(&lanes).first() {
         return Err(unsupported(cannot_hook(hook, forced, &attempts)));
     }
-    let owners = match owner_iterator(&mut ebpf, &btf) {
+    let owners = match iterator(&mut ebpf, &btf, &OWNER_ITERATOR) {
         Ok(iter) => Census::Kernel(Box::new(iter)),
         Err(e) => {
             log::info!("socket owners from a walk of /proc: {e:#}");
             Census::default()
         }
     };
-    let conns = conn_iterator(&mut ebpf, &btf)
+    let conns = iterator(&mut ebpf, &btf, &CONN_ITERATOR)
         .map_err(|e| log::info!("no connections census: {e:#}"))
         .ok();
     Ok(Loaded {
@@ -598,16 +593,10 @@ pub fn probe_all(facts: &KernelFacts) -> Result<Vec<Attempt>> {
     Ok(attempts)
 }
 
-/// For `kat doctor`: whether the owner iterator loads here.
-pub fn probe_owner_iterator(facts: &KernelFacts) -> Result<()> {
+/// For `kat doctor`: whether an iterator loads here.
+pub fn probe_iterator(facts: &KernelFacts, it: &IterProgram) -> Result<()> {
     let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
-    owner_iterator(&mut ebpf, &btf).map(drop)
-}
-
-/// Whether the connections iterator loads here (for `kat doctor`).
-pub fn probe_conn_iterator(facts: &KernelFacts) -> Result<()> {
-    let (mut ebpf, btf) = open(&facts.config, RING_BYTES)?;
-    conn_iterator(&mut ebpf, &btf).map(drop)
+    iterator(&mut ebpf, &btf, it).map(drop)
 }
 
 #[cfg(test)]
@@ -671,7 +660,7 @@ mod tests {
         let object = object();
         let program = object
             .programs
-            .get(OWNER_ITERATOR)
+            .get(OWNER_ITERATOR.name)
             .expect("the owner iterator is in kat's eBPF object");
         assert!(
             matches!(program.section, ProgramSection::Iter { sleepable: false }),
@@ -683,8 +672,8 @@ mod tests {
     #[test]
     fn the_object_holds_only_programs_the_loader_attaches() {
         let mut asked: BTreeSet<&str> = table().iter().map(|p| p.name).collect();
-        asked.insert(OWNER_ITERATOR);
-        asked.insert(CONN_ITERATOR);
+        asked.insert(OWNER_ITERATOR.name);
+        asked.insert(CONN_ITERATOR.name);
         let object = object();
         let unused: BTreeSet<&str> = object
             .programs
