@@ -116,6 +116,11 @@ impl Kat {
         }
     }
 
+    /// kat's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Waits for an event matching `pred`, keeping every event seen.
     pub fn wait_for(
         &mut self,

@@ -105,14 +105,12 @@ pub fn take(iter: &mut Iter, hz: f64) -> Census {
 /// `publish`.
 pub fn start(mut iter: Iter, hz: f64, publish: impl Fn(&Census) + Send + 'static) {
     // Not joined: it ends with kat.
-    std::thread::Builder::new()
-        .name("kat-conns".into())
-        .spawn(move || loop {
-            publish(&take(&mut iter, hz));
-            std::thread::sleep(EVERY);
-        })
-        .map_err(|e| log::warn!("cannot start the connections census: {e}"))
-        .ok();
+    crate::privilege::spawn("kat-conns", move || loop {
+        publish(&take(&mut iter, hz));
+        std::thread::sleep(EVERY);
+    })
+    .map_err(|e| log::warn!("cannot start the connections census: {e}"))
+    .ok();
 }
 
 #[cfg(test)]

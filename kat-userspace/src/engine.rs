@@ -22,6 +22,7 @@ use crate::event::{Closes, Event};
 use crate::kernel;
 use crate::loader::{self, Lane, Loaded};
 use crate::owner::{Index, Owner, Owners};
+use crate::privilege;
 use crate::source::{LostCounts, Source};
 use crate::tracker::{Msg, Setup, Tracker};
 use crate::workload::Attributor;
@@ -46,6 +47,10 @@ pub struct Selection {
     /// in a pod with the node's directories mounted there).
     #[arg(long, value_name = "PATH", default_value = "/")]
     pub host_root: PathBuf,
+    /// Once attached, run as this user (as `tcpdump -Z`), keeping only the
+    /// capabilities kat still uses (docs/deploy.md).
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -68,6 +73,7 @@ impl Default for Selection {
             lane: None,
             ring_size: loader::RING_BYTES,
             host_root: PathBuf::from("/"),
+            user: None,
         }
     }
 }
@@ -119,6 +125,8 @@ pub struct Wants {
 impl Engine {
     /// Loads and attaches. SIGINT and SIGTERM are caught from here on.
     pub fn start(selection: &Selection, wants: Wants) -> Result<Self> {
+        // Before the first thread: each settles to the plan as it starts.
+        privilege::plan(selection.user.as_deref())?;
         let diag = Worker::start(selection.ports.clone());
         if wants.snapshot {
             diag.ask_snapshot(Ask::default());

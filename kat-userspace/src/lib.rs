@@ -19,6 +19,7 @@ pub mod loader;
 pub mod metrics;
 pub mod misses;
 pub mod owner;
+pub mod privilege;
 pub mod record;
 pub mod report;
 pub mod source;

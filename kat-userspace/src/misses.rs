@@ -69,17 +69,15 @@ impl Misses {
             Arc::clone(&misses.orderly_closes),
             Arc::clone(&misses.anything),
         );
-        std::thread::Builder::new()
-            .name("kat-misses".into())
-            .spawn(move || {
-                while Arc::strong_count(&anything) > 1 {
-                    std::thread::sleep(EVERY);
-                    orderly_closes.store(total(&closes), Ordering::Relaxed);
-                    anything.store(total(&others), Ordering::Relaxed);
-                }
-            })
-            .map_err(|e| log::warn!("cannot start the skipped-run counter: {e}"))
-            .ok();
+        crate::privilege::spawn("kat-misses", move || {
+            while Arc::strong_count(&anything) > 1 {
+                std::thread::sleep(EVERY);
+                orderly_closes.store(total(&closes), Ordering::Relaxed);
+                anything.store(total(&others), Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| log::warn!("cannot start the skipped-run counter: {e}"))
+        .ok();
         misses
     }
 

@@ -254,11 +254,11 @@ impl Index {
         });
         let worker = Arc::clone(&shared);
         // Not joined: a walk in progress must not delay kat's exit.
-        std::thread::Builder::new()
-            .name("kat-owners".into())
-            .spawn(move || walker(&worker, census, attributor, timing))
-            .map_err(|e| log::warn!("cannot start the owner walker: {e}"))
-            .ok();
+        crate::privilege::spawn("kat-owners", move || {
+            walker(&worker, census, attributor, timing)
+        })
+        .map_err(|e| log::warn!("cannot start the owner walker: {e}"))
+        .ok();
         Self { shared, timing }
     }
 

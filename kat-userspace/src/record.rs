@@ -17,6 +17,7 @@ use crate::event::{Event, Lost};
 use crate::exit::Failure;
 use crate::journal::writer::Limits;
 use crate::journal::{Header, FORMAT};
+use crate::privilege;
 use sinks::Sinks;
 
 /// The journal's directory when neither --dir, --metrics nor --stdout is
@@ -120,6 +121,10 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         (None, false) => Some(PathBuf::from(DEFAULT_DIR)),
     };
     let mut journal = Sinks::open(dir.as_deref(), limits, args.stdout, header)?;
+    if let Some(dir) = &dir {
+        privilege::hand_over(dir)?;
+    }
+    privilege::settle()?;
     let metrics = listener.map(|listener| {
         let (metrics, registry) = Metrics::new(
             &Build {

@@ -10,6 +10,7 @@ use crate::at_risk::{self, DEFAULT_IDLE_OVER};
 use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
+use crate::privilege;
 use crate::source::LostCounts;
 use crate::text;
 
@@ -158,6 +159,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
             ..Wants::default()
         },
     )?;
+    privilege::settle()?;
     let mut out = Output {
         args,
         lost_shown: 0,

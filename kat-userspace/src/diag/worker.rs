@@ -54,11 +54,11 @@ impl Worker {
         let (answers_tx, answers) = unbounded_channel();
         let (snapshots_tx, snapshots) = unbounded_channel();
         // Not joined: it ends when the loop's side of the channels goes.
-        std::thread::Builder::new()
-            .name("kat-sock-diag".into())
-            .spawn(move || run(&inbox, &answers_tx, &snapshots_tx, &ports))
-            .map_err(|e| log::warn!("cannot start the sock_diag worker: {e}"))
-            .ok();
+        crate::privilege::spawn("kat-sock-diag", move || {
+            run(&inbox, &answers_tx, &snapshots_tx, &ports)
+        })
+        .map_err(|e| log::warn!("cannot start the sock_diag worker: {e}"))
+        .ok();
         Self {
             requests,
             answers,

@@ -215,6 +215,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
             ..Wants::default()
         },
     )?;
+    crate::privilege::settle()?;
     let mut model = Model::new(
         nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
