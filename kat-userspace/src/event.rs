@@ -357,7 +357,8 @@ pub struct Lost {
     /// All kinds together.
     pub count: u64,
     /// By kind of record (`timer_run`, `reset_sent`, `reset_received`,
-    /// `death`, `destroy`, `closed`); journals before kat 0.2 have none.
+    /// `death`, `destroy`, `closed`, `skipped_run`; `journal` in `kat
+    /// record`: not written); journals before kat 0.2 have none.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub by_kind: BTreeMap<String, u64>,
 }

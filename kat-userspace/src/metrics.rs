@@ -15,7 +15,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -25,7 +25,6 @@ use prometheus_client::metrics::MetricType;
 
 use crate::conns::Census;
 use crate::event::{Closes, Event, Origin, What};
-use crate::source::LostCounts;
 use crate::workload::Workload;
 
 /// Seconds: the idle timeouts middleboxes commonly have (AWS NLB 350 s,
@@ -378,9 +377,10 @@ impl Metrics {
     }
 
     /// The kernel's loss counts so far (they only grow).
-    pub fn lost(&self, lost: &LostCounts) {
-        for (kind, n) in lost.by_kind() {
-            let counter = self.lost.get_or_create(&KindLabel { kind });
+    /// Records lost by kind, counted since kat started.
+    pub fn lost(&self, by_kind: &BTreeMap<String, u64>) {
+        for (kind, &n) in by_kind {
+            let counter = self.lost.get_or_create(&KindLabel { kind: kind.clone() });
             let seen = counter.get();
             if n > seen {
                 counter.inc_by(n - seen);

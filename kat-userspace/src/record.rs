@@ -173,6 +173,8 @@ pub async fn run(args: RecordArgs) -> Result<()> {
                 Step::Stop => break,
             },
             _ = batches.tick() => {
+                // A batch the journal could not write is told in the next.
+                push_lost(&mut journal, &engine.lost(), metrics.as_ref(), &mut lost_written)?;
                 journal.flush()?;
                 continue;
             }
@@ -182,12 +184,15 @@ pub async fn run(args: RecordArgs) -> Result<()> {
             }
         };
         recorded += push(&mut journal, &events)?;
-        let lost = engine.lost();
         if let Some(m) = &metrics {
             m.observe(&events);
-            m.lost(&lost);
         }
-        push_lost(&mut journal, &lost, &mut lost_written)?;
+        push_lost(
+            &mut journal,
+            &engine.lost(),
+            metrics.as_ref(),
+            &mut lost_written,
+        )?;
         if journal.pending() >= BATCH_BYTES {
             journal.flush()?;
         }
@@ -201,7 +206,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     push_closes(&mut journal, &mut engine, metrics.as_ref())?;
     push_closes(&mut journal, &mut engine, metrics.as_ref())?;
     let lost = engine.lost_now();
-    push_lost(&mut journal, &lost, &mut lost_written)?;
+    push_lost(&mut journal, &lost, metrics.as_ref(), &mut lost_written)?;
     journal.flush()?;
     eprintln!(
         "kat: recorded {recorded} events; {}{}",
@@ -211,14 +216,30 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     Ok(())
 }
 
-/// A `lost` line when the kernel's count grew since the last one.
-fn push_lost(journal: &mut Sinks, lost: &LostCounts, written: &mut u64) -> Result<()> {
-    if lost.total() > *written {
-        *written = lost.total();
+/// A `lost` line when the count grew since the last one: records the
+/// kernel could not hand over, and (kind `journal`) those the journal
+/// could not write.
+fn push_lost(
+    journal: &mut Sinks,
+    lost: &LostCounts,
+    metrics: Option<&Metrics>,
+    written: &mut u64,
+) -> Result<()> {
+    let mut by_kind = lost.by_kind();
+    let unwritten = journal.unwritten();
+    if unwritten > 0 {
+        by_kind.insert("journal".into(), unwritten);
+    }
+    if let Some(m) = metrics {
+        m.lost(&by_kind);
+    }
+    let count = lost.total() + unwritten;
+    if count > *written {
+        *written = count;
         journal.push(&Lost {
             ts: Utc::now(),
-            count: lost.total(),
-            by_kind: lost.by_kind(),
+            count,
+            by_kind,
         })?;
     }
     Ok(())

@@ -483,7 +483,7 @@ fn served() -> BTreeMap<String, BTreeSet<String>> {
     let mut lost = kat_userspace::source::LostCounts::default();
     lost.by_kind[0] = 1;
     lost.skipped_runs = 1;
-    metrics.lost(&lost);
+    metrics.lost(&lost.by_kind());
 
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode the registry");

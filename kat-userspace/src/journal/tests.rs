@@ -58,7 +58,7 @@ fn what_is_written_reads_back_the_same() {
         by_kind: [("closed".to_string(), 12)].into(),
     };
     w.push(&lost).expect("push");
-    w.flush().expect("flush");
+    assert_eq!(w.flush(), None);
 
     let j = reader::read_dir(dir.path()).expect("read");
     assert!(j.problems.is_empty(), "{:?}", j.problems);
@@ -77,6 +77,48 @@ fn what_is_written_reads_back_the_same() {
 }
 
 #[test]
+fn a_journal_directory_removed_under_kat_is_made_anew() {
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("journal");
+    let limits = Limits::new(1 << 20, None).expect("limits");
+    let mut w = Writer::open(&dir, limits, header()).expect("open");
+    w.push(&probe(1.0, 40000, 1)).expect("push");
+    assert_eq!(w.flush(), None);
+    std::fs::remove_dir_all(&dir).expect("rm");
+
+    w.push(&probe(2.0, 40000, 2)).expect("push");
+    let notice = w.flush().expect("told");
+    assert!(notice.contains("was removed under kat"), "{notice}");
+    let j = reader::read_dir(&dir).expect("read");
+    assert_eq!(events(&j), [&probe(2.0, 40000, 2)]);
+    assert_eq!(w.unwritten, 0);
+    // Told once: the next batch goes on quietly.
+    w.push(&probe(3.0, 40000, 3)).expect("push");
+    assert_eq!(w.flush(), None);
+
+    // A directory that cannot be made: counted, told once, then back.
+    std::fs::remove_dir_all(&dir).expect("rm");
+    std::fs::write(&dir, b"a file in the way").expect("file");
+    for ts in [4.0, 5.0] {
+        w.push(&probe(ts, 40000, 1)).expect("push");
+    }
+    let notice = w.flush().expect("told");
+    assert!(notice.contains("counted as unwritten"), "{notice}");
+    w.push(&probe(6.0, 40000, 1)).expect("push");
+    assert_eq!(w.flush(), None, "told once");
+    assert_eq!(w.unwritten, 3);
+    std::fs::remove_file(&dir).expect("rm");
+    w.push(&probe(7.0, 40000, 1)).expect("push");
+    let notice = w.flush().expect("told");
+    assert!(
+        notice.contains("again; 3 records could not be written"),
+        "{notice}"
+    );
+    let j = reader::read_dir(&dir).expect("read");
+    assert_eq!(events(&j), [&probe(7.0, 40000, 1)]);
+}
+
+#[test]
 fn files_rotate_and_the_oldest_go_over_the_cap() {
     let dir = tempfile::tempdir().expect("tempdir");
     let limits = Limits::new(4 * 4096, Some(4096)).expect("limits");
@@ -87,7 +129,7 @@ fn files_rotate_and_the_oldest_go_over_the_cap() {
             n += 1;
             w.push(&probe(f64::from(batch), n, 1)).expect("push");
         }
-        w.flush().expect("flush");
+        assert_eq!(w.flush(), None);
     }
     let files = files(dir.path()).expect("files");
     let total: u64 = files.iter().map(|(_, _, size)| size).sum();
@@ -125,7 +167,7 @@ fn a_new_start_never_appends_to_an_old_file() {
     let mut second = Writer::open(dir.path(), limits, header()).expect("open");
     assert_ne!(second.path(), first_path);
     second.push(&probe(1.0, 1, 1)).expect("push");
-    second.flush().expect("flush");
+    assert_eq!(second.flush(), None);
     let j = reader::read_dir(dir.path()).expect("read");
     assert_eq!(j.files.len(), 2);
     assert_eq!(events(&j).len(), 1);

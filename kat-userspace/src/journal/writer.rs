@@ -3,6 +3,11 @@
 //! batch in flight and never leaves half a record behind a complete one.
 //! Every start opens a new file; files rotate at `file_size` and the oldest
 //! go when the directory's journal passes `max_size`.
+//!
+//! A journal that cannot be written (disk full, directory removed or made
+//! read-only) never stops kat: the batch is counted as unwritten, the
+//! trouble is told once, and every later batch tries again (a removed
+//! directory is made anew).
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -70,6 +75,10 @@ pub struct Writer {
     line_ends: Vec<usize>,
     pub files_opened: u64,
     pub files_removed: u64,
+    /// Records that could not be written.
+    pub unwritten: u64,
+    /// What stops the journal now, told once when it starts.
+    trouble: Option<String>,
 }
 
 /// Creates the directory (0700) when missing.
@@ -115,6 +124,8 @@ impl Writer {
             line_ends: Vec::new(),
             files_opened: 1,
             files_removed: 0,
+            unwritten: 0,
+            trouble: None,
         };
         w.enforce_cap()?;
         Ok(w)
@@ -134,9 +145,11 @@ impl Writer {
             ..header.clone()
         })?;
         line.push(b'\n');
-        file.write_all(&line)
-            .and_then(|()| file.sync_data())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        if let Err(e) = file.write_all(&line).and_then(|()| file.sync_data()) {
+            // Not left behind half made: the next try makes it again.
+            let _ = fs::remove_file(&path);
+            return Err(e).with_context(|| format!("cannot write {}", path.display()));
+        }
         // The new name must survive a power cut too.
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -167,12 +180,76 @@ impl Writer {
         self.batch.len()
     }
 
-    /// Writes the batch, whole lines only, rotating as files fill up; then
-    /// syncs and drops the oldest files over the cap.
-    pub fn flush(&mut self) -> Result<()> {
+    /// Writes the batch; what could not be written is counted in
+    /// `unwritten`. Returns what to tell when the journal's state changed:
+    /// trouble began, the file was made anew, writing works again.
+    pub fn flush(&mut self) -> Option<String> {
         // Taken: a failed batch is not retried into the next file.
         let batch = std::mem::take(&mut self.batch);
         let ends = std::mem::take(&mut self.line_ends);
+        let renewed = match self.renew_if_gone() {
+            Ok(renewed) => renewed,
+            Err(e) => return self.failed(ends.len(), &e),
+        };
+        match self.write_batch(&batch, &ends) {
+            Ok(()) => {}
+            Err((written, e)) => return self.failed(ends.len() - written, &e),
+        }
+        if let Err(e) = self.enforce_cap() {
+            return self.failed(0, &e);
+        }
+        match (self.trouble.take(), renewed) {
+            (Some(_), _) => Some(format!(
+                "writing {} again; {} records could not be written",
+                self.current.path.display(),
+                self.unwritten
+            )),
+            (None, Some(gone)) => Some(format!(
+                "{gone} was removed under kat: now writing {}",
+                self.current.path.display()
+            )),
+            (None, None) => None,
+        }
+    }
+
+    /// Counts `lines` as unwritten; tells the trouble when it is new.
+    fn failed(&mut self, lines: usize, e: &anyhow::Error) -> Option<String> {
+        self.unwritten += lines as u64;
+        let told = self.trouble.is_some();
+        self.trouble = Some(format!("{e:#}"));
+        (!told).then(|| {
+            format!(
+                "{e:#}: records are counted as unwritten until the journal can be written again"
+            )
+        })
+    }
+
+    /// When the file kat writes is no longer in the directory (the
+    /// directory or the file was removed), makes both anew: writes to the
+    /// old one would go nowhere. Returns the old file's path then.
+    fn renew_if_gone(&mut self) -> Result<Option<String>> {
+        use std::os::unix::fs::MetadataExt as _;
+        let open = self
+            .current
+            .file
+            .metadata()
+            .context("cannot stat the journal file")?;
+        let named = fs::metadata(&self.current.path);
+        if named.is_ok_and(|m| (m.dev(), m.ino()) == (open.dev(), open.ino())) {
+            return Ok(None);
+        }
+        make_dir(&self.dir)?;
+        self._lock = lock(&self.dir)?;
+        let next = Self::create(&self.dir, self.next_seq, &self.header)?;
+        self.next_seq += 1;
+        self.files_opened += 1;
+        let old = std::mem::replace(&mut self.current, next);
+        Ok(Some(old.path.display().to_string()))
+    }
+
+    /// Writes the batch, whole lines only, rotating as files fill up; then
+    /// syncs. On failure, how many lines were written before it.
+    fn write_batch(&mut self, batch: &[u8], ends: &[usize]) -> Result<(), (usize, anyhow::Error)> {
         let (mut start, mut i) = (0, 0);
         while i < ends.len() {
             let room = self.limits.file_size.saturating_sub(self.current.size) as usize;
@@ -182,22 +259,23 @@ impl Writer {
             }
             if j == i {
                 if !self.current.fresh {
-                    self.rotate()?;
+                    self.rotate().map_err(|e| (i, e))?;
                     continue;
                 }
                 // A line longer than a whole file gets a file of its own.
                 j = i + 1;
             }
             let end = ends[j - 1];
-            self.write(&batch[start..end])?;
+            self.write(&batch[start..end]).map_err(|e| (i, e))?;
             (start, i) = (end, j);
         }
         if start > 0 {
-            self.current
-                .file
-                .sync_data()
-                .with_context(|| format!("cannot sync {}", self.current.path.display()))?;
-            self.enforce_cap()?;
+            self.current.file.sync_data().map_err(|e| {
+                // Written but perhaps not kept: told, not counted.
+                let e = anyhow::Error::new(e)
+                    .context(format!("cannot sync {}", self.current.path.display()));
+                (ends.len(), e)
+            })?;
         }
         Ok(())
     }

@@ -107,19 +107,22 @@ fn deaths_probes_resets_and_silences_are_counted_by_reason() {
 #[test]
 fn losses_follow_the_kernel_counts_and_closes_count_as_closed() {
     let (metrics, registry) = Metrics::new(&build(), 1000);
-    let mut lost = LostCounts::default();
+    let mut lost = crate::source::LostCounts::default();
     lost.by_kind[kat_common::kind::CLOSED as usize] = 5;
-    metrics.lost(&lost);
+    metrics.lost(&lost.by_kind());
     lost.by_kind[kat_common::kind::CLOSED as usize] = 8;
     lost.skipped_runs = 1;
-    metrics.lost(&lost);
-    metrics.lost(&lost);
+    let mut by_kind = lost.by_kind();
+    by_kind.insert("journal".into(), 3);
+    metrics.lost(&by_kind);
+    metrics.lost(&by_kind);
     let t = text(&registry);
     assert!(has(&t, r#"kat_events_lost_total{kind="closed"} 8"#), "{t}");
     assert!(
         has(&t, r#"kat_events_lost_total{kind="skipped_run"} 1"#),
         "{t}"
     );
+    assert!(has(&t, r#"kat_events_lost_total{kind="journal"} 3"#), "{t}");
 }
 
 #[test]

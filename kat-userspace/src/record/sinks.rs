@@ -72,10 +72,12 @@ impl Sinks {
         self.journal.as_ref().map_or(0, Writer::pending)
     }
 
-    /// Writes out what waits, everywhere.
+    /// Writes out what waits, everywhere; tells on stderr when the
+    /// journal's state changed (a journal that cannot be written never
+    /// stops kat). Only stdout failing is an error.
     pub fn flush(&mut self) -> Result<()> {
-        if let Some(journal) = &mut self.journal {
-            journal.flush()?;
+        if let Some(notice) = self.journal.as_mut().and_then(Writer::flush) {
+            eprintln!("kat: journal: {notice}");
         }
         if let Some(out) = &mut self.stdout {
             out.flush().context("cannot write to stdout")?;
@@ -83,13 +85,18 @@ impl Sinks {
         Ok(())
     }
 
+    /// Records the journal could not keep.
+    pub fn unwritten(&self) -> u64 {
+        self.journal.as_ref().map_or(0, |j| j.unwritten)
+    }
+
     /// The journal's files, for the last line: `3 files opened, 1 removed
     /// for the size cap, `; nothing without a journal.
     pub fn files_text(&self) -> String {
         self.journal.as_ref().map_or(String::new(), |j| {
             format!(
-                "{} files opened, {} removed for the size cap, ",
-                j.files_opened, j.files_removed
+                "{} files opened, {} removed for the size cap, {} records unwritten, ",
+                j.files_opened, j.files_removed, j.unwritten
             )
         })
     }

@@ -71,7 +71,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
     if s.lost > 0 {
         let _ = writeln!(
             out,
-            "Lost      {} records (the kernel's ring buffer was full): the counts may be short",
+            "Lost      {} records (a ring buffer was full, or the journal could not be written): the counts may be short",
             s.lost
         );
     }
