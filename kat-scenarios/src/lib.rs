@@ -11,6 +11,7 @@ pub mod nat;
 pub mod net;
 pub mod netns;
 pub mod ns;
+pub mod soak;
 pub mod spawn;
 pub mod tmux;
 
@@ -742,6 +743,9 @@ pub fn keepalive_death_during_churn(net: &dyn Net, kat_cmd: &KatCmd, port: u16) 
         per_second: (2000.0 / net.slack()) as u32,
         max: 200_000,
         max_time: secs(30.0 * net.slack()),
+        keepalive: None,
+        hold: Duration::ZERO,
+        abort_every: 0,
     })
     .expect("churn");
     let listener = net.listen(addr(net, port));

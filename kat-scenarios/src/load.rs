@@ -4,6 +4,7 @@
 //! share of them. Both ends live in network namespaces given by name
 //! (`/run/netns/NAME`), e.g. a [`crate::netns::Lab`]'s.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,9 +53,10 @@ pub fn nofile_hard() -> u64 {
         .map_or(1024, |(_, hard)| hard)
 }
 
-/// What `churn` does: `per_second` connections to `server`, each closed
-/// (orderly) right after it is accepted, until `max` connections or
-/// `max_time`, whichever comes first.
+/// What `churn` does: `per_second` connections to `server`, each held
+/// `hold` by both ends (the server's a little longer, so the client closes
+/// first) and then closed, every `abort_every`-th with a RST (0: none),
+/// until `max` connections or `max_time`, whichever comes first.
 #[derive(Debug, Clone)]
 pub struct ChurnSpec {
     pub client_ns: Option<String>,
@@ -63,6 +65,29 @@ pub struct ChurnSpec {
     pub per_second: u32,
     pub max: u64,
     pub max_time: Duration,
+    /// (idle, interval, count) on the client's end.
+    pub keepalive: Option<(u64, u64, u32)>,
+    pub hold: Duration,
+    pub abort_every: u64,
+}
+
+/// How much longer the server holds its end than the client.
+const SERVER_LINGERS: Duration = Duration::from_millis(500);
+
+/// Connections held until their time is up.
+struct Held(VecDeque<(Instant, TcpStream, bool)>);
+
+impl Held {
+    /// Closes those whose time is up, with a RST where asked.
+    fn release(&mut self, now: Instant) {
+        while self.0.front().is_some_and(|(until, _, _)| *until <= now) {
+            if let Some((_, s, abort)) = self.0.pop_front() {
+                if abort {
+                    let _ = ns::abort(s);
+                }
+            }
+        }
+    }
 }
 
 /// A running churn generator; stops (and joins its threads) on drop.
@@ -80,10 +105,15 @@ pub fn churn(spec: ChurnSpec) -> io::Result<Churn> {
     let deadline = Instant::now() + spec.max_time;
     let accepting = {
         let stop = stop.clone();
+        let hold = spec.hold + SERVER_LINGERS;
         std::thread::spawn(move || {
+            let mut held = Held(VecDeque::new());
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                held.release(Instant::now());
                 // A timeout or a failed accept: look at the clock again.
-                drop(listener.accept());
+                if let Ok((s, _)) = listener.accept() {
+                    held.0.push_back((Instant::now() + hold, s, false));
+                }
             }
         })
     };
@@ -95,6 +125,7 @@ pub fn churn(spec: ChurnSpec) -> io::Result<Churn> {
             }
             let started = Instant::now();
             let gap = Duration::from_secs(1) / spec.per_second.max(1);
+            let mut held = Held(VecDeque::new());
             let mut n = 0u64;
             while n < spec.max && !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 // Paced against the start, so a slow connect is caught up.
@@ -102,11 +133,13 @@ pub fn churn(spec: ChurnSpec) -> io::Result<Churn> {
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
-                if let Ok(s) = TcpStream::connect_timeout(&spec.server, Duration::from_secs(1)) {
-                    drop(s);
+                held.release(Instant::now());
+                n += 1;
+                if let Ok(s) = ns::connect(spec.server, spec.keepalive, Duration::from_secs(1)) {
+                    let abort = spec.abort_every > 0 && n.is_multiple_of(spec.abort_every);
+                    held.0.push_back((Instant::now() + spec.hold, s, abort));
                     made.fetch_add(1, Ordering::Relaxed);
                 }
-                n += 1;
             }
         })
     };

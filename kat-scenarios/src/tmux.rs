@@ -31,6 +31,15 @@ impl Terminal {
         Self { name, exit_file }
     }
 
+    /// The command's process: the pane's shell runs it as its child.
+    pub fn pid(&self) -> Option<u32> {
+        let shell = tmux(&["display-message", "-p", "-t", &self.name, "#{pane_pid}"]);
+        let shell: u32 = shell.trim().parse().ok()?;
+        let children =
+            std::fs::read_to_string(format!("/proc/{shell}/task/{shell}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+
     pub fn screen(&self) -> String {
         tmux(&["capture-pane", "-p", "-t", &self.name])
     }

@@ -37,7 +37,7 @@ enum Cmd {
     /// figures into docs/performance.md (needs root).
     Bench {
         /// Only these parts (comma-separated): hooks, tax, needle, storm,
-        /// scale, report.
+        /// scale, report, soak (an hour; two minutes with --quick).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Shorter runs, fewer rounds and connections: to try it out.

@@ -221,6 +221,9 @@ fn churn(args: &Args) -> Result<(), String> {
         per_second: get(args, "per-second", 1000)?,
         max: get(args, "max", 10_000)?,
         max_time: Duration::from_secs(get(args, "seconds", 10)?),
+        keepalive: None,
+        hold: Duration::ZERO,
+        abort_every: 0,
     })
     .map_err(|e| format!("churn: {e}"))?;
     let seconds: u64 = get(args, "seconds", 10)?;

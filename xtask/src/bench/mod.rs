@@ -6,6 +6,7 @@ mod needle;
 mod proc;
 mod report;
 mod scale;
+mod soak;
 mod storm;
 mod tax;
 mod work;
@@ -21,7 +22,7 @@ use anyhow::{bail, Context as _, Result};
 use crate::cargo;
 
 /// The parts, in the order a full run takes them.
-pub const PARTS: [&str; 6] = ["hooks", "tax", "needle", "storm", "scale", "report"];
+pub const PARTS: [&str; 7] = ["hooks", "tax", "needle", "storm", "scale", "report", "soak"];
 
 const DOC: &str = "docs/performance.md";
 
@@ -102,6 +103,7 @@ fn run_part(part: &str, ctx: &Ctx) -> Result<String> {
         "storm" => storm::run(ctx),
         "scale" => scale::run(ctx),
         "report" => report::run(ctx),
+        "soak" => soak::run(ctx),
         _ => bail!("unknown part {part}"),
     }
 }
