@@ -44,6 +44,12 @@ impl Terminal {
         tmux(&["capture-pane", "-p", "-t", &self.name])
     }
 
+    /// Resizes the terminal, as a user dragging its window.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (w, h) = (width.to_string(), height.to_string());
+        tmux(&["resize-window", "-t", &self.name, "-x", &w, "-y", &h]);
+    }
+
     pub fn keys(&self, keys: &str) {
         tmux(&["send-keys", "-t", &self.name, keys]);
     }

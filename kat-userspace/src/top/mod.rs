@@ -72,14 +72,20 @@ fn restore() {
     );
 }
 
+/// Raw mode, the alternate screen, no cursor: the dashboard's terminal.
+fn take_over() -> Result<()> {
+    crossterm::terminal::enable_raw_mode()?;
+    crossterm::execute!(
+        std::io::stdout(),
+        crossterm::terminal::EnterAlternateScreen,
+        crossterm::cursor::Hide
+    )?;
+    Ok(())
+}
+
 impl TerminalGuard {
     fn enter() -> Result<Self> {
-        crossterm::terminal::enable_raw_mode()?;
-        crossterm::execute!(
-            std::io::stdout(),
-            crossterm::terminal::EnterAlternateScreen,
-            crossterm::cursor::Hide
-        )?;
+        take_over()?;
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             restore();
@@ -187,6 +193,41 @@ fn update(model: &mut Model, mut replay: Option<&mut Replay>, msgs: Vec<Msg>) ->
     true
 }
 
+type Screen = Terminal<CrosstermBackend<std::io::Stdout>>;
+
+/// Ctrl-Z, as a shell expects it (raw mode turns the terminal's own
+/// suspend key off): the terminal handed back as it was, the process
+/// stopped; after `fg`, the dashboard taken over again and drawn anew.
+fn suspend(screen: &mut Screen) -> Result<()> {
+    restore();
+    nix::sys::signal::raise(nix::sys::signal::Signal::SIGTSTP)?;
+    // Running again (`fg`, SIGCONT).
+    take_over()?;
+    screen.clear()?;
+    Ok(())
+}
+
+fn is_suspend(k: &KeyEvent) -> bool {
+    k.kind != KeyEventKind::Release
+        && k.code == KeyCode::Char('z')
+        && k.modifiers.contains(KeyModifiers::CONTROL)
+}
+
+/// A terminal event: a key as a message for the model; Ctrl-Z handled
+/// here; a resize needs nothing (the next draw takes the new size).
+fn terminal_input(
+    term: Option<std::io::Result<TermEvent>>,
+    screen: &mut Screen,
+) -> Result<Option<Msg>> {
+    match term {
+        Some(Ok(TermEvent::Key(k))) if is_suspend(&k) => {
+            suspend(screen)?;
+            Ok(None)
+        }
+        other => key_msg(other),
+    }
+}
+
 /// A key pressed, as a message; other terminal events are none.
 fn key_msg(term: Option<std::io::Result<TermEvent>>) -> Result<Option<Msg>> {
     match term {
@@ -272,7 +313,7 @@ pub async fn run(args: TopArgs) -> Result<()> {
                     });
                 }
             }
-            term = keys.next() => msgs.extend(key_msg(term)?),
+            term = keys.next() => msgs.extend(terminal_input(term, &mut terminal)?),
         }
         if !update(&mut model, None, msgs) {
             break;
@@ -334,7 +375,7 @@ async fn run_replay(dir: &Path, args: &TopArgs) -> Result<()> {
                 msgs = replay.advance(now - last);
                 last = now;
             }
-            term = keys.next() => msgs.extend(key_msg(term)?),
+            term = keys.next() => msgs.extend(terminal_input(term, &mut terminal)?),
             () = stop.recv() => break,
         }
     }
