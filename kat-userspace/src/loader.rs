@@ -607,6 +607,112 @@ mod tests {
 
     use super::*;
 
+    /// A kernel where each hook attaches in the lanes given.
+    fn kernel<'a>(works: &'a [(Hook, &'a [Lane])]) -> impl FnMut(Hook, Lane) -> bool + 'a {
+        move |hook, lane| {
+            works
+                .iter()
+                .any(|(h, lanes)| *h == hook && lanes.contains(&lane))
+        }
+    }
+
+    const ALL: &[Lane] = &LANES;
+
+    #[test]
+    fn each_hook_falls_back_to_the_next_lane_that_works() {
+        // Everything everywhere: the fastest lane.
+        let lanes = choose(
+            &LANES,
+            kernel(&[
+                (Hook::KeepaliveTimer, ALL),
+                (Hook::ProbeSent, ALL),
+                (Hook::ResetSent, ALL),
+                (Hook::SocketEvents, ALL),
+            ]),
+        );
+        assert_eq!(
+            lanes,
+            [
+                (Hook::KeepaliveTimer, Lane::Fentry),
+                (Hook::ProbeSent, Lane::Fentry),
+                (Hook::ResetSent, Lane::Fentry),
+                (Hook::SocketEvents, Lane::Tracepoint),
+            ]
+        );
+        assert!(missing(&lanes).is_empty());
+        // tcp_keepalive_timer renamed or inlined (no fentry, no kprobe):
+        // the timer tracepoints; tcp_write_wakeup goes with the timer's
+        // lane (kat tells probes from the timer's own run there);
+        // tcp_send_active_reset still by kprobe where fentry fails.
+        let lanes = choose(
+            &LANES,
+            kernel(&[
+                (Hook::KeepaliveTimer, &[Lane::Tracepoint]),
+                (Hook::ProbeSent, &[Lane::Fentry, Lane::Tracepoint]),
+                (Hook::ResetSent, &[Lane::Kprobe, Lane::Tracepoint]),
+                (Hook::SocketEvents, ALL),
+            ]),
+        );
+        assert_eq!(
+            lanes,
+            [
+                (Hook::KeepaliveTimer, Lane::Tracepoint),
+                (Hook::ProbeSent, Lane::Tracepoint),
+                (Hook::ResetSent, Lane::Kprobe),
+                (Hook::SocketEvents, Lane::Tracepoint),
+            ]
+        );
+        // tcp_write_wakeup gone in the timer's lane: kat runs without it.
+        let lanes = choose(
+            &LANES,
+            kernel(&[
+                (Hook::KeepaliveTimer, ALL),
+                (Hook::ResetSent, ALL),
+                (Hook::SocketEvents, ALL),
+            ]),
+        );
+        assert!(!lanes.iter().any(|(h, _)| *h == Hook::ProbeSent));
+        assert!(missing(&lanes).is_empty());
+    }
+
+    #[test]
+    fn a_hook_no_lane_can_take_stops_kat_naming_every_lane_tried() {
+        let lanes = choose(
+            &LANES,
+            kernel(&[(Hook::ResetSent, ALL), (Hook::SocketEvents, ALL)]),
+        );
+        assert_eq!(missing(&lanes), [Hook::KeepaliveTimer]);
+        let attempts: Vec<Attempt> = LANES
+            .iter()
+            .map(|&lane| Attempt {
+                hook: Hook::KeepaliveTimer,
+                lane,
+                error: Some(format!("no {} here", lane.name())),
+            })
+            .collect();
+        let err = unsupported(cannot_hook(Hook::KeepaliveTimer, None, &attempts));
+        assert_eq!(crate::exit::code(&err), crate::exit::UNSUPPORTED);
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with("no lane can hook keepalive_timer"),
+            "{text}"
+        );
+        for lane in LANES {
+            assert!(
+                text.contains(&format!("{}: no {} here", lane.name(), lane.name())),
+                "{text}"
+            );
+        }
+        // A forced lane is the only one tried, and said so.
+        let lanes = choose(
+            &[Lane::Kprobe],
+            kernel(&[(Hook::KeepaliveTimer, &[Lane::Fentry])]),
+        );
+        assert_eq!(missing(&lanes)[0], Hook::KeepaliveTimer);
+        let err = cannot_hook(Hook::KeepaliveTimer, Some(Lane::Kprobe), &attempts[1..2]);
+        assert!(format!("{err}").starts_with("--lane kprobe cannot hook keepalive_timer"));
+    }
+
     /// Every program `programs` names, on every kind of kernel.
     fn table() -> Vec<Prog> {
         let mut all = Vec::new();
