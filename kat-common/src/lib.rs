@@ -254,6 +254,8 @@ offsets! {
     /// (6.19, and backported to stable 6.1 and 6.12 releases),
     /// `sock.sk_timer` before.
     keepalive_timer: (),
+    /// `inet_connection_sock.icsk_retransmit_timer`, embedded (never read).
+    retransmit_timer: (),
     skc_family: u16,
     skc_state: u8,
     /// `inet_sock.inet_sport`: local port, network order; still set at
@@ -349,10 +351,13 @@ const _: () = assert!(core::mem::size_of::<ConnRecord>() == CONN_RECORD_SIZE);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     pub offsets: Offsets,
-    /// Address of `tcp_keepalive_timer` (from /proc/kallsyms).
-    pub keepalive_timer_fn: u64,
     /// Bit number of SOCK_KEEPOPEN in `sk_flags` (enum sock_flags).
     pub keepopen_bit: u32,
+    /// Address of `tcp_keepalive_timer` (from /proc/kallsyms).
+    pub keepalive_timer_fn: u64,
+    /// Address of `tcp_write_timer`, the retransmission timer; 0 where
+    /// kallsyms does not name it.
+    pub write_timer_fn: u64,
     /// How many entries of `ports` are in use; 0 = no port filter.
     pub nports: u32,
     pub ports: [u16; MAX_PORTS],
@@ -366,6 +371,9 @@ pub struct Config {
     /// Non-zero only in tests ([`FAULT_MISS_CLOSE`]): the CLOSE
     /// tracepoint does nothing, as when the kernel skips it.
     pub fault_miss_close: u32,
+    /// Explicit: the struct must have no implicit padding (aya sets it as
+    /// plain bytes), and its fields leave four bytes over.
+    pub _pad: u32,
 }
 
 /// Set in kat's environment, the CLOSE tracepoint does nothing: tests show
@@ -446,9 +454,10 @@ pub struct CloseStats {
 }
 
 const _: () = assert!(core::mem::size_of::<Offsets>() == Offsets::COUNT * 4);
-const _: () =
-    assert!(core::mem::size_of::<Config>() == Offsets::COUNT * 4 + 8 + 8 + 2 * MAX_PORTS + 8 + 8);
-const _: () = assert!((Offsets::COUNT * 4).is_multiple_of(8));
+const _: () = assert!(
+    core::mem::size_of::<Config>() == Offsets::COUNT * 4 + 4 + 8 + 8 + 4 + 2 * MAX_PORTS + 4 * 5
+);
+const _: () = assert!((Offsets::COUNT * 4 + 4).is_multiple_of(8));
 const _: () = assert!(core::mem::size_of::<SockState>() == 24);
 const _: () = assert!(core::mem::size_of::<CloseKey>() == 32);
 const _: () = assert!(core::mem::size_of::<CloseStats>() == 32);

@@ -63,7 +63,8 @@ static CLOSES: PerCpuHashMap<CloseKey, CloseStats> = PerCpuHashMap::with_max_ent
 static EPOCH: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The socket whose keepalive timer runs on this CPU right now, and its
-/// probe count before the run. Timer callbacks do not nest on one CPU.
+/// probe count before the run; the socket whose retransmission timer runs
+/// (tracepoint lane). Timer callbacks do not nest on one CPU.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Running {
@@ -75,7 +76,9 @@ struct Running {
     probe_sent: u8,
     /// The socket's TCP state before the run.
     state_before: u8,
-    _pad: u8,
+    /// The same for the retransmission timer's run.
+    write_state_before: u8,
+    write_sk: u64,
 }
 
 /// Kernel stacks of the RSTs sent: userspace reads which functions they
@@ -322,16 +325,60 @@ fn sock_state(sk: u64, sport: u16, dport: u16) -> Option<*mut SockState> {
     SOCKS.get_ptr_mut(sk)
 }
 
-/// The keepalive timer's socket, or None for any other timer. This runs
-/// for every timer on the host: one load and one compare before leaving.
+/// The TCP timers the tracepoint lane follows.
+enum SockTimer {
+    Keepalive(u64),
+    Retransmit(u64),
+}
+
+/// The socket whose keepalive or retransmission timer this is, or None
+/// for any other timer. This runs for every timer on the host: one load
+/// and two compares before leaving.
 #[inline(always)]
-fn keepalive_sock(ctx: &BtfTracePointContext) -> Option<u64> {
+fn sock_timer(ctx: &BtfTracePointContext) -> Option<SockTimer> {
     let cfg = config();
     let timer: u64 = ctx.arg(0);
-    if load(timer, &cfg.offsets.timer_function) != cfg_u64(&cfg.keepalive_timer_fn) {
-        return None;
+    let function = load(timer, &cfg.offsets.timer_function);
+    if function == cfg_u64(&cfg.keepalive_timer_fn) {
+        return Some(SockTimer::Keepalive(timer_sock(timer)));
     }
-    Some(timer_sock(timer))
+    let write = cfg_u64(&cfg.write_timer_fn);
+    if write != 0 && function == write {
+        let offset = cfg_u32(&cfg.offsets.retransmit_timer.offset) as u64;
+        return Some(SockTimer::Retransmit(timer.wrapping_sub(offset)));
+    }
+    None
+}
+
+/// A retransmission timer run begins: remember the socket and its state.
+#[inline(always)]
+fn retransmit_enter(sk: u64) {
+    if let Some(running) = RUNNING.get_ptr_mut(0) {
+        let state_before = read(sk, &config().offsets.skc_state);
+        unsafe {
+            (*running).write_sk = sk;
+            (*running).write_state_before = state_before;
+        }
+    }
+}
+
+/// The run ends. Where it closed the socket (tcp_write_err: a
+/// retransmission or user timeout) and the CLOSE tracepoint was skipped,
+/// the death goes now rather than when the socket is freed, which for a
+/// socket its program still holds may be never.
+#[inline(always)]
+fn retransmit_exit(sk: u64) {
+    let Some(running) = RUNNING.get_ptr_mut(0) else {
+        return;
+    };
+    let (write_sk, before) = unsafe { ((*running).write_sk, (*running).write_state_before) };
+    if write_sk == sk && before != tcp_state::CLOSE {
+        let state: u8 = read(sk, &config().offsets.skc_state);
+        if state == tcp_state::CLOSE {
+            close_if_unseen(sk, before);
+        }
+    }
+    unsafe { (*running).write_sk = 0 };
 }
 
 /// A keepalive timer run begins on this CPU: remember the socket and its
@@ -438,16 +485,20 @@ fn write_wakeup_done(sk: u64, mib: u32, ret: i32) {
 
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_expire_entry(ctx: BtfTracePointContext) -> i32 {
-    if let Some(sk) = keepalive_sock(&ctx) {
-        keepalive_enter(sk);
+    match sock_timer(&ctx) {
+        Some(SockTimer::Keepalive(sk)) => keepalive_enter(sk),
+        Some(SockTimer::Retransmit(sk)) => retransmit_enter(sk),
+        None => {}
     }
     0
 }
 
 #[btf_tracepoint(function = "timer_expire_exit")]
 pub fn timer_expire_exit(ctx: BtfTracePointContext) -> i32 {
-    if let Some(sk) = keepalive_sock(&ctx) {
-        keepalive_exit(Some(sk));
+    match sock_timer(&ctx) {
+        Some(SockTimer::Keepalive(sk)) => keepalive_exit(Some(sk)),
+        Some(SockTimer::Retransmit(sk)) => retransmit_exit(sk),
+        None => {}
     }
     0
 }

@@ -53,6 +53,7 @@ macro_rules! with_scenarios {
             probe_names_its_owner,
             keepalive_death_during_churn,
             keepalive_death_when_the_close_hook_is_skipped,
+            user_timeout_when_the_close_hook_is_skipped,
         }
     };
 }
@@ -436,6 +437,54 @@ pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
         .seen
         .iter()
         .any(|v| net.is(v, "probe", Side::Client, port)));
+}
+
+/// A user-timeout death whose CLOSE tracepoint the kernel skipped: where
+/// the timer tracepoints are the keepalive lane, the retransmission
+/// timer's exit sends it on time; in the other lanes (no hook on that
+/// timer) it comes when the socket is freed, never not at all.
+pub fn user_timeout_when_the_close_hook_is_skipped(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let fault = [(kat_common::FAULT_MISS_CLOSE, "1")];
+    let mut kat = Kat::trace(kat, &["--port", &port.to_string()], &fault);
+    let timer_tracepoints = kat.started.contains("(tracepoint lane")
+        || kat.started.contains("keepalive_timer=tracepoint");
+    let listener = net.listen(addr(net, port));
+    let mut client = net.connect(
+        addr(net, port),
+        Box::new(|s| {
+            s.set_tcp_user_timeout(Some(Duration::from_millis(2500)))
+                .expect("user timeout");
+        }),
+    );
+    let (server, _) = listener.accept().expect("accept");
+    net.blackhole(&server);
+    let sent = now();
+    client.write_all(b"into the void").expect("write");
+
+    let is_death = |v: &Value| net.is(v, "death", Side::Client, port);
+    let dead = if timer_tracepoints {
+        // The socket is still held: only the timer can have sent it.
+        let dead = kat.wait_for(
+            "death at the retransmission timer",
+            secs(10.0 * net.slack()),
+            is_death,
+        );
+        let took = ts(&dead) - sent;
+        assert!(
+            took < 10.0 * net.slack(),
+            "died {took:.2} s after the write"
+        );
+        drop(client);
+        dead
+    } else {
+        std::thread::sleep(secs(6.0 * net.slack()));
+        drop(client);
+        kat.wait_for("death at the free", secs(5.0 * net.slack()), is_death)
+    };
+    assert_eq!(dead["reason"], "user_timeout", "{dead}");
+    assert_eq!(dead["errno"], "ETIMEDOUT");
+    let (status, _, stderr) = kat.stop();
+    assert!(status.success(), "kat exited with {status}: {stderr:#?}");
 }
 
 /// Data written at once after the handshake, then never acknowledged: the

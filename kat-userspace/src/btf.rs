@@ -99,6 +99,9 @@ impl KernelBtf {
         Ok(Offsets {
             timer_function: self.field("timer_list", "function")?,
             keepalive_timer: Field::at(self.keepalive_timer()?),
+            retransmit_timer: Field::at(
+                self.struct_member_offset("inet_connection_sock", "icsk_retransmit_timer")?,
+            ),
             skc_family: self.field("sock", "__sk_common.skc_family")?,
             skc_state: self.field("sock", "__sk_common.skc_state")?,
             inet_sport: self.field("inet_sock", "inet_sport")?,

@@ -94,11 +94,26 @@ impl ContextRanges {
     }
 }
 
-/// The keepalive timer's function and those of [`CONTEXT_FUNCTIONS`].
+/// The retransmission timer's function: where its run closed a socket
+/// whose CLOSE tracepoint the kernel skipped (a retransmission or user
+/// timeout), the death is sent at its exit rather than at the free.
+const WRITE_TIMER: &str = "tcp_write_timer";
+
+/// The timers' functions and those of [`CONTEXT_FUNCTIONS`].
 pub fn kallsyms() -> Result<Kallsyms> {
     let text = std::fs::read_to_string("/proc/kallsyms").context("cannot read /proc/kallsyms")?;
-    let names: Vec<&'static str> = CONTEXT_FUNCTIONS.iter().map(|&(name, _)| name).collect();
+    let names: Vec<&'static str> = CONTEXT_FUNCTIONS
+        .iter()
+        .map(|&(name, _)| name)
+        .chain([WRITE_TIMER])
+        .collect();
     Ok(Kallsyms::parse(&text, &names))
+}
+
+/// `tcp_write_timer`'s address, 0 where kallsyms hides or lacks it (the
+/// skipped close then goes at the socket's free, as before).
+pub fn write_timer_address(kallsyms: &Kallsyms) -> u64 {
+    kallsyms.address(WRITE_TIMER).unwrap_or(0)
 }
 
 pub fn keepalive_timer_address(kallsyms: &Kallsyms) -> Result<u64> {

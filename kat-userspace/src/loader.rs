@@ -444,6 +444,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
     let mut config = Config {
         offsets: btf.offsets().map_err(unsupported)?,
         keepalive_timer_fn,
+        write_timer_fn: kernel::write_timer_address(&kallsyms),
         keepopen_bit: btf.keepopen_bit().map_err(unsupported)?,
         nports: ports.len() as u32,
         ports: [0; MAX_PORTS],
@@ -453,6 +454,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
         has_reset_reason: u32::from(variants.function_reason),
         emit_closed: 0,
         fault_miss_close: u32::from(std::env::var_os(kat_common::FAULT_MISS_CLOSE).is_some()),
+        _pad: 0,
     };
     config.ports[..ports.len()].copy_from_slice(ports);
     Ok(KernelFacts {
