@@ -191,12 +191,14 @@ fn the_package_installs_into_a_fresh_debian_and_everything_in_it_works() {
     let enabled = output(root.chroot(&["systemctl", "is-enabled", "kat-record.service"]));
     assert_eq!(stdout(&enabled).trim(), "disabled", "{}", text(&enabled));
 
-    // kat --version: version, commit, build date.
+    // kat --version: version (Cargo's form of the package's: a `~`
+    // there is a pre-release's `-`), commit, build date.
+    let cargo_version = version.replacen('~', "-", 1);
     let v = stdout(&succeeds(root.chroot(&["kat", "--version"])));
     let v = v.trim();
     let rest = v
-        .strip_prefix(&format!("kat {version} (commit "))
-        .unwrap_or_else(|| panic!("version {version} and a commit: {v}"));
+        .strip_prefix(&format!("kat {cargo_version} (commit "))
+        .unwrap_or_else(|| panic!("version {cargo_version} and a commit: {v}"));
     let (commit, date) = rest
         .strip_suffix(')')
         .and_then(|r| r.split_once(", built "))
