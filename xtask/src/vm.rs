@@ -2,9 +2,10 @@
 //! QEMU, once per lane, and a kernel × lane × scenario matrix.
 //!
 //! Kernel packages come from apt and are cached outside the repository
-//! (`kernels.rs`); the VMs boot side by side, one per core, and each boots an initramfs holding busybox, the released
-//! `kat` (`cargo xtask dist`'s static binary), a static build of
-//! `kat-scenarios`, and the kernel's config (for CONFIG_HZ).
+//! (`kernels.rs`); the VMs boot side by side, one per core, and each boots
+//! an initramfs holding busybox, the released `kat` (`cargo xtask dist`'s
+//! static binary), a static build of `kat-scenarios`, and the kernel's
+//! config (for CONFIG_HZ).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
