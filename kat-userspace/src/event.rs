@@ -28,6 +28,36 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in the order docs/events.md and the man page list them.
+    pub const ALL: [Reason; 10] = [
+        Reason::KeepaliveTimeout,
+        Reason::UserTimeout,
+        Reason::RetransmitTimeout,
+        Reason::PeerReset,
+        Reason::AbortOnClose,
+        Reason::AbortOnLinger,
+        Reason::AbortOnMemory,
+        Reason::Disconnect,
+        Reason::Closed,
+        Reason::Unknown,
+    ];
+
+    /// What happened to the connection, in a line (kat(1)'s DEATH REASONS).
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Reason::KeepaliveTimeout => "all keepalive probes went unanswered",
+            Reason::UserTimeout => "TCP_USER_TIMEOUT expired, while probing or retransmitting",
+            Reason::RetransmitTimeout => "data was never acknowledged (tcp_retries2)",
+            Reason::PeerReset => "the peer sent a RST (e.g. it restarted and answered a probe)",
+            Reason::AbortOnClose => "the application closed the socket with unread data",
+            Reason::AbortOnLinger => "closed with SO_LINGER 0 (or TCP_LINGER2 < 0 in FIN_WAIT2)",
+            Reason::AbortOnMemory => "too many orphans / memory pressure",
+            Reason::Disconnect => "connect(AF_UNSPEC) on a live connection",
+            Reason::Closed => "orderly FIN close (shown with --all)",
+            Reason::Unknown => "none of the above",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Reason::KeepaliveTimeout => "keepalive_timeout",
@@ -420,6 +450,34 @@ impl ConnKey {
             sport: ev.sport,
             daddr: ev.daddr,
             dport: ev.dport,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Reason::ALL` feeds the man page: it must name every reason
+    /// docs/events.md's table does, in its order, and no other.
+    #[test]
+    fn every_reason_is_in_all_as_docs_events_md_lists_them() {
+        let doc = include_str!("../../docs/events.md");
+        let table = doc
+            .split("### Reasons")
+            .nth(1)
+            .expect("docs/events.md has a Reasons section");
+        let documented: Vec<&str> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| l.strip_prefix("| `")?.split('`').next())
+            .collect();
+        let all: Vec<&str> = Reason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(all, documented);
+        for r in Reason::ALL {
+            let json = serde_json::to_string(&r).expect("a reason serialises");
+            assert_eq!(json, format!("\"{}\"", r.name()));
         }
     }
 }

@@ -21,9 +21,27 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+pub const SUCCESS: u8 = 0;
 pub const FAILURE: u8 = 1;
 pub const USAGE: u8 = 2;
 pub const UNSUPPORTED: u8 = 3;
+
+/// Every exit code and what it means, for the man pages' EXIT STATUS.
+pub const CODES: [(u8, &str); 4] = [
+    (SUCCESS, "success"),
+    (
+        FAILURE,
+        "failure, including not running as root or without the capabilities kat needs",
+    ),
+    (
+        USAGE,
+        "bad usage: arguments kat cannot parse, or that do not make sense together",
+    ),
+    (
+        UNSUPPORTED,
+        "this kernel cannot run kat (no BTF, a symbol or hook missing)",
+    ),
+];
 
 /// The exit code an error ends kat with.
 pub fn code(err: &anyhow::Error) -> u8 {

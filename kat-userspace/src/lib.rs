@@ -3,6 +3,7 @@
 
 pub mod at_risk;
 pub mod btf;
+pub mod cli;
 pub mod closes;
 pub mod conns;
 pub mod demo;

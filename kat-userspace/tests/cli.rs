@@ -24,10 +24,16 @@ fn invalid_ports_are_usage_errors() {
 }
 
 #[test]
-fn no_command_prints_usage() {
+fn no_command_says_what_to_try_first_and_prints_usage() {
     let o = kat(&[]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(stderr(&o).contains("Usage"), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("Usage: kat"), "{err}");
+    assert!(
+        err.contains("kat doctor") && err.contains("sudo kat top"),
+        "{err}"
+    );
+    assert!(err.contains("kat --help"), "{err}");
 }
 
 #[test]

@@ -16,9 +16,15 @@ pub fn command() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
+/// The static (musl) target: kat as released (`cargo xtask dist`) and the
+/// VM matrix's scenario runner.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
 pub struct Workspace {
     pub root: PathBuf,
     pub target_dir: PathBuf,
+    /// kat's version (kat-userspace's, the workspace's).
+    pub kat_version: String,
 }
 
 pub fn workspace() -> Result<Workspace> {
@@ -27,9 +33,15 @@ pub fn workspace() -> Result<Workspace> {
         .no_deps()
         .exec()
         .context("cargo metadata")?;
+    let kat = metadata
+        .packages
+        .iter()
+        .find(|p| p.name.as_str() == "kat-userspace")
+        .context("no kat-userspace package in the workspace")?;
     Ok(Workspace {
-        root: metadata.workspace_root.into_std_path_buf(),
-        target_dir: metadata.target_directory.into_std_path_buf(),
+        root: metadata.workspace_root.clone().into_std_path_buf(),
+        target_dir: metadata.target_directory.clone().into_std_path_buf(),
+        kat_version: kat.version.to_string(),
     })
 }
 
@@ -86,4 +98,17 @@ pub fn build(args: &[&str]) -> Result<Built> {
     }
     drained.context("reading cargo build's messages")?;
     Ok(Built(bins))
+}
+
+/// Release builds of `bins` from `packages`, static (musl): they run on
+/// any x86_64 Linux, in an initramfs or an empty image alike.
+pub fn build_static(packages: &[&str], bins: &[&str]) -> Result<Built> {
+    let mut args = vec!["--release", "--target", MUSL];
+    for package in packages {
+        args.extend(["--package", package]);
+    }
+    for bin in bins {
+        args.extend(["--bin", bin]);
+    }
+    build(&args)
 }

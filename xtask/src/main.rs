@@ -1,14 +1,16 @@
-//! Project chores: `cargo xtask setup | run | test | bench`.
+//! Project chores: `cargo xtask setup | run | dist | test | bench | vm-test`.
 //!
 //! Only crates that build with Rust alone here, so xtask builds on a fresh
 //! machine before anything it installs is present.
 
 mod bench;
 mod cargo;
+mod dist;
 mod setup;
 mod vm;
 
 use std::io::{BufRead as _, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use anyhow::{anyhow, bail, Context as _, Result};
@@ -30,8 +32,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, then formatting, lints, unit tests, kernel tests and the
-    /// QEMU kernel matrix.
+    /// Set up, then build kat as released: the static binary and the
+    /// Debian package, in dist/ under the target directory.
+    Dist,
+    /// Set up, then formatting, lints, the release build (dist), unit
+    /// tests, kernel tests, the package's install test and the QEMU kernel
+    /// matrix on the released binary.
     Test,
     /// Set up, then measure what kat costs a busy host and write the
     /// figures into docs/performance.md (needs root).
@@ -44,8 +50,9 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
-    /// Set up, then run the scenario suite in QEMU on Debian's 6.1 and 6.12
-    /// kernels, once per lane, and print the matrix.
+    /// Set up, build the released binary (dist), then run the scenario
+    /// suite in QEMU on Debian's kernels, once per lane, and print the
+    /// matrix.
     VmTest,
 }
 
@@ -99,9 +106,15 @@ fn totals(parts: &[&Outcome]) -> (u64, u64) {
 }
 
 /// `cargo test`, passed through, with the totals of every test binary
-/// (cargo's own last line is its doc-test run's).
-fn cargo_test() -> Outcome {
-    let mut child = match cargo::command().arg("test").stdout(Stdio::piped()).spawn() {
+/// (cargo's own last line is its doc-test run's). `deb` is the package
+/// tests/dist.rs installs.
+fn cargo_test(deb: &Path) -> Outcome {
+    let mut child = match cargo::command()
+        .arg("test")
+        .env("KAT_DEB", deb)
+        .stdout(Stdio::piped())
+        .spawn()
+    {
         Ok(child) => child,
         Err(e) => return Outcome::broken(anyhow::Error::new(e).context("cannot start cargo test")),
     };
@@ -145,6 +158,10 @@ fn test_result(line: &str) -> Option<(u64, u64)> {
 fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Setup => setup::all(),
+        Cmd::Dist => {
+            setup::all()?;
+            dist::build().map(drop)
+        }
         Cmd::Run { args } => {
             setup::all()?;
             let built = cargo::build(&["--release", "--package", "kat-userspace"])?;
@@ -173,19 +190,22 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ]))?;
+            // What is released is what the package test installs and the
+            // VMs boot.
+            let dist = dist::build()?;
             // The slow VM matrix only once the host tests passed.
-            let host = cargo_test();
+            let host = cargo_test(&dist.deb);
             if host.verdict.is_err() {
                 print_totals(&[&host]);
                 return host.verdict;
             }
-            let vm = vm::test().unwrap_or_else(Outcome::broken);
+            let vm = vm::test(&dist.binary).unwrap_or_else(Outcome::broken);
             print_totals(&[&host, &vm]);
             vm.verdict
         }
         Cmd::VmTest => {
             setup::all()?;
-            vm::test()?.verdict
+            vm::test(&dist::build()?.binary)?.verdict
         }
         Cmd::Bench { only, quick } => {
             setup::all()?;

@@ -10,7 +10,9 @@ use crate::run;
 /// kernel tests' lab namespaces; tmux for the dashboard's end-to-end test;
 /// QEMU, busybox and cpio for the VM matrix; a Prometheus server for the
 /// metrics test; nginx, wrk and time (for `/usr/bin/time`) for `cargo
-/// xtask bench`.
+/// xtask bench`; debootstrap for the package's install test
+/// (kat-userspace/tests/dist.rs: the root it makes has man-db,
+/// bash-completion and systemd of its own).
 const PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +28,7 @@ const PACKAGES: &[&str] = &[
     "nginx-light",
     "wrk",
     "time",
+    "debootstrap",
 ];
 
 /// The bpf-linker release known to build against LLVM 22 here.
@@ -63,7 +66,8 @@ fn rust_src() -> Result<()> {
     run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
-/// Static builds for the VM matrix.
+/// Static builds: kat as released (`cargo xtask dist`) and the VM
+/// matrix's scenario runner.
 fn musl_target() -> Result<()> {
     let has = Command::new("rustup")
         .args(["target", "list", "--installed"])

@@ -2,8 +2,10 @@
 //! QEMU, once per lane, and a kernel × lane × scenario matrix.
 //!
 //! Kernel packages come from apt and are cached outside the repository
-//! (`kernels.rs`); the VMs boot side by side, one per core, and each boots an initramfs holding busybox, static builds of
-//! `kat` and `kat-scenarios`, and the kernel's config (for CONFIG_HZ).
+//! (`kernels.rs`); the VMs boot side by side, one per core, and each boots
+//! an initramfs holding busybox, the released `kat` (`cargo xtask dist`'s
+//! static binary), a static build of `kat-scenarios`, and the kernel's
+//! config (for CONFIG_HZ).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -21,7 +23,6 @@ mod kernels;
 use crate::{run, Outcome};
 
 const LANES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
-const MUSL: &str = "x86_64-unknown-linux-musl";
 /// A whole VM run (boot, three lanes of scenarios, power off) under TCG.
 const VM_TIMEOUT: Duration = Duration::from_secs(2400);
 
@@ -42,24 +43,13 @@ echo "KAT-VM exit $?"
 poweroff -f
 "#;
 
-/// Static builds of kat and the scenario runner.
-fn binaries() -> Result<Built> {
-    cargo::build(&[
-        "--release",
-        "--target",
-        MUSL,
-        "--package",
-        "kat-userspace",
-        "--package",
-        "kat-scenarios",
-        "--bin",
-        "kat",
-        "--bin",
-        "kat-scenarios",
-    ])
-}
-
-fn initramfs(work: &Path, bins: &Built, config: &Path, release: &str) -> Result<PathBuf> {
+fn initramfs(
+    work: &Path,
+    kat: &Path,
+    scenarios: &Built,
+    config: &Path,
+    release: &str,
+) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
@@ -68,9 +58,8 @@ fn initramfs(work: &Path, bins: &Built, config: &Path, release: &str) -> Result<
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
-    for bin in ["kat", "kat-scenarios"] {
-        fs::copy(bins.bin(bin)?, root.join(bin))?;
-    }
+    fs::copy(kat, root.join("kat")).context("the dist binary")?;
+    fs::copy(scenarios.bin("kat-scenarios")?, root.join("kat-scenarios"))?;
     fs::copy(config, root.join(format!("boot/config-{release}")))?;
     fs::write(root.join("init"), INIT)?;
     use std::os::unix::fs::PermissionsExt as _;
@@ -254,9 +243,10 @@ struct Run {
     timed_out: bool,
 }
 
-/// Runs the matrix. Err when it cannot run at all (a build, a kernel
-/// download); the outcome's verdict says whether every cell passed.
-pub fn test() -> Result<Outcome> {
+/// Runs the matrix with `kat`, the released binary. Err when it cannot run
+/// at all (a build, a kernel download); the outcome's verdict says whether
+/// every cell passed.
+pub fn test(kat: &Path) -> Result<Outcome> {
     let expected = expected();
     if expected.is_empty() {
         bail!("KAT_SCENARIO={:?} names no scenario", env("KAT_SCENARIO"));
@@ -270,7 +260,7 @@ pub fn test() -> Result<Outcome> {
         bail!("KAT_VM_KERNEL={only:?} names no kernel");
     }
     let lanes = lanes();
-    let bins = binaries()?;
+    let scenarios = cargo::build_static(&["kat-scenarios"], &["kat-scenarios"])?;
     let work = cargo::workspace()?.target_dir.join("vm");
     // Fetched and packed one by one (apt, disk), booted side by side.
     let mut vms = Vec::new();
@@ -278,7 +268,7 @@ pub fn test() -> Result<Outcome> {
         let kernel = kernels::fetch(k)?;
         let kwork = work.join(&kernel.release);
         fs::create_dir_all(&kwork)?;
-        let initrd = initramfs(&kwork, &bins, &kernel.config, &kernel.release)?;
+        let initrd = initramfs(&kwork, kat, &scenarios, &kernel.config, &kernel.release)?;
         vms.push((kernel, initrd, kwork.join("console.log")));
     }
     let queue = std::sync::Mutex::new(vms.iter().enumerate());
