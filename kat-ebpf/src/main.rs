@@ -22,6 +22,7 @@ use aya_ebpf::{
         RetProbeContext,
     },
 };
+use aya_log_ebpf::debug;
 use kat_common::{
     flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, ConnRecord, Field, OwnerRecord,
     Record, SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
@@ -286,6 +287,10 @@ fn emit_to(ring: &RingBuf, record_kind: u8, fill: impl FnOnce(&mut Record)) {
             if let Some(lost) = LOST.get_ptr_mut(record_kind as u32) {
                 unsafe { *lost += 1 };
             }
+            // Off unless RUST_LOG asks: the level is a frozen constant, so
+            // the verifier drops this branch. aya-log-ebpf 0.2 ignores the
+            // context argument.
+            debug!(&(), "ring full: a record of kind {} lost", record_kind);
         }
     }
 }
@@ -605,7 +610,16 @@ fn reset_sent(ctx: &impl StackIdContext, sk: u64, skb: u64, reason: Option<u32>)
     if !port_wanted(sport, dport) {
         return 0;
     }
-    let stack_id = ctx.get_stackid(&STACKS, 0).map_or(-1, |id| id as i32);
+    let stack_id = match ctx.get_stackid(&STACKS, 0) {
+        Ok(id) => id as i32,
+        Err(e) => {
+            debug!(
+                ctx,
+                "no kernel stack for a RST from port {}: error {}", sport, e
+            );
+            -1
+        }
+    };
     let held = mark_reset(sk, sport, dport);
     emit(sk, sport, dport, kind::RESET_SENT, |rec| {
         fill_task(rec);
@@ -691,6 +705,11 @@ pub fn inet_sock_set_state(ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     if closed && cfg_u32(&config().fault_miss_close) != 0 {
+        let (sport, dport) = ports(sk);
+        debug!(
+            &ctx,
+            "CLOSE of {} -> {} skipped on purpose (KAT_FAULT_MISS_CLOSE)", sport, dport
+        );
         return 0;
     }
     if established {
@@ -855,6 +874,10 @@ fn count_close(key: &CloseKey, lifetime: Option<u64>) {
             // BPF_NOEXIST; when the map is full the overflow key (put there
             // by userspace for both epochs) takes the count.
             if CLOSES.insert(key, zeroed::<CloseStats>(), 1).is_err() {
+                debug!(
+                    &(),
+                    "CLOSES is full: port {} counted under the overflow key", key.port
+                );
                 let mut overflow: CloseKey = zeroed();
                 overflow.port = CLOSES_OVERFLOW_PORT;
                 overflow.epoch = key.epoch;

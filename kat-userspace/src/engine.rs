@@ -179,6 +179,7 @@ impl Engine {
                 // Asking is all a poll does; the answers come later.
                 _ = self.answer_poll.tick() => {
                     self.ask_answers();
+                    self.loaded.flush_kernel_log();
                     continue;
                 }
                 Some(found) = self.diag.answers.recv() => Step::Events(self.answers(found)),

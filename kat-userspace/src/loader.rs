@@ -374,9 +374,19 @@ pub struct Loaded {
     /// Every lane tried, in order, and why those that failed failed.
     pub attempts: Vec<Attempt>,
     pub contexts: kernel::ContextRanges,
+    /// What the programs log (`debug!` in kat-ebpf), read when RUST_LOG
+    /// turns their level on.
+    pub kernel_log: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Loaded {
+    /// Passes on what the programs logged since the last call.
+    pub fn flush_kernel_log(&mut self) {
+        if let Some(logger) = &mut self.kernel_log {
+            logger.flush();
+        }
+    }
+
     /// `keepalive_timer=fentry probe_sent=fentry …`, or the lane alone when
     /// every hook uses it.
     pub fn lanes_text(&self) -> String {
@@ -490,6 +500,7 @@ pub fn open(config: &Config, ring_bytes: u32) -> Result<(Ebpf, Btf)> {
     raise_memlock();
     let ebpf = EbpfLoader::new()
         .override_global("CONFIG", config, true)
+        .override_global(aya_log::LEVEL, &kernel_log_level(), true)
         .map_max_entries("PRECIOUS", ring_bytes)
         .map_max_entries("BULK", ring_bytes)
         .load(EBPF_OBJECT)
@@ -497,6 +508,13 @@ pub fn open(config: &Config, ring_bytes: u32) -> Result<(Ebpf, Btf)> {
     let btf =
         Btf::from_sys_fs().map_err(|e| unsupported(anyhow!("cannot read kernel BTF: {e}")))?;
     Ok((ebpf, btf))
+}
+
+/// The programs' own log level: kat's (RUST_LOG). A frozen constant, so
+/// the verifier removes every log statement it turns off.
+fn kernel_log_level() -> u8 {
+    // aya_log::Level numbers Error 1 to Trace 5, as log's filters do; 0 is off.
+    log::max_level() as u8
 }
 
 /// What a live command asks of the programs.
@@ -545,6 +563,13 @@ pub fn load(opts: &Options) -> Result<Loaded> {
     let conns = iterator(&mut ebpf, &btf, &CONN_ITERATOR)
         .map_err(|e| log::info!("no connections census: {e:#}"))
         .ok();
+    let kernel_log = if kernel_log_level() > 0 {
+        aya_log::EbpfLogger::init(&mut ebpf)
+            .map_err(|e| log::warn!("the programs' log cannot be read: {e}"))
+            .ok()
+    } else {
+        None
+    };
     Ok(Loaded {
         owners,
         conns,
@@ -554,6 +579,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         lanes,
         attempts,
         contexts,
+        kernel_log,
     })
 }
 

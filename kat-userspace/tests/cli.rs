@@ -393,3 +393,39 @@ fn idle_over_takes_only_a_duration_with_at_risk() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--at-risk"), "{}", stderr(&o));
 }
+
+/// The programs explain themselves through aya-log when RUST_LOG asks,
+/// and say nothing otherwise: a CLOSE skipped on purpose
+/// (`KAT_FAULT_MISS_CLOSE`) on a loopback connection of this test.
+#[test]
+fn the_programs_log_only_when_rust_log_asks() {
+    if !kat_scenarios::root_or_skip() {
+        return;
+    }
+    let cmd = kat_scenarios::KatCmd {
+        binary: env!("CARGO_BIN_EXE_kat").to_string(),
+        lane: None,
+    };
+    for (rust_log, logs) in [(Some("kat_ebpf=debug"), true), (None, false)] {
+        let mut env = vec![(kat_common::FAULT_MISS_CLOSE, "1")];
+        env.extend(rust_log.map(|l| ("RUST_LOG", l)));
+        let kat = kat_scenarios::Kat::trace(&cmd, &["--port", "6948"], &env);
+        let listener = std::net::TcpListener::bind("127.0.0.1:6948").expect("listen");
+        let client = std::net::TcpStream::connect("127.0.0.1:6948").expect("connect");
+        let port = client.local_addr().expect("local").port();
+        let (server, _) = listener.accept().expect("accept");
+        drop((client, server));
+        // The log is read every 250 ms.
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let (status, _, stderr) = kat.stop();
+        assert!(status.success(), "{status}: {stderr:#?}");
+        let line = format!("CLOSE of {port} -> 6948 skipped on purpose");
+        assert_eq!(
+            stderr
+                .iter()
+                .any(|l| l.contains("kat_ebpf") && l.contains(&line)),
+            logs,
+            "RUST_LOG={rust_log:?}: {stderr:#?}"
+        );
+    }
+}
