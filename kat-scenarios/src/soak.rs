@@ -35,7 +35,9 @@ pub struct Series {
     pub rss_mib: Vec<(f64, f64)>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median; 0 for none (also the bench's, xtask).
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => 0.0,
@@ -48,14 +50,14 @@ impl Series {
     /// The median of the samples in [from, to) of the run (fractions).
     fn window(&self, from: f64, to: f64) -> f64 {
         let n = self.rss_mib.len() as f64;
-        median(
-            self.rss_mib
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| (from * n..to * n).contains(&(*i as f64)))
-                .map(|(_, (_, mib))| *mib)
-                .collect(),
-        )
+        let window: Vec<f64> = self
+            .rss_mib
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (from * n..to * n).contains(&(*i as f64)))
+            .map(|(_, (_, mib))| *mib)
+            .collect();
+        median(&window)
     }
 
     /// After the warm-up: the second quarter of the run.

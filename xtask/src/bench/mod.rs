@@ -20,6 +20,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _, Result};
 
 use crate::cargo;
+pub use kat_scenarios::soak::median;
 
 /// The parts, in the order a full run takes them.
 pub const PARTS: [&str; 7] = ["hooks", "tax", "needle", "storm", "scale", "report", "soak"];
@@ -277,17 +278,6 @@ impl Lost {
             None if self.total == 0 => "0".into(),
             None => format!("{} (kinds not reported)", self.total),
         }
-    }
-}
-
-/// The median; 0 for none.
-pub fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 

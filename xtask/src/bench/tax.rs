@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result};
 
-use super::proc::{hwm_mib, CpuWindow, Kat, TempDir, Tmux};
+use super::proc::{cpu_seconds, hwm_mib, CpuWindow, Kat, TempDir, Tmux};
 use super::work::{requests_per_second, Nginx};
 use super::{median, Ctx, Lost};
 
@@ -115,6 +115,70 @@ impl Running {
     }
 }
 
+/// Run time and runs of the BPF programs a process holds, summed from
+/// the fdinfo of its program descriptors (counted while
+/// `kernel.bpf_stats_enabled` is 1).
+fn bpf_run_time(pid: u32) -> Result<(u64, u64)> {
+    let mut total = (0, 0);
+    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let info = fs::read_to_string(fd.path()).unwrap_or_default();
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        let field = |key: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    Ok(total)
+}
+
+/// kat's kernel cost during one more flood, with BPF run-time statistics
+/// on: the ratios above cannot tell 3 % on a shared machine, this can.
+struct KernelCost {
+    runs_per_request: f64,
+    ns_per_request: f64,
+    /// kat's programs and process together, as a share of the machine's
+    /// CPUs over the flood: what a CPU-bound host loses to kat.
+    share: f64,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+fn kernel_cost(
+    ctx: &Ctx,
+    nginx: &Nginx,
+    variant: &str,
+    seconds: u64,
+    tmp: &TempDir,
+) -> Result<KernelCost> {
+    let before = fs::read_to_string(BPF_STATS).context("reading kernel.bpf_stats_enabled")?;
+    fs::write(BPF_STATS, "1").context("turning kernel.bpf_stats_enabled on")?;
+    let measured = (|| {
+        let kat = Running::start(ctx, variant, tmp)?;
+        let (time0, runs0) = bpf_run_time(kat.pid())?;
+        let cpu0 = cpu_seconds(kat.pid())?;
+        let rps = requests_per_second(nginx.wrk(seconds)?)?;
+        let (time1, runs1) = bpf_run_time(kat.pid())?;
+        let cpu = cpu_seconds(kat.pid())? - cpu0;
+        kat.stop()?;
+        let requests = rps * seconds as f64;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let bpf_s = (time1 - time0) as f64 / 1e9;
+        Ok(KernelCost {
+            runs_per_request: (runs1 - runs0) as f64 / requests,
+            ns_per_request: (time1 - time0) as f64 / requests,
+            share: (bpf_s + cpu) / (cpus * seconds as f64),
+        })
+    })();
+    fs::write(BPF_STATS, before.trim()).context("restoring kernel.bpf_stats_enabled")?;
+    measured
+}
+
 struct Sample {
     variant: &'static str,
     rps: f64,
@@ -185,5 +249,28 @@ pub fn run(ctx: &Ctx) -> Result<String> {
         "\nWithout kat, in order: {} req/s.\n",
         all.join(", ")
     ));
+    md.push_str(&format!(
+        "\nkat's kernel cost, measured: one more {seconds}-s flood per kat below with \
+         `kernel.bpf_stats_enabled=1` (the programs' `run_time_ns` and `run_cnt` from \
+         kat's fdinfo; the statistics add two clock reads a run, so these are upper \
+         bounds). The share is kat's programs and process together over the machine's \
+         CPUs for the flood: on this CPU-bound workload, about the requests a second \
+         kat takes away, without the noise of the ratios. `kat record` and `kat top` \
+         run the programs of `kat trace`.\n\n\
+         | kat | BPF runs per request | BPF ns per request | share of the machine |\n\
+         |---|---|---|---|\n"
+    ));
+    for (variant, name) in VARIANTS
+        .iter()
+        .filter(|(v, _)| matches!(*v, "trace" | "all"))
+    {
+        let k = kernel_cost(ctx, &nginx, variant, seconds, &tmp)?;
+        md.push_str(&format!(
+            "| {name} | {:.1} | {:.0} | {:.1} % |\n",
+            k.runs_per_request,
+            k.ns_per_request,
+            100.0 * k.share
+        ));
+    }
     Ok(md)
 }
