@@ -99,9 +99,7 @@ impl KernelBtf {
         Ok(Offsets {
             timer_function: self.field("timer_list", "function")?,
             keepalive_timer: Field::at(self.keepalive_timer()?),
-            retransmit_timer: Field::at(
-                self.struct_member_offset("inet_connection_sock", "icsk_retransmit_timer")?,
-            ),
+            retransmit_timer: Field::at(self.retransmit_timer_member().map_or(0, |(_, o)| o)),
             skc_family: self.field("sock", "__sk_common.skc_family")?,
             skc_state: self.field("sock", "__sk_common.skc_state")?,
             inet_sport: self.field("inet_sock", "inet_sport")?,
@@ -158,6 +156,26 @@ impl KernelBtf {
     /// the generic sk_timer before. Layout alone tells which.
     fn keepalive_timer(&self) -> Result<u32> {
         self.keepalive_timer_member().map(|(_, offset)| offset)
+    }
+
+    /// The member that holds the retransmission timer, and its offset in
+    /// the socket: inet_connection_sock's own, or (7.x) one of `sock`'s,
+    /// in a union with sk_timer. None where neither is: the retransmission
+    /// timer's fallback for a skipped CLOSE is then off, never guessed.
+    pub fn retransmit_timer_member(&self) -> Option<(&'static str, u32)> {
+        const WHERE: [(&str, &str, &str); 2] = [
+            (
+                "inet_connection_sock",
+                "icsk_retransmit_timer",
+                "inet_connection_sock.icsk_retransmit_timer",
+            ),
+            ("sock", "tcp_retransmit_timer", "sock.tcp_retransmit_timer"),
+        ];
+        WHERE.into_iter().find_map(|(ty, member, name)| {
+            self.struct_member_offset(ty, member)
+                .ok()
+                .map(|o| (name, o))
+        })
     }
 
     /// The member that holds the keepalive timer on this kernel, and its
@@ -455,5 +473,34 @@ mod tests {
             let want = if own_timer { 200 } else { 48 };
             assert_eq!(btf.keepalive_timer().expect("timer"), want);
         }
+    }
+
+    #[test]
+    fn the_retransmission_timer_is_found_by_name_or_not_at_all() {
+        let kernel = |icsk: bool, sock: bool| {
+            let mut f = Fixture::new();
+            let timer = f.record(4, "timer_list", 40, &[]);
+            let u32_t = f.int("u32", 4);
+            let mut sock_members = vec![("a", u32_t, 0), ("sk_timer", timer, 48)];
+            if sock {
+                sock_members.push(("tcp_retransmit_timer", timer, 48));
+            }
+            f.record(4, "sock", 100, &sock_members);
+            let mut icsk_members = vec![("b", u32_t, 100)];
+            if icsk {
+                icsk_members.push(("icsk_retransmit_timer", timer, 160));
+            }
+            f.record(4, "inet_connection_sock", 300, &icsk_members);
+            f.build()
+        };
+        assert_eq!(
+            kernel(true, false).retransmit_timer_member(),
+            Some(("inet_connection_sock.icsk_retransmit_timer", 160))
+        );
+        assert_eq!(
+            kernel(false, true).retransmit_timer_member(),
+            Some(("sock.tcp_retransmit_timer", 48))
+        );
+        assert_eq!(kernel(false, false).retransmit_timer_member(), None);
     }
 }

@@ -33,6 +33,9 @@ struct Report {
     reset_reasons: Option<Vec<String>>,
     /// The socket member that holds the keepalive timer.
     keepalive_timer_member: Option<&'static str>,
+    /// The one that holds the retransmission timer; null where kat finds
+    /// none (a CLOSE the kernel skips is then told at the socket's free).
+    retransmit_timer_member: Option<&'static str>,
     offsets: Option<Offsets>,
     /// kat's own network namespace (each namespace has its own).
     sysctls: Sysctls,
@@ -74,6 +77,7 @@ fn report() -> Report {
             .map(|a| format!("{a:#x}")),
         reset_reasons: None,
         keepalive_timer_member: None,
+        retransmit_timer_member: None,
         offsets: None,
         sysctls: Sysctls {
             tcp_keepalive_time_s: sysctl("tcp_keepalive_time"),
@@ -102,6 +106,7 @@ fn report() -> Report {
         .map(|m| m.values().cloned().collect());
     r.offsets = Some(facts.config.offsets);
     r.keepalive_timer_member = facts.btf.keepalive_timer_member().ok().map(|(m, _)| m);
+    r.retransmit_timer_member = facts.btf.retransmit_timer_member().map(|(m, _)| m);
     match loader::probe_all(&facts) {
         Ok(attempts) => r.attempts = attempts,
         Err(e) => {
@@ -168,6 +173,15 @@ fn text(r: &Report) -> String {
             } else {
                 member.to_string()
             },
+        );
+    }
+    if r.offsets.is_some() {
+        line(
+            "retransmission timer",
+            r.retransmit_timer_member.map_or_else(
+                || "not found: a CLOSE the kernel skips after a retransmission timeout is told at the socket's free".into(),
+                |m| format!("{m} (its exit tells a CLOSE the kernel skipped)"),
+            ),
         );
     }
     let s = &r.sysctls;

@@ -454,7 +454,12 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
     let mut config = Config {
         offsets: btf.offsets().map_err(unsupported)?,
         keepalive_timer_fn,
-        write_timer_fn: kernel::write_timer_address(&kallsyms),
+        // Only where the socket's timer is known: never an offset guessed.
+        write_timer_fn: if btf.retransmit_timer_member().is_some() {
+            kernel::write_timer_address(&kallsyms)
+        } else {
+            0
+        },
         keepopen_bit: btf.keepopen_bit().map_err(unsupported)?,
         nports: ports.len() as u32,
         ports: [0; MAX_PORTS],
