@@ -263,17 +263,20 @@ impl Drop for Lab {
 pub async fn run(_args: DemoArgs) -> Result<()> {
     kernel::require_root("demo")?;
     let lab = Lab::start().context("building the demo lab")?;
-    let result = top::run(TopArgs {
-        selection: Selection {
-            ports: PORTS.to_vec(),
-            ..Selection::default()
+    let result = top::dashboard(
+        TopArgs {
+            selection: Selection {
+                ports: PORTS.to_vec(),
+                ..Selection::default()
+            },
+            pid: None,
+            replay: None,
+            speed: 1.0,
+            // The lab's stories play in seconds.
+            idle_over: std::time::Duration::from_secs(5),
         },
-        pid: None,
-        replay: None,
-        speed: 1.0,
-        // The lab's stories play in seconds.
-        idle_over: std::time::Duration::from_secs(5),
-    })
+        top::Privileges::Keep,
+    )
     .await;
     drop(lab);
     result

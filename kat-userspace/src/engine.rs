@@ -22,7 +22,6 @@ use crate::event::{Closes, Event};
 use crate::kernel;
 use crate::loader::{self, Lane, Loaded};
 use crate::owner::{Index, Owner, Owners};
-use crate::privilege;
 use crate::source::{LostCounts, Source};
 use crate::tracker::{Msg, Setup, Tracker};
 use crate::workload::Attributor;
@@ -125,8 +124,6 @@ pub struct Wants {
 impl Engine {
     /// Loads and attaches. SIGINT and SIGTERM are caught from here on.
     pub fn start(selection: &Selection, wants: Wants) -> Result<Self> {
-        // Before the first thread: each settles to the plan as it starts.
-        privilege::plan(selection.user.as_deref())?;
         let diag = Worker::start(selection.ports.clone());
         if wants.snapshot {
             diag.ask_snapshot(Ask::default());

@@ -90,6 +90,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let limits =
         Limits::new(args.max_size, args.file_size).map_err(|e| Failure::Usage(e.to_string()))?;
     kernel::require_root("record")?;
+    privilege::plan(args.selection.user.as_deref())?;
     // Bound before the programs load: an address in use is told at once.
     let listener = match args.metrics {
         Some(addr) => Some(server::bind(addr).await?),

@@ -152,6 +152,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         return list_at_risk(&args);
     }
     kernel::require_root("trace")?;
+    privilege::plan(args.selection.user.as_deref())?;
     let mut engine = Engine::start(
         &args.selection,
         Wants {

@@ -48,6 +48,18 @@ fn top_suspends_resumes_resizes_and_leaves_the_terminal_sane() {
     let dashboard = |s: &str| s.contains("kat top") && !s.contains("kat-test$");
     term.wait_for("the dashboard", Duration::from_secs(60), dashboard);
     let kat = top_pid(shell);
+    // Once attached, `kat top` keeps only what it needs (tests/privilege.rs
+    // checks every thread of `kat trace` and `kat record`).
+    let kept = kat_userspace::privilege::KEPT
+        .iter()
+        .fold(0, |m, c| m | c.bitmask());
+    let status = std::fs::read_to_string(format!("/proc/{kat}/status")).expect("status");
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .expect("CapEff");
+    assert_eq!(effective & !kept, 0, "kat top kept {effective:x}");
 
     term.keys("C-z");
     let screen = term.wait_for("the shell's job stopped", Duration::from_secs(10), |s| {

@@ -240,6 +240,18 @@ fn key_msg(term: Option<std::io::Result<TermEvent>>) -> Result<Option<Msg>> {
 }
 
 pub async fn run(args: TopArgs) -> Result<()> {
+    dashboard(args, Privileges::Drop).await
+}
+
+/// Whether the live dashboard keeps only what it needs once attached
+/// (`kat top`), or everything (`kat demo`, which removes its lab at the
+/// end).
+pub enum Privileges {
+    Drop,
+    Keep,
+}
+
+pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("kat top draws a dashboard and needs a terminal; for pipes and logs use `kat trace` (or `kat trace --json`)");
     }
@@ -247,6 +259,9 @@ pub async fn run(args: TopArgs) -> Result<()> {
         return run_replay(dir, &args).await;
     }
     kernel::require_root("top")?;
+    if let Privileges::Drop = privileges {
+        crate::privilege::plan(args.selection.user.as_deref())?;
+    }
     let mut pace = SnapshotPace::default();
     pace.due(Instant::now());
     let mut engine = Engine::start(
