@@ -16,7 +16,7 @@ pub mod spawn;
 pub mod tmux;
 
 use std::io::{Read as _, Write as _};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -235,10 +235,10 @@ const SILENCED: (u64, u64, u8) = (2, 1, 3);
 /// A keepalive connection to `listener` whose server's packets are then
 /// dropped.
 struct Silenced {
-    client: std::net::TcpStream,
+    client: TcpStream,
     /// Kept open: its close would send a FIN wherever the blackhole drops
     /// only what it receives.
-    _server: std::net::TcpStream,
+    _server: TcpStream,
     /// The client's local port.
     sport: u16,
     /// When it connected (seconds since the epoch).
@@ -402,11 +402,10 @@ pub fn user_timeout(net: &dyn Net, kat: &KatCmd, port: u16) {
     assert!((1..10).contains(&probes), "{probes} probes");
 }
 
-/// TCP_USER_TIMEOUT without keepalive (what database drivers and gRPC
-/// set): data unacknowledged past it is `user_timeout`, judged by the
-/// setting the socket had at its death.
-pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
-    let mut kat = start(kat, port);
+/// A client with a user timeout of 2.5 s and no keepalive whose server
+/// went silent (blackholed, its end held), and when it then wrote: its
+/// data will never be acknowledged.
+fn written_into_the_void(net: &dyn Net, port: u16) -> (TcpStream, TcpStream, f64) {
     let listener = net.listen(addr(net, port));
     let mut client = net.connect(
         addr(net, port),
@@ -419,6 +418,15 @@ pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
     net.blackhole(&server);
     let sent = now();
     client.write_all(b"into the void").expect("write");
+    (client, server, sent)
+}
+
+/// TCP_USER_TIMEOUT without keepalive (what database drivers and gRPC
+/// set): data unacknowledged past it is `user_timeout`, judged by the
+/// setting the socket had at its death.
+pub fn user_timeout_without_keepalive(net: &dyn Net, kat: &KatCmd, port: u16) {
+    let mut kat = start(kat, port);
+    let (_client, _server, sent) = written_into_the_void(net, port);
 
     let dead = kat.wait_for("death", secs(20.0 * net.slack()), |v| {
         net.is(v, "death", Side::Client, port)
@@ -448,18 +456,7 @@ pub fn user_timeout_when_the_close_hook_is_skipped(net: &dyn Net, kat: &KatCmd, 
     let mut kat = Kat::trace(kat, &["--port", &port.to_string()], &fault);
     let timer_tracepoints = kat.started.contains("(tracepoint lane")
         || kat.started.contains("keepalive_timer=tracepoint");
-    let listener = net.listen(addr(net, port));
-    let mut client = net.connect(
-        addr(net, port),
-        Box::new(|s| {
-            s.set_tcp_user_timeout(Some(Duration::from_millis(2500)))
-                .expect("user timeout");
-        }),
-    );
-    let (server, _) = listener.accept().expect("accept");
-    net.blackhole(&server);
-    let sent = now();
-    client.write_all(b"into the void").expect("write");
+    let (client, _server, sent) = written_into_the_void(net, port);
 
     let is_death = |v: &Value| net.is(v, "death", Side::Client, port);
     let dead = if timer_tracepoints {
