@@ -12,7 +12,7 @@ use std::os::unix::fs::MetadataExt as _;
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
@@ -357,11 +357,25 @@ fn send(
     Ok(())
 }
 
-/// One sock_diag socket per network namespace, opened on first use.
+/// A sock_diag socket holds the network namespace it was made in: one
+/// unused this long is closed, so that a namespace deleted on the host (a
+/// container gone, a lab torn down) is freed, and the cache stays as
+/// small as the namespaces in use.
+pub const CLOSE_UNUSED_AFTER: Duration = Duration::from_secs(5);
+
+/// A namespace's socket (None: it could not be made) and when it was
+/// last used.
+struct Cached {
+    socket: Option<Socket>,
+    used: Instant,
+}
+
+/// One sock_diag socket per network namespace, opened on first use and
+/// closed when unused ([`CLOSE_UNUSED_AFTER`]).
 #[derive(Default)]
 pub struct Diag {
-    by_netns: HashMap<u32, Option<Socket>>,
-    dumped: HashMap<u32, std::time::Instant>,
+    by_netns: HashMap<u32, Cached>,
+    dumped: HashMap<u32, Instant>,
     /// The kernel refused the one dump for both families: a dump per
     /// family (SOCK_DIAG_BY_FAMILY) instead.
     per_family: bool,
@@ -457,7 +471,7 @@ const DUMP_ABOVE: usize = 64;
 /// A dump walks the kernel's whole established hash and every socket of
 /// the namespace: at most one a second per namespace. Sockets skipped are
 /// asked again after their next wait (Tracker::due_for_answer).
-const DUMP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const DUMP_EVERY: Duration = Duration::from_secs(1);
 
 impl Diag {
     /// The TCP sockets of a namespace that `query` asks for and `keep`
@@ -548,21 +562,32 @@ impl Diag {
     }
 
     fn socket(&mut self, netns: u32) -> Option<&mut Socket> {
-        self.by_netns
-            .entry(netns)
-            .or_insert_with(|| {
-                let result = if netns_inode("/proc/self/ns/net") == Some(netns) {
-                    open_socket()
-                } else {
-                    open_netns(netns)
-                        .ok_or_else(|| anyhow!("no handle on network namespace {netns}"))
-                        .and_then(open_socket_in)
-                };
-                result
+        let cached = self.by_netns.entry(netns).or_insert_with(|| {
+            let result = if netns_inode("/proc/self/ns/net") == Some(netns) {
+                open_socket()
+            } else {
+                open_netns(netns)
+                    .ok_or_else(|| anyhow!("no handle on network namespace {netns}"))
+                    .and_then(open_socket_in)
+            };
+            Cached {
+                socket: result
                     .map_err(|e| log::debug!("sock_diag for netns {netns}: {e:#}"))
-                    .ok()
-            })
-            .as_mut()
+                    .ok(),
+                used: Instant::now(),
+            }
+        });
+        cached.used = Instant::now();
+        cached.socket.as_mut()
+    }
+
+    /// Closes the sockets unused for [`CLOSE_UNUSED_AFTER`] at `now`, and
+    /// forgets dumps as old (past DUMP_EVERY, they limit nothing).
+    pub fn close_unused(&mut self, now: Instant) {
+        self.by_netns
+            .retain(|_, c| now.duration_since(c.used) < CLOSE_UNUSED_AFTER);
+        self.dumped
+            .retain(|_, at| now.duration_since(*at) < CLOSE_UNUSED_AFTER);
     }
 
     /// One socket of `netns` by its addresses and ports, or None when the
@@ -648,7 +673,7 @@ impl Diag {
                 if recent {
                     continue;
                 }
-                self.dumped.insert(netns, std::time::Instant::now());
+                self.dumped.insert(netns, Instant::now());
                 // Every socket: one under another timer is there, not gone.
                 match self.dump(netns, Query::Keepalive, Keep::default()) {
                     Ok(rows) => {
@@ -912,6 +937,23 @@ mod tests {
     /// one dump lists the keepalive sockets of both families, and so do
     /// the dumps per family that kat falls back to where the kernel
     /// refuses the one.
+    #[test]
+    fn a_socket_unused_for_a_while_is_closed_and_its_namespace_let_go() {
+        let own = netns_inode("/proc/self/ns/net").expect("own namespace");
+        let mut diag = Diag::default();
+        assert!(
+            diag.socket(own).is_some(),
+            "a sock_diag socket, no root needed"
+        );
+        let used = diag.by_netns[&own].used;
+        diag.close_unused(used + CLOSE_UNUSED_AFTER - Duration::from_millis(1));
+        assert!(diag.by_netns.contains_key(&own), "still in use");
+        diag.close_unused(used + CLOSE_UNUSED_AFTER);
+        assert!(diag.by_netns.is_empty(), "closed once unused");
+        // Asked again, it is made anew.
+        assert!(diag.socket(own).is_some());
+    }
+
     #[test]
     fn one_dump_lists_both_families() {
         both_families_listed(false);

@@ -86,7 +86,16 @@ fn run(
 ) {
     let mut diag = Diag::default();
     let mut listing = Snapshots::default();
-    while let Ok(first) = inbox.recv() {
+    loop {
+        // Woken at least once a second to let go of unused namespaces.
+        let first = match inbox.recv_timeout(Duration::from_secs(1)) {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                diag.close_unused(Instant::now());
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
         // Only the newest request of each kind matters: after a slow round
         // the stale ones are skipped, not queued up.
         let mut probing = None;
@@ -111,6 +120,7 @@ fn run(
                 return;
             }
         }
+        diag.close_unused(Instant::now());
     }
 }
 
