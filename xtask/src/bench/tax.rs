@@ -255,15 +255,12 @@ pub fn run(ctx: &Ctx) -> Result<String> {
          kat's fdinfo; the statistics add two clock reads a run, so these are upper \
          bounds). The share is kat's programs and process together over the machine's \
          CPUs for the flood: on this CPU-bound workload, about the requests a second \
-         kat takes away, without the noise of the ratios. `kat record` and `kat top` \
-         run the programs of `kat trace`.\n\n\
+         kat takes away, without the noise of the ratios. Every kat runs the same \
+         programs; the process is kat's own (for `kat top`, not tmux's redrawing).\n\n\
          | kat | BPF runs per request | BPF ns per request | share of the machine |\n\
          |---|---|---|---|\n"
     ));
-    for (variant, name) in VARIANTS
-        .iter()
-        .filter(|(v, _)| matches!(*v, "trace" | "all"))
-    {
+    for (variant, name) in VARIANTS {
         let k = kernel_cost(ctx, &nginx, variant, seconds, &tmp)?;
         md.push_str(&format!(
             "| {name} | {:.1} | {:.0} | {:.1} % |\n",
