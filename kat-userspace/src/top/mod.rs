@@ -293,8 +293,14 @@ pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
     let mut terminal = Terminal::new(CrosstermBackend::new(std::io::stdout()))?;
     let mut keys = EventStream::new();
     let mut second = tokio::time::interval(Duration::from_secs(1));
+    // Drawn only when something changed: the engine wakes ten times a
+    // second, under a flood of other connections mostly with nothing for
+    // the dashboard.
+    let mut stale = true;
     loop {
-        terminal.draw(|f| view::view(f, &model))?;
+        if std::mem::take(&mut stale) {
+            terminal.draw(|f| view::view(f, &model))?;
+        }
         let mut msgs = Vec::new();
         tokio::select! {
             step = engine.next() => match step {
@@ -328,8 +334,14 @@ pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
                     });
                 }
             }
-            term = keys.next() => msgs.extend(terminal_input(term, &mut terminal)?),
+            // Any terminal event redraws: a resize or a return from
+            // Ctrl-Z brings no message but needs a frame.
+            term = keys.next() => {
+                msgs.extend(terminal_input(term, &mut terminal)?);
+                stale = true;
+            }
         }
+        stale |= !msgs.is_empty();
         if !update(&mut model, None, msgs) {
             break;
         }
