@@ -67,18 +67,33 @@ macro_rules! scenario_list {
 
 with_scenarios!(scenario_list);
 
-/// True when a root-only test may run; without root it is skipped, except
-/// under CI=true, where skipping is a failure.
+/// True when a root-only test may run; without root it is skipped.
 pub fn root_or_skip() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
+    skip("needs root (run the suite with `cargo xtask test`)");
+    false
+}
+
+/// Something a test needs is missing: it is skipped, saying why, except
+/// under CI=true, where skipping is a failure.
+pub fn skip(why: &str) {
     assert!(
         std::env::var("CI").map_or(true, |v| v != "true"),
-        "these tests need root and CI=true forbids skipping them"
+        "{why}, and CI=true forbids skipping"
     );
-    eprintln!("SKIPPED: needs root (run the suite with `cargo xtask test`)");
-    false
+    eprintln!("SKIPPED: {why}");
+}
+
+/// A finished command's exit status and output, for a failure message.
+pub fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 fn secs(s: f64) -> Duration {

@@ -17,8 +17,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use kat_scenarios::output_text as text;
 use kat_userspace::metrics::{Build, Metrics};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
@@ -34,26 +35,11 @@ fn read(rel: &str) -> String {
     std::fs::read_to_string(repo().join(rel)).unwrap_or_else(|e| panic!("read {rel}: {e}"))
 }
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// A tool the check needs is missing: a failure in CI, else a skip.
+/// A tool the check needs is missing.
 fn missing(tool: &str, why: &str) {
-    assert!(
-        !in_ci(),
-        "{tool} is missing ({why}) and CI=true forbids skipping"
-    );
-    eprintln!("SKIPPED: {tool} is missing ({why}); `cargo xtask setup` installs it");
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    kat_scenarios::skip(&format!(
+        "{tool} is missing ({why}); `cargo xtask setup` installs it"
+    ));
 }
 
 /// kat run with these arguments as an ordinary user: arguments it cannot

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use clap::CommandFactory as _;
+use kat_scenarios::{output_text as text, skip};
 use kat_userspace::cli::Cli;
 use kat_userspace::event::Reason;
 
@@ -39,28 +40,9 @@ const MIRROR: &str = "http://deb.debian.org/debian";
 /// as the VM matrix's kernels are).
 const CACHE: &str = "/var/cache/kat-dist/debootstrap";
 
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Something the test needs is missing: a failure in CI, else a skip.
-fn skip(why: &str) {
-    assert!(!in_ci(), "{why}, and CI=true forbids skipping");
-    eprintln!("SKIPPED: {why}");
-}
-
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()))
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// A command run to its end (a `Command` or a `&mut Command`).
