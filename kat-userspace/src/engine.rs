@@ -266,12 +266,17 @@ impl Engine {
 
     /// What the kernel lost so far, as read in the last second.
     pub fn lost(&self) -> LostCounts {
-        self.source.lost(false)
+        self.with_unseen(self.source.lost(false))
     }
 
     /// The same, read now: for the last word on a run.
     pub fn lost_now(&self) -> LostCounts {
-        self.source.lost(true)
+        self.with_unseen(self.source.lost(true))
+    }
+
+    fn with_unseen(&self, mut lost: LostCounts) -> LostCounts {
+        lost.unseen_timer_runs = self.tracker.unseen_timer_runs();
+        lost
     }
 
     /// Ring-buffer items that were not whole records.

@@ -53,20 +53,22 @@ fn ring(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
 
 /// What the kernel could not tell kat so far: records it could not queue
 /// (the ring was full) or whose program it skipped (crate::misses), by
-/// kind (`kat_common::kind`), and skipped runs that may each have been any
-/// kind.
+/// kind (`kat_common::kind`), skipped runs that may each have been any
+/// kind, and keepalive timer runs the tracker found no record of.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LostCounts {
     pub by_kind: [u64; kind::COUNT],
     pub skipped_runs: u64,
+    pub unseen_timer_runs: u64,
 }
 
-/// The name skipped runs go by beside the kinds.
+/// The names skipped and unseen runs go by beside the kinds.
 const SKIPPED_RUN: &str = "skipped_run";
+const UNSEEN_TIMER_RUN: &str = "unseen_timer_run";
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.by_kind.iter().sum::<u64>() + self.skipped_runs
+        self.by_kind.iter().sum::<u64>() + self.skipped_runs + self.unseen_timer_runs
     }
 
     /// All but orderly closes: what must never be lost. A skipped run may
@@ -81,7 +83,10 @@ impl LostCounts {
             .iter()
             .enumerate()
             .map(|(k, &n)| (kind::name(k), n))
-            .chain([(SKIPPED_RUN, self.skipped_runs)])
+            .chain([
+                (SKIPPED_RUN, self.skipped_runs),
+                (UNSEEN_TIMER_RUN, self.unseen_timer_runs),
+            ])
             .filter(|&(_, n)| n > 0)
             .map(|(k, n)| (k.to_string(), n))
             .collect()
@@ -260,5 +265,8 @@ mod tests {
             lost.text(),
             "15 records lost (closed 10, death 2, skipped_run 3)"
         );
+        lost.unseen_timer_runs = 1;
+        assert_eq!(lost.precious(), 6, "an unseen run may have been a probe");
+        assert_eq!(lost.by_kind().get("unseen_timer_run"), Some(&1));
     }
 }

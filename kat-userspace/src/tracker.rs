@@ -111,6 +111,8 @@ struct Sock {
     established_ns: Option<u64>,
     /// Unanswered probes as kat last saw them.
     probes_out: u8,
+    /// The probe count after the last keepalive timer run kat saw.
+    last_run_probes: Option<u8>,
     /// The idle time at the first probe of the current unanswered run.
     first_unanswered_idle_s: Option<f64>,
     settings: Option<Settings>,
@@ -168,6 +170,8 @@ pub struct Tracker {
     reset_reasons: HashMap<u32, ResetName>,
     realtime_offset_ns: i128,
     socks: HashMap<u64, Sock>,
+    /// Keepalive timer runs that no record told of (see `timer_run`).
+    unseen_timer_runs: u64,
     /// By path (namespace, peer address and port): the longest silence
     /// after which a keepalive probe there was answered.
     survived: HashMap<Path, f64>,
@@ -285,8 +289,15 @@ impl Tracker {
             reset_reasons,
             realtime_offset_ns: setup.realtime_offset_ns,
             socks: HashMap::new(),
+            unseen_timer_runs: 0,
             survived: HashMap::new(),
         }
+    }
+
+    /// Keepalive timer runs kat knows the kernel made but had no record
+    /// of: a probe count that rose by more than one between two runs.
+    pub fn unseen_timer_runs(&self) -> u64 {
+        self.unseen_timer_runs
     }
 
     pub fn tracked(&self) -> usize {
@@ -435,6 +446,7 @@ impl Tracker {
             sock_ino: rec.sock_ino,
             established_ns: None,
             probes_out: 0,
+            last_run_probes: None,
             first_unanswered_idle_s: None,
             settings: None,
             reset_sent: None,
@@ -554,6 +566,20 @@ impl Tracker {
         let sk = rec.sk;
         let sock = self.sock(rec);
         sock.settings = Some(settings);
+        // Only a keepalive run adds a probe, one at a time; the count
+        // falls only on an answer. A run that probed or killed, finding
+        // more probes out than the last run kat saw left, followed runs
+        // whose records never came: lost, and counted as such. (Other
+        // runs may follow zero-window probes, which count here too.)
+        let probed_or_killed =
+            rec.probes_after > rec.probes_before || rec.state == tcp_state::CLOSE;
+        let unseen = match sock.last_run_probes {
+            Some(last) if probed_or_killed => rec.probes_before.saturating_sub(last),
+            _ => 0,
+        };
+        sock.last_run_probes = Some(rec.probes_after);
+        self.unseen_timer_runs += u64::from(unseen);
+        let sock = self.socks.get_mut(&sk).expect("inserted above");
         let was_out = sock.probes_out;
         // The kernel zeroes icsk_probes_out on every valid ACK: if it is 0
         // now and we had probes out, they were answered (sock_diag usually

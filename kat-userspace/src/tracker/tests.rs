@@ -729,3 +729,28 @@ fn a_wall_clock_step_dates_the_events_after_it_by_the_new_clock() {
         "11 s of monotonic time on the new wall clock"
     );
 }
+
+#[test]
+fn a_probe_count_that_jumps_counts_the_runs_no_record_told_of() {
+    let mut t = tracker();
+    feed(&mut t, [timer(2.0, 0, 1), timer(4.0, 2, 3)]);
+    assert_eq!(t.unseen_timer_runs(), 1, "the run of probe 2");
+    let mut killed = timer(6.0, 3, 3);
+    killed.state = tcp_state::CLOSE;
+    feed(&mut t, [killed]);
+    assert_eq!(t.unseen_timer_runs(), 1, "the killing run follows probe 3");
+}
+
+#[test]
+fn a_count_kat_never_saw_rise_or_an_answer_between_runs_is_no_loss() {
+    let mut t = tracker();
+    // Started while probes were out; then probes answered and sent anew.
+    feed(
+        &mut t,
+        [timer(2.0, 2, 3), timer(3.0, 0, 1), timer(4.0, 1, 2)],
+    );
+    // A run that neither probes nor kills (the socket was busy) says
+    // nothing of the runs before it.
+    feed(&mut t, [timer(4.05, 2, 2)]);
+    assert_eq!(t.unseen_timer_runs(), 0);
+}
