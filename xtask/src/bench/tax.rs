@@ -250,23 +250,40 @@ pub fn run(ctx: &Ctx) -> Result<String> {
         all.join(", ")
     ));
     md.push_str(&format!(
-        "\nkat's kernel cost, measured: one more {seconds}-s flood per kat below with \
+        "\nkat's kernel cost, measured: {rounds} more round(s) of one {seconds}-s flood per kat with \
          `kernel.bpf_stats_enabled=1` (the programs' `run_time_ns` and `run_cnt` from \
          kat's fdinfo; the statistics add two clock reads a run, so these are upper \
          bounds). The share is kat's programs and process together over the machine's \
          CPUs for the flood: on this CPU-bound workload, about the requests a second \
          kat takes away, without the noise of the ratios. Every kat runs the same \
-         programs; the process is kat's own (for `kat top`, not tmux's redrawing).\n\n\
-         | kat | BPF runs per request | BPF ns per request | share of the machine |\n\
+         programs; the process is kat's own (for `kat top`, not tmux's redrawing). Medians, \
+         and each round's share in brackets.\n\n\
+         | kat | BPF runs per request (median) | BPF ns per request (median) | share of the machine (median, each round) |\n\
          |---|---|---|---|\n"
     ));
+    let mut costs = Vec::new();
+    for _ in 0..rounds {
+        for (variant, _) in VARIANTS {
+            costs.push((variant, kernel_cost(ctx, &nginx, variant, seconds, &tmp)?));
+        }
+    }
     for (variant, name) in VARIANTS {
-        let k = kernel_cost(ctx, &nginx, variant, seconds, &tmp)?;
+        let mine: Vec<&KernelCost> = costs
+            .iter()
+            .filter(|(v, _)| *v == variant)
+            .map(|(_, k)| k)
+            .collect();
+        let m = |f: fn(&KernelCost) -> f64| median(&mine.iter().map(|k| f(k)).collect::<Vec<_>>());
+        let shares: Vec<String> = mine
+            .iter()
+            .map(|k| format!("{:.1}", 100.0 * k.share))
+            .collect();
         md.push_str(&format!(
-            "| {name} | {:.1} | {:.0} | {:.1} % |\n",
-            k.runs_per_request,
-            k.ns_per_request,
-            100.0 * k.share
+            "| {name} | {:.1} | {:.0} | {:.1} % ({} %) |\n",
+            m(|k| k.runs_per_request),
+            m(|k| k.ns_per_request),
+            100.0 * m(|k| k.share),
+            shares.join(", ")
         ));
     }
     Ok(md)
