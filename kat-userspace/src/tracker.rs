@@ -126,6 +126,24 @@ struct Sock {
     ask_gap_ns: u64,
 }
 
+impl Sock {
+    /// Keepalive timer runs of this socket that came before `run` but
+    /// never reached kat. Only such a run adds a probe, one at a time, and
+    /// only an answer lowers the count (zero-window probes raise it too,
+    /// but only while data waits, when this timer neither probes nor
+    /// kills, and the window opens with an ACK, which zeroes it): a run
+    /// that probes or kills and finds more probes out than the last run
+    /// kat saw left follows that many unseen runs.
+    fn runs_unseen_before(&mut self, run: &Record) -> u8 {
+        let probed_or_killed =
+            run.probes_after > run.probes_before || run.state == tcp_state::CLOSE;
+        match self.last_run_probes.replace(run.probes_after) {
+            Some(last) if probed_or_killed => run.probes_before.saturating_sub(last),
+            _ => 0,
+        }
+    }
+}
+
 /// The kernel's reset reasons (`enum sk_rst_reason`) that tell kat why a
 /// connection died; the rest are only named.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -566,21 +584,9 @@ impl Tracker {
         let sk = rec.sk;
         let sock = self.sock(rec);
         sock.settings = Some(settings);
-        // Only a keepalive run adds a probe, one at a time; the count
-        // falls only on an answer. A run that probed or killed, finding
-        // more probes out than the last run kat saw left, followed runs
-        // whose records never came: lost, and counted as such. (Other
-        // runs may follow zero-window probes, which count here too.)
-        let probed_or_killed =
-            rec.probes_after > rec.probes_before || rec.state == tcp_state::CLOSE;
-        let unseen = match sock.last_run_probes {
-            Some(last) if probed_or_killed => rec.probes_before.saturating_sub(last),
-            _ => 0,
-        };
-        sock.last_run_probes = Some(rec.probes_after);
-        self.unseen_timer_runs += u64::from(unseen);
-        let sock = self.socks.get_mut(&sk).expect("inserted above");
+        let unseen = sock.runs_unseen_before(rec);
         let was_out = sock.probes_out;
+        self.unseen_timer_runs += u64::from(unseen);
         // The kernel zeroes icsk_probes_out on every valid ACK: if it is 0
         // now and we had probes out, they were answered (sock_diag usually
         // tells us sooner).
