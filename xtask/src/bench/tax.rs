@@ -261,19 +261,15 @@ pub fn run(ctx: &Ctx) -> Result<String> {
          | kat | BPF runs per request (median) | BPF ns per request (median) | share of the machine (median, each round) |\n\
          |---|---|---|---|\n"
     ));
-    let mut costs = Vec::new();
+    // One list per kat, in VARIANTS' order.
+    let mut costs: Vec<Vec<KernelCost>> = VARIANTS.iter().map(|_| Vec::new()).collect();
     for _ in 0..rounds {
-        for (variant, _) in VARIANTS {
-            costs.push((variant, kernel_cost(ctx, &nginx, variant, seconds, &tmp)?));
+        for ((variant, _), mine) in VARIANTS.iter().zip(&mut costs) {
+            mine.push(kernel_cost(ctx, &nginx, variant, seconds, &tmp)?);
         }
     }
-    for (variant, name) in VARIANTS {
-        let mine: Vec<&KernelCost> = costs
-            .iter()
-            .filter(|(v, _)| *v == variant)
-            .map(|(_, k)| k)
-            .collect();
-        let m = |f: fn(&KernelCost) -> f64| median(&mine.iter().map(|k| f(k)).collect::<Vec<_>>());
+    for ((_, name), mine) in VARIANTS.iter().zip(&costs) {
+        let m = |f: fn(&KernelCost) -> f64| median(&mine.iter().map(f).collect::<Vec<_>>());
         let shares: Vec<String> = mine
             .iter()
             .map(|k| format!("{:.1}", 100.0 * k.share))
