@@ -25,7 +25,11 @@ impl Terminal {
         let name = format!("{name}-{}", std::process::id());
         let exit_file = std::env::temp_dir().join(format!("{name}.exit"));
         let _ = std::fs::remove_file(&exit_file);
-        let shell = format!("{command}; echo $? > {}; sleep 30", exit_file.display());
+        // Written aside and renamed: a reader never sees the file created but still empty.
+        let shell = format!(
+            "{command}; echo $? > {0}.tmp; mv {0}.tmp {0}; sleep 30",
+            exit_file.display()
+        );
         let (w, h) = (width.to_string(), height.to_string());
         tmux(&["new-session", "-d", "-s", &name, "-x", &w, "-y", &h, &shell]);
         Self { name, exit_file }
