@@ -124,6 +124,16 @@ impl Drop for Nat {
     }
 }
 
+/// The router's conntrack forgot the client's flow from `sport`.
+fn forgotten(v: &Value, sport: u16, port: u16, router: u64) -> bool {
+    v["type"] == "conntrack_expired"
+        && v["saddr"] == CLIENT_ADDR
+        && v["sport"] == sport
+        && v["daddr"] == SERVER_ADDR
+        && v["dport"] == port
+        && v["netns"] == router
+}
+
 /// A death or probe of the client's end of the connection from `sport`.
 fn client_event(v: &Value, ty: &str, sport: u16) -> bool {
     v["type"] == ty && v["saddr"] == CLIENT_ADDR && v["sport"] == sport
@@ -156,6 +166,11 @@ fn local_port(s: &TcpStream) -> u16 {
 /// - keepalive on with the client namespace's own idle, 6 s
 ///   (`net.ipv4.tcp_keepalive_time`): dies the same way at 6 s, and the
 ///   report's advice names that sysctl for it, TCP_KEEPIDLE for the other.
+///
+/// kat runs on the gateway too (the router is a namespace of this host):
+/// with `--conntrack` it is told each flow the router's conntrack forgot,
+/// the NAT's outside address in the reply direction, and the report counts
+/// them by server.
 pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     let p = port.to_string();
     let journal = std::env::temp_dir().join(format!("kat-nat-{}-{port}", std::process::id()));
@@ -167,8 +182,9 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     ] {
         ns::sysctl(&nat.client, key, value).expect("client sysctl");
     }
-    let recorder = Kat::record(kat_cmd, &journal, &["--port", &p]);
-    let mut kat = Kat::trace(kat_cmd, &["--port", &p], &[]);
+    let router = ns::inode(&nat.router).expect("router netns");
+    let recorder = Kat::record(kat_cmd, &journal, &["--port", &p, "--conntrack"]);
+    let mut kat = Kat::trace(kat_cmd, &["--port", &p, "--conntrack"], &[]);
     let listener = nat.listen(port).expect("listen");
     let accept = || listener.accept().expect("accept").0;
     let mut silent = nat
@@ -230,6 +246,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     );
 
     // The silent one speaks: the router drops it as a stranger.
+    let wrote = now();
     silent.write_all(b"still there?").expect("write");
     let dead = kat.wait_for("the silent one's death", Duration::from_secs(15), |v| {
         client_event(v, "death", local_port(&silent))
@@ -239,6 +256,24 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     // Silent from the handshake to the write, 4.3 s; the path answered
     // the kept connection's probes after 1 s.
     suspected(&dead, 4.0, 5.5);
+    // The router forgot it before the write, and told kat at the latest
+    // when the write found its entry expired.
+    let expired = kat
+        .seen
+        .iter()
+        .find(|v| forgotten(v, local_port(&silent), port, router))
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "the router's conntrack forgot the silent flow: {:#?}",
+                kat.seen
+            )
+        });
+    assert_eq!(expired["reply"]["daddr"], ROUTER_OUTSIDE, "{expired}");
+    assert!(
+        ts(&expired) - started > 2.5 && ts(&expired) < wrote + 0.5,
+        "forgotten after 3 s of silence, told by the write at the latest: {expired}"
+    );
 
     let dead = kat.wait_for("the late keepalive's death", Duration::from_secs(15), |v| {
         client_event(v, "death", local_port(&late))
@@ -277,12 +312,38 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
         !events.iter().any(|v| client_event(v, "death", kept_port)),
         "keepalive shorter than the NAT's timeout lives: {events:#?}"
     );
+    for (s, what) in [
+        (&late, "the late keepalive's"),
+        (&by_sysctl, "the sysctl keepalive's"),
+    ] {
+        assert!(
+            events
+                .iter()
+                .any(|v| forgotten(v, local_port(s), port, router)),
+            "the router forgot {what} flow: {events:#?}"
+        );
+    }
+    assert!(
+        !events.iter().any(|v| forgotten(v, kept_port, port, router)),
+        "a flow its probes keep fresh is never forgotten: {events:#?}"
+    );
 
     // The report learnt the path's idle timeout and names the knobs.
     let (status, _, _) = recorder.stop();
     assert!(status.success(), "kat record exited with {status}");
     let report = kat::report(kat_cmd, &journal, &[]);
     let _ = std::fs::remove_dir_all(&journal);
+    let forgotten_rows = report["conntrack_expired"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        forgotten_rows.iter().any(|v| v["daddr"] == SERVER_ADDR
+            && v["dport"] == port
+            && v["netns"] == router
+            && v["flows"] == 3),
+        "the journal's three forgotten flows, by server: {report:#}"
+    );
     let paths = report["paths"].as_array().cloned().unwrap_or_default();
     let path = paths
         .iter()

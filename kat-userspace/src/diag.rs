@@ -432,6 +432,11 @@ fn open_socket_in(netns: OwnedFd) -> Result<Socket> {
     .map_err(|_| anyhow!("sock_diag helper thread panicked"))?
 }
 
+/// The network namespace kat itself runs in.
+pub fn own_netns() -> Option<u32> {
+    netns_inode("/proc/self/ns/net")
+}
+
 /// The network namespaces kat can see by name or through a process.
 pub fn visible_netns() -> Vec<u32> {
     let mut all: Vec<u32> = std::fs::read_dir("/run/netns")

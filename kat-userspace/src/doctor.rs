@@ -54,6 +54,13 @@ struct Report {
     /// sock_diag dumps both families in one walk (TCPDIAG_GETSOCK with
     /// AF_UNSPEC); false: one dump per family; null: no dump worked.
     one_dump_for_both_families: Option<bool>,
+    /// Why `--conntrack` cannot be told of expired flows here (ctnetlink's
+    /// destroy events), where it cannot; null: it can.
+    conntrack_problem: Option<String>,
+    /// This namespace's net.netfilter.nf_conntrack_events: 2 (the
+    /// default) tells only flows tracked after kat subscribed, 1 all, 0
+    /// none; null: no conntrack here.
+    conntrack_events: Option<u64>,
     can_run: bool,
     problem: Option<String>,
 }
@@ -90,6 +97,12 @@ fn report() -> Report {
         owners_problem: None,
         connections_census_problem: None,
         one_dump_for_both_families: crate::diag::Diag::one_walk_for_both_families().ok(),
+        conntrack_problem: crate::conntrack::available()
+            .err()
+            .map(|e| format!("{e:#}")),
+        conntrack_events: std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_events")
+            .ok()
+            .and_then(|s| s.trim().parse().ok()),
         can_run: false,
         problem: None,
     };
@@ -201,6 +214,15 @@ fn text(r: &Report) -> String {
             Some(true) => "both families in one walk".into(),
             Some(false) => "one walk per family (TCPDIAG_GETSOCK refused)".into(),
             None => "failed (kat top lists no sockets)".into(),
+        },
+    );
+    line(
+        "conntrack expiry",
+        match (&r.conntrack_problem, r.conntrack_events) {
+            (Some(why), _) => format!("not available to --conntrack ({why})"),
+            (None, Some(0)) => "ctnetlink, but net.netfilter.nf_conntrack_events is 0 here: no events".into(),
+            (None, Some(2)) => "ctnetlink destroy events (--conntrack); nf_conntrack_events 2: flows tracked before kat started are not told".into(),
+            (None, _) => "ctnetlink destroy events (--conntrack)".into(),
         },
     );
     if !r.attempts.is_empty() {

@@ -16,6 +16,7 @@ use chrono::{DateTime, Utc};
 use tokio::time::Interval;
 
 use crate::closes::ClosesSource;
+use crate::conntrack::{self, Expired};
 use crate::diag::worker::{Ask, Snapshot, Worker};
 use crate::diag::Answer;
 use crate::event::{Closes, Event};
@@ -94,6 +95,8 @@ pub enum Step {
     Events(Vec<Event>),
     /// The keepalive sockets the view asked for (`ask_snapshot`).
     Snapshot(Snapshot),
+    /// Flows this host's conntrack forgot (`Wants::conntrack`).
+    Expired(Vec<Expired>),
     /// SIGINT or SIGTERM: the view reports what `finish` returns and ends.
     Stop,
 }
@@ -105,6 +108,7 @@ pub struct Engine {
     tracker: Tracker,
     diag: Worker,
     owners: Owners,
+    conntrack: Option<conntrack::Watch>,
     answer_poll: Interval,
     stop: StopSignals,
 }
@@ -119,6 +123,8 @@ pub struct Wants {
     /// both take a good part of a second, and `kat top`'s first frame
     /// waits for both.
     pub snapshot: bool,
+    /// The flows this host's conntrack forgets (`--conntrack`).
+    pub conntrack: bool,
 }
 
 impl Engine {
@@ -140,6 +146,18 @@ impl Engine {
             std::mem::take(&mut loaded.owners),
             Attributor::new(Path::new("/proc"), &selection.host_root),
         ));
+        // Subscribed while kat still has the capabilities it takes.
+        let conntrack = if wants.conntrack {
+            let watch = conntrack::Watch::start(selection.ports.clone())
+                .context("--conntrack: cannot watch this host's conntrack")?;
+            eprintln!(
+                "kat: watching the conntrack of {} network namespace(s) for established flows it forgets",
+                watch.namespaces
+            );
+            Some(watch)
+        } else {
+            None
+        };
         release_startup_memory();
         let tracker = Tracker::new(Setup {
             hz: loaded.hz,
@@ -153,6 +171,7 @@ impl Engine {
             tracker,
             diag,
             owners,
+            conntrack,
             answer_poll: tokio::time::interval(ANSWER_POLL),
             stop: StopSignals::catch()?,
         })
@@ -182,10 +201,24 @@ impl Engine {
                 Some(found) = self.diag.answers.recv() => Step::Events(self.answers(found)),
                 () = self.owners.ready() => Step::Events(self.owners.release(false)),
                 Some(snapshot) = self.diag.snapshots.recv() => Step::Snapshot(snapshot),
+                Some(first) = next_expired(&mut self.conntrack) => {
+                    Step::Expired(self.more_expired(first))
+                }
                 () = self.stop.recv() => Step::Stop,
             };
             return step;
         }
+    }
+
+    /// `first` and every expiry already waiting behind it.
+    fn more_expired(&mut self, first: Expired) -> Vec<Expired> {
+        let mut all = vec![first];
+        if let Some(watch) = &mut self.conntrack {
+            while let Ok(e) = watch.expired.try_recv() {
+                all.push(e);
+            }
+        }
+        all
     }
 
     /// Sends the sockets with a probe out to the sock_diag worker; its
@@ -276,6 +309,7 @@ impl Engine {
 
     fn with_unseen(&self, mut lost: LostCounts) -> LostCounts {
         lost.unseen_timer_runs = self.tracker.unseen_timer_runs();
+        lost.conntrack_expired = self.conntrack.as_ref().map_or(0, conntrack::Watch::lost);
         lost
     }
 
@@ -287,6 +321,15 @@ impl Engine {
     /// Connections the tracker still follows.
     pub fn tracked(&self) -> usize {
         self.tracker.tracked()
+    }
+}
+
+/// The next expiry, or never without `--conntrack`. Cancel-safe, as
+/// `Engine::next` needs: a channel's `recv` is.
+async fn next_expired(watch: &mut Option<conntrack::Watch>) -> Option<Expired> {
+    match watch {
+        Some(w) => w.expired.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -6,6 +6,7 @@ pub mod btf;
 pub mod cli;
 pub mod closes;
 pub mod conns;
+pub mod conntrack;
 pub mod demo;
 pub mod diag;
 pub mod doctor;

@@ -228,6 +228,7 @@ pub struct Metrics {
     idle_before_death: Family<ReasonLabel, Histogram, fn() -> Histogram>,
     idle_cap: Capped<ReasonLabel>,
     lost: Family<KindLabel, Counter>,
+    conntrack_expired: Counter,
     conns: ConnGauges,
 }
 
@@ -252,6 +253,7 @@ impl Metrics {
             idle_before_death: Family::new_with_constructor(idle_histogram),
             idle_cap: Capped::new(max_label_sets),
             lost: Family::default(),
+            conntrack_expired: Counter::default(),
             conns: ConnGauges {
                 connections: Family::default(),
                 keepalive_idle: Current(Arc::new(RwLock::new(idle_histogram()))),
@@ -283,6 +285,11 @@ impl Metrics {
             "kat_events_lost",
             "Kernel records lost (ring full) or possibly lost (hook run skipped), by kind",
             metrics.lost.clone(),
+        );
+        registry.register(
+            "kat_conntrack_expired",
+            "Established flows this host's conntrack forgot on its own (kat record --conntrack; 0 without it)",
+            metrics.conntrack_expired.clone(),
         );
         registry.register(
             "kat_connections",
@@ -374,6 +381,11 @@ impl Metrics {
             let counted = self.deaths_cap.admit(labels, reason_overflow);
             self.deaths.get_or_create(&counted).inc_by(n);
         }
+    }
+
+    /// Established flows this host's conntrack forgot.
+    pub fn conntrack_expired(&self, n: u64) {
+        self.conntrack_expired.inc_by(n);
     }
 
     /// The kernel's loss counts so far (they only grow).

@@ -62,6 +62,10 @@ pub struct RecordArgs {
     #[arg(long, value_name = "N", default_value_t = 1000, requires = "metrics",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub metrics_label_sets: u32,
+    /// Also the established flows this host's conntrack forgets (on a NAT
+    /// gateway or stateful firewall: every namespace kat sees at start).
+    #[arg(long)]
+    pub conntrack: bool,
 }
 
 fn every(s: &str) -> Result<Duration, String> {
@@ -100,6 +104,7 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         &args.selection,
         Wants {
             closed_one_by_one: args.all,
+            conntrack: args.conntrack,
             ..Wants::default()
         },
     )?;
@@ -169,6 +174,16 @@ pub async fn run(args: RecordArgs) -> Result<()> {
         let events = tokio::select! {
             step = engine.next() => match step {
                 Step::Events(events) => events,
+                Step::Expired(all) => {
+                    for e in &all {
+                        journal.push(e)?;
+                    }
+                    recorded += all.len() as u64;
+                    if let Some(m) = &metrics {
+                        m.conntrack_expired(all.len() as u64);
+                    }
+                    continue;
+                }
                 // Never asked for.
                 Step::Snapshot(_) => continue,
                 Step::Stop => break,

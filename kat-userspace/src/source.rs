@@ -54,21 +54,27 @@ fn ring(ebpf: &mut aya::Ebpf, name: &str) -> Result<AsyncFd<RingBuf<MapData>>> {
 /// What the kernel could not tell kat so far: records it could not queue
 /// (the ring was full) or whose program it skipped (crate::misses), by
 /// kind (`kat_common::kind`), skipped runs that may each have been any
-/// kind, and keepalive timer runs the tracker found no record of.
+/// kind, keepalive timer runs the tracker found no record of, and
+/// conntrack expiries that did not reach kat (`--conntrack`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LostCounts {
     pub by_kind: [u64; kind::COUNT],
     pub skipped_runs: u64,
     pub unseen_timer_runs: u64,
+    pub conntrack_expired: u64,
 }
 
 /// The names skipped and unseen runs go by beside the kinds.
 const SKIPPED_RUN: &str = "skipped_run";
 const UNSEEN_TIMER_RUN: &str = "unseen_timer_run";
+const CONNTRACK_EXPIRED: &str = "conntrack_expired";
 
 impl LostCounts {
     pub fn total(&self) -> u64 {
-        self.by_kind.iter().sum::<u64>() + self.skipped_runs + self.unseen_timer_runs
+        self.by_kind.iter().sum::<u64>()
+            + self.skipped_runs
+            + self.unseen_timer_runs
+            + self.conntrack_expired
     }
 
     /// All but orderly closes: what must never be lost. A skipped run may
@@ -86,6 +92,7 @@ impl LostCounts {
             .chain([
                 (SKIPPED_RUN, self.skipped_runs),
                 (UNSEEN_TIMER_RUN, self.unseen_timer_runs),
+                (CONNTRACK_EXPIRED, self.conntrack_expired),
             ])
             .filter(|&(_, n)| n > 0)
             .map(|(k, n)| (k.to_string(), n))

@@ -7,6 +7,7 @@ use anyhow::Result;
 use chrono::Utc;
 
 use crate::at_risk::{self, DEFAULT_IDLE_OVER};
+use crate::conntrack::Expired;
 use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
@@ -33,6 +34,10 @@ pub struct TraceArgs {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_OVER,
           value_parser = at_risk::idle_over, requires = "at_risk")]
     pub idle_over: Duration,
+    /// Also the established flows this host's conntrack forgets (on a NAT
+    /// gateway or stateful firewall: every namespace kat sees at start).
+    #[arg(long, conflicts_with = "at_risk")]
+    pub conntrack: bool,
 }
 
 /// Which events the user asked for. `--port` is not checked again: the
@@ -61,6 +66,24 @@ pub fn line(ev: &Event) -> String {
     s
 }
 
+/// The text line for a flow conntrack forgot.
+pub fn expired_line(e: &Expired) -> String {
+    let mut s = format!(
+        "{} {} → {} conntrack of netns {} forgot the established flow",
+        text::clock_ms(e.ts),
+        text::endpoint(&e.orig.saddr, e.orig.sport),
+        text::endpoint(&e.orig.daddr, e.orig.dport),
+        e.netns
+    );
+    if (e.reply.daddr, e.reply.dport) != (e.orig.saddr, e.orig.sport) {
+        s.push_str(&format!(
+            " (NAT as {})",
+            text::endpoint(&e.reply.daddr, e.reply.dport)
+        ));
+    }
+    s
+}
+
 struct Output {
     args: TraceArgs,
     lost_shown: u64,
@@ -83,6 +106,19 @@ impl Output {
             line(ev)
         };
         writeln!(self.stdout, "{text}").is_ok()
+    }
+
+    /// Writes the flows conntrack forgot; false when stdout is gone.
+    fn expired(&mut self, all: &[Expired]) -> bool {
+        all.iter().all(|e| {
+            self.events += 1;
+            let text = if self.args.json {
+                serde_json::to_string(e).unwrap_or_default()
+            } else {
+                expired_line(e)
+            };
+            writeln!(self.stdout, "{text}").is_ok()
+        })
     }
 
     /// Writes out the batch; false when stdout is gone.
@@ -157,6 +193,7 @@ pub async fn run(args: TraceArgs) -> Result<()> {
         &args.selection,
         Wants {
             closed_one_by_one: args.all,
+            conntrack: args.conntrack,
             ..Wants::default()
         },
     )?;
@@ -176,6 +213,12 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     loop {
         let events = match engine.next().await {
             Step::Events(events) => events,
+            Step::Expired(all) => {
+                if !out.expired(&all) || !out.flush() {
+                    return Ok(());
+                }
+                continue;
+            }
             // Never asked for.
             Step::Snapshot(_) => continue,
             Step::Stop => break,
@@ -293,6 +336,7 @@ mod tests {
             all: false,
             at_risk: false,
             idle_over: Duration::from_secs(60),
+            conntrack: false,
         };
         assert!(!wanted(&args, &closed));
         args.all = true;

@@ -117,8 +117,16 @@ fn doctor_reports_the_lanes_and_whether_kat_can_run() {
     assert!(r["offsets"]["keepalive_timer"]
         .as_u64()
         .is_some_and(|o| o > 0));
+    // Whether --conntrack can be told of expired flows, said either way.
+    assert!(
+        r.as_object()
+            .is_some_and(|o| o.contains_key("conntrack_problem")),
+        "{r}"
+    );
     let text = kat(&["doctor"]);
-    assert!(String::from_utf8_lossy(&text.stdout).contains("kat can run here."));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("kat can run here."), "{text}");
+    assert!(text.contains("conntrack expiry"), "{text}");
 }
 
 /// Every lane is either used when forced or refused clearly, so this

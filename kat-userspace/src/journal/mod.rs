@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::conntrack::Expired;
 use crate::event::{rfc3339, Closes, Event, Lost};
 
 /// The version of the journal's layout; the events keep their own contract.
@@ -48,6 +49,8 @@ pub enum Entry {
     Lost(Lost),
     /// Orderly closes counted in the kernel over an interval.
     Closes(Closes),
+    /// An established flow this host's conntrack forgot (`--conntrack`).
+    Expired(Expired),
 }
 
 /// The journal's file name for sequence number `seq`.

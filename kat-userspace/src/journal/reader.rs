@@ -11,6 +11,7 @@ use anyhow::{bail, Result};
 use serde::Deserialize;
 
 use super::{Entry, Header};
+use crate::conntrack::Expired;
 use crate::event::{Closes, Event, Lost};
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -68,6 +69,7 @@ pub fn parse_line(line: &str) -> Result<Entry, String> {
         "journal" => serde_json::from_str::<Header>(line).map(Entry::Header),
         "lost" => serde_json::from_str::<Lost>(line).map(Entry::Lost),
         "closes" => serde_json::from_str::<Closes>(line).map(Entry::Closes),
+        "conntrack_expired" => serde_json::from_str::<Expired>(line).map(Entry::Expired),
         "probe" | "probe_answered" | "death" => Err(as_event),
         other => return Err(format!("not a kat record (type {other:?})")),
     };

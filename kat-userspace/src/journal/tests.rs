@@ -270,7 +270,32 @@ fn kind(e: &Entry) -> &'static str {
         },
         Entry::Lost(_) => "lost",
         Entry::Closes(_) => "closes",
+        Entry::Expired(_) => "conntrack_expired",
     }
+}
+
+#[test]
+fn a_flow_conntrack_forgot_reads_back_as_written() {
+    let written = crate::conntrack::Expired {
+        ts: at(3.0),
+        netns: 4026532177,
+        orig: crate::conntrack::Tuple {
+            saddr: addr("198.18.20.1"),
+            sport: 41000,
+            daddr: addr("198.18.21.2"),
+            dport: 5432,
+        },
+        reply: crate::conntrack::Tuple {
+            saddr: addr("198.18.21.2"),
+            sport: 5432,
+            daddr: addr("198.18.21.254"),
+            dport: 41000,
+        },
+    };
+    let line = serde_json::to_string(&written).expect("json");
+    let read = reader::parse_line(&line).expect("a journal entry");
+    assert_eq!(kind(&read), "conntrack_expired");
+    assert!(matches!(read, Entry::Expired(e) if e == written), "{line}");
 }
 
 #[test]

@@ -126,6 +126,26 @@ fn losses_follow_the_kernel_counts_and_closes_count_as_closed() {
 }
 
 #[test]
+fn flows_conntrack_forgot_are_counted_with_their_lost_ones_apart() {
+    let (metrics, registry) = Metrics::new(&build(), 1000);
+    assert!(has(&text(&registry), "kat_conntrack_expired_total 0"));
+    metrics.conntrack_expired(2);
+    metrics.conntrack_expired(1);
+    let lost = crate::source::LostCounts {
+        conntrack_expired: 4,
+        ..Default::default()
+    };
+    metrics.lost(&lost.by_kind());
+    let t = text(&registry);
+    assert!(has(&t, "kat_conntrack_expired_total 3"), "{t}");
+    assert!(
+        has(&t, r#"kat_events_lost_total{kind="conntrack_expired"} 4"#),
+        "{t}"
+    );
+    assert_eq!(lost.precious(), 4, "a lost expiry is not an orderly close");
+}
+
+#[test]
 fn scrapes_get_metrics_and_health_and_nothing_else() {
     let (_metrics, registry) = Metrics::new(&build(), 1000);
     let ok = respond(&Method::GET, "/metrics", &registry);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
+use crate::conntrack::Expired;
 use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, Silence, What};
 use crate::journal::{Entry, Header};
 use crate::workload::{By, Workload};
@@ -51,6 +52,21 @@ impl Filter {
             && (self.ports.is_empty() || self.ports.contains(&c.port))
             && (self.addrs.is_empty() || self.addrs.contains(&c.peer))
             && self.conn.is_none()
+    }
+
+    /// A flow conntrack forgot, by either end of its original direction.
+    pub fn wants_expired(&self, e: &Expired) -> bool {
+        let o = &e.orig;
+        self.wants_time(e.ts)
+            && (self.ports.is_empty()
+                || self.ports.contains(&o.sport)
+                || self.ports.contains(&o.dport))
+            && (self.addrs.is_empty()
+                || self.addrs.contains(&o.saddr)
+                || self.addrs.contains(&o.daddr))
+            && self.conn.is_none_or(|c| {
+                c == SocketAddr::new(o.saddr, o.sport) || c == SocketAddr::new(o.daddr, o.dport)
+            })
     }
 
     fn wants_time(&self, ts: DateTime<Utc>) -> bool {
@@ -167,6 +183,19 @@ pub struct DeathRow {
     pub silence: Option<Silence>,
 }
 
+/// Established flows to one server that a conntrack on the recording host
+/// forgot (`kat record --conntrack`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForgottenRow {
+    /// The namespace whose conntrack forgot them.
+    pub netns: u32,
+    pub daddr: IpAddr,
+    pub dport: u16,
+    pub flows: u64,
+    #[serde(serialize_with = "rfc3339")]
+    pub last: DateTime<Utc>,
+}
+
 /// Where and how the journal was recorded.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Run {
@@ -205,6 +234,8 @@ pub struct Summary {
     pub deaths: Vec<DeathRow>,
     /// Paths that forget idle flows, as the suspected deaths show them.
     pub paths: Vec<PathRow>,
+    /// Flows the recording host's own conntrack forgot, by server.
+    pub conntrack_expired: Vec<ForgottenRow>,
     /// Records the kernel could not queue while recording.
     pub lost: u64,
     /// Events that came later in the journal than `REORDER` after events
@@ -377,6 +408,7 @@ pub struct Builder {
     /// The deaths listed, the earliest on top (to be dropped first).
     deaths: BinaryHeap<Reverse<Listed>>,
     paths: Learner,
+    forgotten: BTreeMap<(u32, IpAddr, u16), (u64, DateTime<Utc>)>,
     out_of_order: u64,
 }
 
@@ -410,6 +442,7 @@ impl Summary {
             owners: HashMap::new(),
             deaths: BinaryHeap::new(),
             paths: Learner::default(),
+            forgotten: BTreeMap::new(),
             out_of_order: 0,
         }
     }
@@ -452,6 +485,13 @@ impl Builder {
             Entry::Lost(_) => {}
             Entry::Closes(c) if self.filter.wants_closes(&c) => self.closed += c.count,
             Entry::Closes(_) => {}
+            Entry::Expired(e) if self.filter.wants_expired(&e) => {
+                let key = (e.netns, e.orig.daddr, e.orig.dport);
+                let (flows, last) = self.forgotten.entry(key).or_insert((0, e.ts));
+                *flows += 1;
+                *last = (*last).max(e.ts);
+            }
+            Entry::Expired(_) => {}
         }
     }
 
@@ -635,6 +675,17 @@ impl Builder {
                 .map(|_| worst(std::mem::take(&mut self.owners), self.top)),
             deaths,
             paths: self.paths.rows(),
+            conntrack_expired: self
+                .forgotten
+                .into_iter()
+                .map(|((netns, daddr, dport), (flows, last))| ForgottenRow {
+                    netns,
+                    daddr,
+                    dport,
+                    flows,
+                    last,
+                })
+                .collect(),
             lost: self.lost_by_run.iter().sum(),
             out_of_order: self.out_of_order,
         }

@@ -135,6 +135,21 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         }
     }
 
+    if !s.conntrack_expired.is_empty() {
+        let _ = writeln!(out, "\nEstablished flows this host's conntrack forgot");
+        for f in &s.conntrack_expired {
+            let _ = writeln!(
+                out,
+                "  {} ({} flow{}, netns {}, last at {})",
+                text::endpoint(&f.daddr, f.dport),
+                f.flows,
+                if f.flows == 1 { "" } else { "s" },
+                f.netns,
+                time(f.last)
+            );
+        }
+    }
+
     let total = s.abnormal_deaths();
     if total > 0 {
         let shown = &s.deaths[s.deaths.len().saturating_sub(top)..];

@@ -319,6 +319,8 @@ pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
                     }
                     msgs.push(Msg::Snapshot(live(&engine, snapshot.sockets)));
                 }
+                // Never asked for.
+                Step::Expired(_) => {}
                 Step::Stop => break,
             },
             // The first snapshot was asked for at the engine's start.

@@ -90,7 +90,7 @@ impl Replay {
                 Entry::Event(ev) if keep(&ev) => items.push((ev.ts, Item::Event(Box::new(ev)))),
                 Entry::Event(_) => {}
                 Entry::Lost(l) => items.push((l.ts, Item::Lost(l.count, precious(&l)))),
-                Entry::Closes(_) => {}
+                Entry::Closes(_) | Entry::Expired(_) => {}
                 Entry::Header(h) => {
                     if run.is_some_and(|r| r != h.run_started) {
                         items.push((h.run_started, Item::Restart));
