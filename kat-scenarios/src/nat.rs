@@ -149,6 +149,19 @@ fn suspected(dead: &Value, low: f64, high: f64) {
     assert!((0.9..1.5).contains(&survived), "survived_idle_s: {dead}");
 }
 
+/// The death says which conntrack forgot its flow first (kat runs on the
+/// gateway with `--conntrack`).
+fn forgot_first(dead: &Value, router: u64) {
+    assert_eq!(dead["conntrack_forgot"]["netns"], router, "{dead}");
+    let before = dead["conntrack_forgot"]["before_death_s"]
+        .as_f64()
+        .unwrap_or(-1.0);
+    assert!(
+        (0.5..10.0).contains(&before),
+        "told before the death: {dead}"
+    );
+}
+
 fn local_port(s: &TcpStream) -> u16 {
     s.local_addr().map_or(0, |a| a.port())
 }
@@ -256,6 +269,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     // Silent from the handshake to the write, 4.3 s; the path answered
     // the kept connection's probes after 1 s.
     suspected(&dead, 4.0, 5.5);
+    forgot_first(&dead, router);
     // The router forgot it before the write, and told kat at the latest
     // when the write found its entry expired.
     let expired = kat
@@ -281,6 +295,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["unanswered_probes"], 2, "{dead}");
     suspected(&dead, 4.9, 5.5);
+    forgot_first(&dead, router);
     // Its first probe went at 5 s idle, after the NAT had forgotten it.
     let first_probe = kat
         .seen
@@ -299,6 +314,7 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
     assert_eq!(dead["reason"], "keepalive_timeout", "{dead}");
     assert_eq!(dead["keepalive"]["idle_from"], "sysctl", "{dead}");
     suspected(&dead, 5.9, 6.5);
+    forgot_first(&dead, router);
 
     let (status, events, _) = kat.stop();
     assert!(status.success(), "kat exited with {status}");

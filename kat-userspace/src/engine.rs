@@ -202,7 +202,12 @@ impl Engine {
                 () = self.owners.ready() => Step::Events(self.owners.release(false)),
                 Some(snapshot) = self.diag.snapshots.recv() => Step::Snapshot(snapshot),
                 Some(first) = next_expired(&mut self.conntrack) => {
-                    Step::Expired(self.more_expired(first))
+                    let all = self.more_expired(first);
+                    // Remembered for the deaths that follow; no event of their own.
+                    for e in &all {
+                        self.tracker.update(Msg::Expired(e.clone()));
+                    }
+                    Step::Expired(all)
                 }
                 () = self.stop.recv() => Step::Stop,
             };

@@ -112,6 +112,17 @@ pub struct Silence {
     pub survived_idle_s: Option<f64>,
 }
 
+/// This host's conntrack forgot the dying connection's flow first: where
+/// kat runs on the gateway (`--conntrack`), the middlebox's drop seen,
+/// not inferred.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Forgotten {
+    /// The namespace whose conntrack forgot it.
+    pub netns: u32,
+    /// How long before the death kat was told.
+    pub before_death_s: f64,
+}
+
 /// Where an effective keepalive setting comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,6 +188,9 @@ pub enum What {
         /// For a timeout or a peer's RST: the silence before it.
         #[serde(flatten)]
         silence: Option<Silence>,
+        /// With `--conntrack`: this host's conntrack forgot the flow first.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        conntrack_forgot: Option<Forgotten>,
     },
 }
 
@@ -257,6 +271,7 @@ struct EventLine {
     idle_before_s: Option<f64>,
     verdict: Option<Verdict>,
     survived_idle_s: Option<f64>,
+    conntrack_forgot: Option<Forgotten>,
 }
 
 #[derive(Deserialize)]
@@ -348,6 +363,7 @@ impl TryFrom<EventLine> for Event {
                     verdict: l.verdict,
                     survived_idle_s: l.survived_idle_s,
                 }),
+                conntrack_forgot: l.conntrack_forgot,
             },
         };
         Ok(Event {

@@ -82,6 +82,7 @@ pub fn death(
         state: "ESTABLISHED".into(),
         kernel_reset_reason: None,
         silence: None,
+        conntrack_forgot: None,
     }
 }
 

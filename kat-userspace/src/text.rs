@@ -8,7 +8,7 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Local, Utc};
 
-use crate::event::{ConnKey, Origin, Reason, Settings, Silence, What};
+use crate::event::{ConnKey, Forgotten, Origin, Reason, Settings, Silence, What};
 use crate::workload::Workload;
 
 /// `198.18.0.1:6699`, `[fd00::1]:6699`.
@@ -138,6 +138,7 @@ pub fn what(what: &What) -> String {
             state,
             kernel_reset_reason,
             silence,
+            conntrack_forgot,
         } => {
             let mut s = if *reason == Reason::Closed {
                 format!("closed from {state}")
@@ -169,9 +170,21 @@ pub fn what(what: &What) -> String {
             if let Some(silence) = silence {
                 s.push_str(&format!(", {}", self::silence(silence)));
             }
+            if let Some(f) = conntrack_forgot {
+                s.push_str(&format!("; {}", forgotten(f)));
+            }
             s
         }
     }
+}
+
+/// `conntrack of netns 4026532411 forgot the flow 2.9s before`.
+pub fn forgotten(f: &Forgotten) -> String {
+    format!(
+        "conntrack of netns {} forgot the flow {} before",
+        f.netns,
+        duration(f.before_death_s)
+    )
 }
 
 /// `silent 5s before; middlebox_idle_drop_suspected (this path answered

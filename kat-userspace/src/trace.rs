@@ -311,6 +311,7 @@ mod tests {
             state: "ESTABLISHED".into(),
             kernel_reset_reason: Some("TCP_KEEPALIVE_TIMEOUT".into()),
             silence: None,
+            conntrack_forgot: None,
         }));
         assert!(
             l.contains("DEAD keepalive_timeout after 3 unanswered probes, ETIMEDOUT, lived 63s"),
@@ -329,6 +330,7 @@ mod tests {
             state: "LAST_ACK".into(),
             kernel_reset_reason: None,
             silence: None,
+            conntrack_forgot: None,
         });
         let mut args = TraceArgs {
             selection: Selection::default(),

@@ -9,7 +9,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use chrono::{DateTime, Utc};
 use kat_common::{context, flag, kind, tcp_state, Record, AF_INET};
 
-use crate::event::{Event, Origin, Reason, Settings, Silence, Verdict, What};
+use crate::conntrack::Expired;
+use crate::event::{Event, Forgotten, Origin, Reason, Settings, Silence, Verdict, What};
 
 /// How long a CLOSE waits for the RST that may follow it (tcp_close sends
 /// the RST after the state change) before the death is reported anyway.
@@ -36,6 +37,9 @@ pub enum Msg {
     /// CLOCK_REALTIME − CLOCK_MONOTONIC now, ns: the wall clock was set
     /// (NTP, `date -s`) or is being slewed. Events after it are dated by it.
     WallClock(i128),
+    /// This host's conntrack forgot a flow (`--conntrack`): a socket of
+    /// either end that dies later says so.
+    Expired(Expired),
 }
 
 /// What the tracker needs to know about the kernel.
@@ -193,7 +197,18 @@ pub struct Tracker {
     /// By path (namespace, peer address and port): the longest silence
     /// after which a keepalive probe there was answered.
     survived: HashMap<Path, f64>,
+    /// The flows this host's conntrack forgot, by each end's view of the
+    /// connection (local address and port, remote address and port): the
+    /// client's is the original direction, the server's the reply.
+    forgotten: HashMap<Ends, (u32, DateTime<Utc>)>,
 }
+
+/// A connection as one socket sees it: local, then remote.
+type Ends = (IpAddr, u16, IpAddr, u16);
+
+/// Forgotten flows remembered until one of their sockets dies; beyond
+/// this the oldest goes.
+const FORGOTTEN_KEPT: usize = 4096;
 
 /// A connection's path as far as a middlebox's idle timeout goes.
 type Path = (u32, IpAddr, u16);
@@ -309,6 +324,24 @@ impl Tracker {
             socks: HashMap::new(),
             unseen_timer_runs: 0,
             survived: HashMap::new(),
+            forgotten: HashMap::new(),
+        }
+    }
+
+    fn forget(&mut self, e: &Expired) {
+        for t in [&e.orig, &e.reply] {
+            if self.forgotten.len() >= FORGOTTEN_KEPT {
+                let oldest = self
+                    .forgotten
+                    .iter()
+                    .min_by_key(|(_, (_, ts))| *ts)
+                    .map(|(k, _)| *k);
+                if let Some(k) = oldest {
+                    self.forgotten.remove(&k);
+                }
+            }
+            self.forgotten
+                .insert((t.saddr, t.sport, t.daddr, t.dport), (e.netns, e.ts));
         }
     }
 
@@ -361,6 +394,7 @@ impl Tracker {
                 }
             }
             Msg::WallClock(offset_ns) => self.realtime_offset_ns = offset_ns,
+            Msg::Expired(e) => self.forget(&e),
             Msg::Tick(now) => {
                 let due: Vec<u64> = self
                     .socks
@@ -669,8 +703,19 @@ impl Tracker {
                 state: state_name(closing.old_state).to_string(),
                 kernel_reset_reason,
                 silence,
+                conntrack_forgot: None,
             },
         );
+        if let What::Death {
+            conntrack_forgot, ..
+        } = &mut ev.what
+        {
+            let ends = (ev.saddr, ev.sport, ev.daddr, ev.dport);
+            *conntrack_forgot = self.forgotten.remove(&ends).map(|(netns, ts)| Forgotten {
+                netns,
+                before_death_s: (ev.ts - ts).num_milliseconds().max(0) as f64 / 1000.0,
+            });
+        }
         if let Some((pid, comm)) = closer {
             ev.pid = Some(pid);
             ev.comm = Some(comm);

@@ -12,7 +12,9 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
 
 use crate::conntrack::Expired;
-use crate::event::{rfc3339, rfc3339_opt, Closes, ConnKey, Event, Reason, Settings, Silence, What};
+use crate::event::{
+    rfc3339, rfc3339_opt, Closes, ConnKey, Event, Forgotten, Reason, Settings, Silence, What,
+};
 use crate::journal::{Entry, Header};
 use crate::workload::{By, Workload};
 
@@ -181,6 +183,8 @@ pub struct DeathRow {
     pub workload: Option<Arc<Workload>>,
     #[serde(flatten)]
     pub silence: Option<Silence>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conntrack_forgot: Option<Forgotten>,
 }
 
 /// Established flows to one server that a conntrack on the recording host
@@ -563,6 +567,7 @@ impl Builder {
                 unanswered_probes,
                 lifetime_s,
                 silence,
+                conntrack_forgot,
                 ..
             } => {
                 // The timeline ends here: what is left of it is its row.
@@ -612,6 +617,7 @@ impl Builder {
                         comm: t.comm,
                         workload: t.workload,
                         silence,
+                        conntrack_forgot,
                     },
                 });
             }

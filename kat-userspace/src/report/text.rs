@@ -176,6 +176,9 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
             if let Some(silence) = &d.silence {
                 details.push(text::silence(silence));
             }
+            if let Some(f) = &d.conntrack_forgot {
+                details.push(text::forgotten(f));
+            }
             let line = format!(
                 "  {}  {:<48} {:<18} {}",
                 time(d.ts),

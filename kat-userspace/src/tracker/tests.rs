@@ -754,3 +754,77 @@ fn a_count_kat_never_saw_rise_or_an_answer_between_runs_is_no_loss() {
     feed(&mut t, [timer(4.05, 2, 2)]);
     assert_eq!(t.unseen_timer_runs(), 0);
 }
+
+fn conntrack_forgot(events: &[Event]) -> Option<Forgotten> {
+    match &death(events).what {
+        What::Death {
+            conntrack_forgot, ..
+        } => *conntrack_forgot,
+        _ => None,
+    }
+}
+
+/// The keepalive death of the socket from local port `sport`, at 5 s.
+fn keepalive_death(t: &mut Tracker, sport: u16) -> Vec<Event> {
+    feed(
+        t,
+        [
+            other(sport, timer(2.0, 0, 1)),
+            other(sport, timer(3.0, 1, 2)),
+            other(
+                sport,
+                close(4.0, tcp_state::ESTABLISHED, libc::ETIMEDOUT, 2),
+            ),
+            other(sport, rec(kind::DESTROY, 4.1)),
+        ],
+    )
+}
+
+#[test]
+fn a_death_whose_flow_this_hosts_conntrack_forgot_says_so_from_either_end() {
+    let mut t = tracker();
+    let local: IpAddr = Ipv4Addr::new(198, 18, 0, 1).into();
+    let remote: IpAddr = Ipv4Addr::new(198, 18, 0, 2).into();
+    let nat: IpAddr = Ipv4Addr::new(198, 18, 9, 254).into();
+    let tuple = |saddr, sport, daddr, dport| crate::conntrack::Tuple {
+        saddr,
+        sport,
+        daddr,
+        dport,
+    };
+    // The client's socket (local port 6701) in the original direction; the
+    // server's (local port 6702, its peer the NAT's outside address) in the
+    // reply direction of another flow.
+    let client = crate::conntrack::Expired {
+        ts: t.wall(1_500_000_000),
+        netns: 7,
+        orig: tuple(local, 6701, remote, 40000),
+        reply: tuple(remote, 40000, nat, 6701),
+    };
+    let server = crate::conntrack::Expired {
+        ts: t.wall(2_500_000_000),
+        netns: 8,
+        orig: tuple(nat, 50000, local, 6702),
+        reply: tuple(local, 6702, remote, 40000),
+    };
+    assert!(t.update(Msg::Expired(client)).is_empty());
+    assert!(t.update(Msg::Expired(server)).is_empty());
+
+    let told = conntrack_forgot(&keepalive_death(&mut t, 6701));
+    assert_eq!(
+        told,
+        Some(Forgotten {
+            netns: 7,
+            before_death_s: 2.5
+        })
+    );
+    let told = conntrack_forgot(&keepalive_death(&mut t, 6702));
+    assert_eq!(told.map(|f| f.netns), Some(8));
+    assert_eq!(conntrack_forgot(&keepalive_death(&mut t, 6703)), None);
+    let ev = keepalive_death(&mut t, 6701);
+    assert_eq!(
+        conntrack_forgot(&ev),
+        None,
+        "told once, to the death it preceded"
+    );
+}
