@@ -10,7 +10,6 @@
 //! 2, the default): flows older than the subscription are told only where
 //! the sysctl is 1.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -214,7 +213,7 @@ impl Watch {
     /// made later are not watched.
     pub fn start(ports: Vec<u16>) -> Result<Self> {
         let own = crate::diag::own_netns();
-        let mut sockets = HashMap::new();
+        let mut sockets = Vec::new();
         for netns in visible_netns().into_iter().take(MAX_NAMESPACES) {
             let socket = if Some(netns) == own {
                 subscribe()
@@ -222,9 +221,7 @@ impl Watch {
                 subscribe_in(netns)
             };
             match socket {
-                Ok(s) => {
-                    sockets.insert(netns, s);
-                }
+                Ok(s) => sockets.push((netns, s)),
                 Err(e) if Some(netns) == own => return Err(e),
                 Err(e) => eprintln!("kat: conntrack of netns {netns} not watched: {e:#}"),
             }
@@ -234,7 +231,7 @@ impl Watch {
         let lost = Arc::new(AtomicU64::new(0));
         let counted = lost.clone();
         crate::privilege::spawn("kat-conntrack", move || {
-            read(sockets, &ports, &tx, &counted)
+            relay(sockets, &ports, &tx, &counted)
         })?;
         Ok(Self {
             expired,
@@ -251,14 +248,9 @@ impl Watch {
     }
 }
 
-fn read(
-    sockets: HashMap<u32, Socket>,
-    ports: &[u16],
-    tx: &mpsc::Sender<Expired>,
-    lost: &AtomicU64,
-) {
+/// Hands each expiry of `--port` to the view until it is gone.
+fn relay(sockets: Vec<(u32, Socket)>, ports: &[u16], tx: &mpsc::Sender<Expired>, lost: &AtomicU64) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let sockets: Vec<(u32, Socket)> = sockets.into_iter().collect();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let mut fds: Vec<PollFd> = sockets
