@@ -174,8 +174,9 @@ impl Stories {
 /// without keepalive goes silently dead and is found only when it next
 /// sends (`user_timeout`); one with keepalive shorter than the NAT's
 /// timeout lives; one with keepalive longer than it dies at its first
-/// probe. The dashboard marks both deaths `middlebox?`, lists the silent
-/// ones at risk (key a) and learns the path.
+/// probe. The dashboard marks both deaths `middlebox?` (`conntrack` once
+/// it saw the router forget their flows), lists the silent ones at risk
+/// (key a) and learns the path.
 fn nat_round(nat: &Nat, listener: &TcpListener, stop: &AtomicBool) -> Result<()> {
     let mut silent = nat.connect(NAT, |s| {
         s.set_tcp_user_timeout(Some(Duration::from_secs(3)))
@@ -274,6 +275,8 @@ pub async fn run(_args: DemoArgs) -> Result<()> {
             speed: 1.0,
             // The lab's stories play in seconds.
             idle_over: std::time::Duration::from_secs(5),
+            // The router of the NAT story is a namespace of this host.
+            conntrack: true,
         },
         top::Privileges::Keep,
     )

@@ -1,7 +1,8 @@
 //! `kat demo` end to end in a real terminal (tmux): the dashboard shows a
 //! probing connection, a keepalive_timeout death and a death through the
-//! NAT marked `middlebox?`; key a shows the path learnt and a keepalive
-//! too slow for it; q quits with 0, and no namespace is left. A second
+//! NAT marked `middlebox?` (or `conntrack`), later one marked `conntrack`;
+//! key a shows the path learnt and a keepalive too slow for it; q quits
+//! with 0, and no namespace is left. A second
 //! demo whose terminal is closed (SIGHUP) ends and leaves none either; a
 //! third killed hard leaves its lab, which the fourth clears as it starts.
 
@@ -54,7 +55,7 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
     let (mut probing, mut timeout, mut middlebox) = (false, false, false);
     let screen = wait_for_screen(
         &term,
-        "a probing connection, a keepalive_timeout and a middlebox? death",
+        "a probing connection, a keepalive_timeout and a middlebox? or conntrack death",
         Duration::from_secs(90),
         |screen| {
             // A row whose PROBES column reads n/m with n > 0.
@@ -62,8 +63,12 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
                 .lines()
                 .any(|l| l.contains("→") && ["1/3", "2/3"].iter().any(|p| l.contains(p)));
             timeout |= screen.contains("keepalive_timeout");
-            // Only the deaths through the NAT are suspected of a middlebox.
-            middlebox |= screen.lines().any(|l| l.contains("middlebox?"));
+            // Only the deaths through the NAT are suspected of a middlebox
+            // (or seen forgotten by its conntrack, where kat subscribed
+            // before the round's flows began).
+            middlebox |= screen
+                .lines()
+                .any(|l| l.contains("middlebox?") || l.contains("s conntrack"));
             probing && timeout && middlebox
         },
     );
@@ -81,6 +86,15 @@ fn demo_shows_probes_and_deaths_and_cleans_up() {
         "a keepalive slower than the path flagged in the at-risk panel",
         Duration::from_secs(40),
         |screen| screen.contains("its path survives"),
+    );
+    // A round whose flows began after kat subscribed: its NAT deaths are
+    // seen, not suspected (key a goes back to the deaths).
+    term.keys("a");
+    wait_for_screen(
+        &term,
+        "a death the router's conntrack was seen forgetting",
+        Duration::from_secs(40),
+        |screen| screen.lines().any(|l| l.contains("s conntrack")),
     );
     assert!(screen.contains("kat top"), "{screen}");
     term.keys("q");

@@ -48,6 +48,10 @@ pub struct TopArgs {
     #[arg(long, value_name = "DURATION", default_value = DEFAULT_IDLE_OVER,
           value_parser = at_risk::idle_over, conflicts_with = "replay")]
     pub idle_over: Duration,
+    /// A death whose flow this host's conntrack forgot first says so (on a
+    /// NAT gateway or stateful firewall; docs/events.md).
+    #[arg(long, conflicts_with = "replay")]
+    pub conntrack: bool,
 }
 
 fn speed(s: &str) -> Result<f64, String> {
@@ -268,6 +272,7 @@ pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
         &args.selection,
         Wants {
             snapshot: true,
+            conntrack: args.conntrack,
             ..Wants::default()
         },
     )?;
@@ -319,7 +324,7 @@ pub async fn dashboard(args: TopArgs, privileges: Privileges) -> Result<()> {
                     }
                     msgs.push(Msg::Snapshot(live(&engine, snapshot.sockets)));
                 }
-                // Never asked for.
+                // The tracker has them for the deaths that follow.
                 Step::Expired(_) => {}
                 Step::Stop => break,
             },

@@ -43,6 +43,8 @@ pub struct Death {
     pub comm: Option<String>,
     pub workload: Option<Arc<Workload>>,
     pub silence: Option<Silence>,
+    /// This host's conntrack forgot its flow first (`--conntrack`).
+    pub conntrack_forgot: bool,
 }
 
 /// One row of the connections table.
@@ -331,6 +333,7 @@ impl Model {
                 unanswered_probes,
                 lifetime_s,
                 silence,
+                conntrack_forgot,
                 ..
             } => {
                 self.current.deaths += 1;
@@ -346,6 +349,7 @@ impl Model {
                     comm: ev.comm.clone(),
                     workload: ev.workload.clone(),
                     silence: *silence,
+                    conntrack_forgot: conntrack_forgot.is_some(),
                 });
                 self.deaths.truncate(DEATHS_KEPT);
                 self.live.retain(|l| l.key != key);

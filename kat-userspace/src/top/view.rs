@@ -344,7 +344,7 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
                     Cell::from(d.errno.clone().unwrap_or_else(|| "-".into())),
                     Cell::from(d.probes.to_string()),
                     Cell::from(d.lifetime_s.map_or("-".into(), duration)),
-                    silence_cell(d.silence),
+                    silence_cell(d.silence, d.conntrack_forgot),
                     Cell::from(d.pid.map_or("-".into(), |p| {
                         text::owner(p, d.comm.as_deref(), d.workload.as_deref())
                     })),
@@ -374,10 +374,16 @@ fn draw_deaths(frame: &mut Frame, area: Rect, m: &Model) {
     frame.render_widget(table, area);
 }
 
-/// `5.1s middlebox?` for a death suspected of a middlebox's doing.
-fn silence_cell(s: Option<Silence>) -> Cell<'static> {
+/// `5.1s middlebox?` for a death suspected of a middlebox's doing,
+/// `5.1s conntrack` where this host's conntrack was seen forgetting it.
+fn silence_cell(s: Option<Silence>, conntrack_forgot: bool) -> Cell<'static> {
     match s {
+        None if conntrack_forgot => Cell::from("conntrack").style(Style::new().fg(Color::Red)),
         None => Cell::from("-"),
+        Some(s) if conntrack_forgot => {
+            Cell::from(format!("{} conntrack", duration(s.idle_before_s)))
+                .style(Style::new().fg(Color::Red))
+        }
         Some(s) if s.verdict.is_some() => {
             Cell::from(format!("{} middlebox?", duration(s.idle_before_s)))
                 .style(Style::new().fg(Color::Red))
