@@ -320,6 +320,32 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_flow_line_names_the_namespace_and_the_nat() {
+        let tuple = |s: &str, sp, d: &str, dp| crate::conntrack::Tuple {
+            saddr: addr(s),
+            sport: sp,
+            daddr: addr(d),
+            dport: dp,
+        };
+        let mut e = crate::conntrack::Expired {
+            ts: at(0.0),
+            netns: 4026532411,
+            orig: tuple("198.18.20.1", 41000, "198.18.21.2", 6795),
+            reply: tuple("198.18.21.2", 6795, "198.18.21.254", 41000),
+        };
+        let l = expired_line(&e);
+        assert!(
+            l.ends_with(
+                "198.18.20.1:41000 → 198.18.21.2:6795 conntrack of netns 4026532411 \
+                 forgot the established flow (NAT as 198.18.21.254:41000)"
+            ),
+            "{l}"
+        );
+        e.reply = tuple("198.18.21.2", 6795, "198.18.20.1", 41000);
+        assert!(expired_line(&e).ends_with("forgot the established flow"));
+    }
+
+    #[test]
     fn closed_is_hidden_unless_all() {
         let closed = ev(What::Death {
             reason: Reason::Closed,
