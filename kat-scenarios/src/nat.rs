@@ -284,6 +284,8 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
             )
         });
     assert_eq!(expired["reply"]["daddr"], ROUTER_OUTSIDE, "{expired}");
+    // The router's own setting, not this host's (5 days by default).
+    assert_eq!(expired["established_timeout_s"], 3, "{expired}");
     assert!(
         ts(&expired) - started > 2.5 && ts(&expired) < wrote + 0.5,
         "forgotten after 3 s of silence, told by the write at the latest: {expired}"
@@ -357,7 +359,8 @@ pub fn nat_forgets_idle_flows(nat: &Nat, kat_cmd: &KatCmd, port: u16) {
         forgotten_rows.iter().any(|v| v["daddr"] == SERVER_ADDR
             && v["dport"] == port
             && v["netns"] == router
-            && v["flows"] == 3),
+            && v["flows"] == 3
+            && v["established_timeout_s"] == 3),
         "the journal's three forgotten flows, by server: {report:#}"
     );
     let paths = report["paths"].as_array().cloned().unwrap_or_default();

@@ -10,8 +10,10 @@
 //! 2, the default): flows older than the subscription are told only where
 //! the sysctl is 1.
 
+use std::fs::File;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -80,6 +82,10 @@ pub struct Expired {
     /// The answers' direction as the gateway expected them; a NAT shows
     /// here (its outside address and port as the destination).
     pub reply: Tuple,
+    /// That namespace's `net.netfilter.nf_conntrack_tcp_timeout_established`
+    /// when kat was told: the silence after which it forgets a flow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_timeout_s: Option<u32>,
 }
 
 impl Expired {
@@ -136,6 +142,7 @@ fn expired(payload: &[u8], netns: u32, ts: DateTime<Utc>) -> Option<Expired> {
         netns,
         orig,
         reply,
+        established_timeout_s: None,
     })
 }
 
@@ -169,6 +176,33 @@ fn port(b: &[u8]) -> Option<u16> {
     <[u8; 2]>::try_from(b).ok().map(u16::from_be_bytes)
 }
 
+/// One namespace's conntrack as kat watches it.
+struct Gateway {
+    netns: u32,
+    socket: Socket,
+    /// Its idle timeout for established flows, opened in the namespace (a
+    /// sysctl file stays bound to the namespace it was opened in); none
+    /// where conntrack was not loaded there yet.
+    timeout: Option<File>,
+}
+
+impl Gateway {
+    fn timeout_s(&self) -> Option<u32> {
+        let mut buf = [0u8; 16];
+        let n = self.timeout.as_ref()?.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+    }
+}
+
+/// Watches the current network namespace's conntrack.
+fn gateway(netns: u32) -> Result<Gateway> {
+    Ok(Gateway {
+        netns,
+        socket: subscribe()?,
+        timeout: File::open("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established").ok(),
+    })
+}
+
 /// A socket subscribed to conntrack's destroy events in the current
 /// network namespace.
 fn subscribe() -> Result<Socket> {
@@ -183,12 +217,12 @@ fn subscribe() -> Result<Socket> {
 }
 
 /// The same in another namespace (the socket stays where it was made).
-fn subscribe_in(netns: u32) -> Result<Socket> {
+fn gateway_in(netns: u32) -> Result<Gateway> {
     let fd = open_netns(netns).ok_or_else(|| anyhow!("netns {netns} is gone"))?;
     std::thread::spawn(move || {
         nix::sched::setns(fd.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
             .context("setns into the namespace")?;
-        subscribe()
+        gateway(netns)
     })
     .join()
     .map_err(|_| anyhow!("conntrack helper thread panicked"))?
@@ -213,25 +247,25 @@ impl Watch {
     /// made later are not watched.
     pub fn start(ports: Vec<u16>) -> Result<Self> {
         let own = crate::diag::own_netns();
-        let mut sockets = Vec::new();
+        let mut gateways = Vec::new();
         for netns in visible_netns().into_iter().take(MAX_NAMESPACES) {
-            let socket = if Some(netns) == own {
-                subscribe()
+            let gateway = if Some(netns) == own {
+                gateway(netns)
             } else {
-                subscribe_in(netns)
+                gateway_in(netns)
             };
-            match socket {
-                Ok(s) => sockets.push((netns, s)),
+            match gateway {
+                Ok(g) => gateways.push(g),
                 Err(e) if Some(netns) == own => return Err(e),
                 Err(e) => eprintln!("kat: conntrack of netns {netns} not watched: {e:#}"),
             }
         }
-        let namespaces = sockets.len();
+        let namespaces = gateways.len();
         let (tx, expired) = mpsc::channel(QUEUE);
         let lost = Arc::new(AtomicU64::new(0));
         let counted = lost.clone();
         crate::privilege::spawn("kat-conntrack", move || {
-            relay(sockets, &ports, &tx, &counted)
+            relay(gateways, &ports, &tx, &counted)
         })?;
         Ok(Self {
             expired,
@@ -249,13 +283,13 @@ impl Watch {
 }
 
 /// Hands each expiry of `--port` to the view until it is gone.
-fn relay(sockets: Vec<(u32, Socket)>, ports: &[u16], tx: &mpsc::Sender<Expired>, lost: &AtomicU64) {
+fn relay(gateways: Vec<Gateway>, ports: &[u16], tx: &mpsc::Sender<Expired>, lost: &AtomicU64) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let mut fds: Vec<PollFd> = sockets
+        let mut fds: Vec<PollFd> = gateways
             .iter()
-            .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN))
+            .map(|g| PollFd::new(g.socket.as_fd(), PollFlags::POLLIN))
             .collect();
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue;
@@ -264,15 +298,16 @@ fn relay(sockets: Vec<(u32, Socket)>, ports: &[u16], tx: &mpsc::Sender<Expired>,
             .iter()
             .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
             .collect();
-        for ((netns, socket), ready) in sockets.iter().zip(ready) {
+        for (g, ready) in gateways.iter().zip(ready) {
             if !ready {
                 continue;
             }
             loop {
-                match socket.recv(&mut &mut buf[..], 0) {
+                match g.socket.recv(&mut &mut buf[..], 0) {
                     Ok(0) => break,
                     Ok(n) => {
-                        for e in parse(&buf[..n], *netns, Utc::now()) {
+                        for mut e in parse(&buf[..n], g.netns, Utc::now()) {
+                            e.established_timeout_s = g.timeout_s();
                             if e.wanted(ports) && tx.try_send(e).is_err() {
                                 lost.fetch_add(1, Ordering::Relaxed);
                             }
@@ -331,6 +366,7 @@ mod tests {
                     daddr: lo,
                     dport: 34640
                 },
+                established_timeout_s: None,
             }]
         );
         let json = serde_json::to_value(&got[0]).unwrap_or_default();

@@ -75,11 +75,18 @@ pub fn expired_line(e: &Expired) -> String {
         text::endpoint(&e.orig.daddr, e.orig.dport),
         e.netns
     );
+    let mut more = Vec::new();
     if (e.reply.daddr, e.reply.dport) != (e.orig.saddr, e.orig.sport) {
-        s.push_str(&format!(
-            " (NAT as {})",
+        more.push(format!(
+            "NAT as {}",
             text::endpoint(&e.reply.daddr, e.reply.dport)
         ));
+    }
+    if let Some(t) = e.established_timeout_s {
+        more.push(format!("idle timeout {}", text::duration(f64::from(t))));
+    }
+    if !more.is_empty() {
+        s.push_str(&format!(" ({})", more.join("; ")));
     }
     s
 }
@@ -332,16 +339,18 @@ mod tests {
             netns: 4026532411,
             orig: tuple("198.18.20.1", 41000, "198.18.21.2", 6795),
             reply: tuple("198.18.21.2", 6795, "198.18.21.254", 41000),
+            established_timeout_s: Some(3),
         };
         let l = expired_line(&e);
         assert!(
             l.ends_with(
                 "198.18.20.1:41000 → 198.18.21.2:6795 conntrack of netns 4026532411 \
-                 forgot the established flow (NAT as 198.18.21.254:41000)"
+                 forgot the established flow (NAT as 198.18.21.254:41000; idle timeout 3s)"
             ),
             "{l}"
         );
         e.reply = tuple("198.18.21.2", 6795, "198.18.20.1", 41000);
+        e.established_timeout_s = None;
         assert!(expired_line(&e).ends_with("forgot the established flow"));
     }
 

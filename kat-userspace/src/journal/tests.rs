@@ -291,6 +291,7 @@ fn a_flow_conntrack_forgot_reads_back_as_written() {
             daddr: addr("198.18.21.254"),
             dport: 41000,
         },
+        established_timeout_s: Some(350),
     };
     let line = serde_json::to_string(&written).expect("json");
     let read = reader::parse_line(&line).expect("a journal entry");

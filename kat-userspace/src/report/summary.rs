@@ -198,6 +198,18 @@ pub struct ForgottenRow {
     pub flows: u64,
     #[serde(serialize_with = "rfc3339")]
     pub last: DateTime<Utc>,
+    /// The namespace's `nf_conntrack_tcp_timeout_established` at the
+    /// latest of them: the silence after which it forgets a flow.
+    pub established_timeout_s: Option<u32>,
+}
+
+/// The flows to one server one namespace's conntrack forgot, so far.
+#[derive(Debug)]
+struct Forgetting {
+    flows: u64,
+    last: DateTime<Utc>,
+    /// The latest setting read, and when.
+    timeout: Option<(DateTime<Utc>, u32)>,
 }
 
 /// Where and how the journal was recorded.
@@ -412,7 +424,7 @@ pub struct Builder {
     /// The deaths listed, the earliest on top (to be dropped first).
     deaths: BinaryHeap<Reverse<Listed>>,
     paths: Learner,
-    forgotten: BTreeMap<(u32, IpAddr, u16), (u64, DateTime<Utc>)>,
+    forgotten: BTreeMap<(u32, IpAddr, u16), Forgetting>,
     out_of_order: u64,
 }
 
@@ -491,9 +503,18 @@ impl Builder {
             Entry::Closes(_) => {}
             Entry::Expired(e) if self.filter.wants_expired(&e) => {
                 let key = (e.netns, e.orig.daddr, e.orig.dport);
-                let (flows, last) = self.forgotten.entry(key).or_insert((0, e.ts));
-                *flows += 1;
-                *last = (*last).max(e.ts);
+                let f = self.forgotten.entry(key).or_insert(Forgetting {
+                    flows: 0,
+                    last: e.ts,
+                    timeout: None,
+                });
+                f.flows += 1;
+                f.last = f.last.max(e.ts);
+                if let Some(t) = e.established_timeout_s {
+                    if f.timeout.is_none_or(|(at, _)| e.ts >= at) {
+                        f.timeout = Some((e.ts, t));
+                    }
+                }
             }
             Entry::Expired(_) => {}
         }
@@ -684,12 +705,13 @@ impl Builder {
             conntrack_expired: self
                 .forgotten
                 .into_iter()
-                .map(|((netns, daddr, dport), (flows, last))| ForgottenRow {
+                .map(|((netns, daddr, dport), f)| ForgottenRow {
                     netns,
                     daddr,
                     dport,
-                    flows,
-                    last,
+                    flows: f.flows,
+                    last: f.last,
+                    established_timeout_s: f.timeout.map(|(_, t)| t),
                 })
                 .collect(),
             lost: self.lost_by_run.iter().sum(),

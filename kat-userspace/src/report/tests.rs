@@ -542,3 +542,55 @@ fn deaths_by_pod_container_or_unit() {
     let json = serde_json::to_value(&s).expect("json");
     assert_eq!(json["deaths"][0]["workload"]["pod"], "web-1", "{json}");
 }
+
+#[test]
+fn flows_a_gateway_forgot_are_counted_by_server_with_its_timeout() {
+    let a = |s: &str| -> std::net::IpAddr { s.parse().expect("addr") };
+    let forgot = |ts: f64, sport: u16, timeout: Option<u32>| {
+        Entry::Expired(crate::conntrack::Expired {
+            ts: at(ts),
+            netns: 4026532411,
+            orig: crate::conntrack::Tuple {
+                saddr: a("198.18.20.1"),
+                sport,
+                daddr: a("198.18.21.2"),
+                dport: 6795,
+            },
+            reply: crate::conntrack::Tuple {
+                saddr: a("198.18.21.2"),
+                sport: 6795,
+                daddr: a("198.18.21.254"),
+                dport: sport,
+            },
+            established_timeout_s: timeout,
+        })
+    };
+    let mut b = Summary::builder(Filter::default(), 10, Deaths::All);
+    b.add(forgot(1.0, 41000, Some(3)));
+    b.add(forgot(5.0, 41001, None));
+    b.add(forgot(3.0, 41002, Some(300)));
+    let s = b.finish();
+    assert_eq!(s.conntrack_expired.len(), 1, "{:?}", s.conntrack_expired);
+    let row = &s.conntrack_expired[0];
+    assert_eq!((row.flows, row.last), (3, at(5.0)));
+    // The setting read with the latest flow that had one.
+    assert_eq!(row.established_timeout_s, Some(300));
+    let t = text::summary(&s, std::path::Path::new("/j"), 1, 10);
+    assert!(
+        t.contains("198.18.21.2:6795 (3 flows, netns 4026532411")
+            && t.contains(
+                "after 5m of silence (net.netfilter.nf_conntrack_tcp_timeout_established of netns 4026532411)"
+            ),
+        "{t}"
+    );
+    let other_port = Filter {
+        ports: vec![22],
+        ..Filter::default()
+    };
+    let mut b = Summary::builder(other_port, 10, Deaths::All);
+    b.add(forgot(1.0, 41000, Some(3)));
+    assert!(
+        b.finish().conntrack_expired.is_empty(),
+        "--port selects them"
+    );
+}

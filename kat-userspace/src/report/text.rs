@@ -33,6 +33,35 @@ fn worst_table(out: &mut String, title: &str, column: &str, rows: &[Worst]) {
 
 /// The whole report: period, counts, deaths by reason, worst peers and
 /// ports, and the latest deaths.
+/// Flows this host's conntrack forgot (`kat record --conntrack`), by server:
+/// shown even where no connection of this host had an event.
+fn forgotten_flows(out: &mut String, s: &Summary) {
+    if !s.conntrack_expired.is_empty() {
+        let _ = writeln!(out, "\nEstablished flows this host's conntrack forgot");
+        for f in &s.conntrack_expired {
+            let _ = writeln!(
+                out,
+                "  {} ({} flow{}, netns {}, last at {})",
+                text::endpoint(&f.daddr, f.dport),
+                f.flows,
+                if f.flows == 1 { "" } else { "s" },
+                f.netns,
+                time(f.last)
+            );
+            if let Some(t) = f.established_timeout_s {
+                let _ = writeln!(
+                    out,
+                    "    it forgets an established flow after {} of silence \
+                     (net.netfilter.nf_conntrack_tcp_timeout_established of netns {}): \
+                     keep keepalive idle below it, or raise it",
+                    duration(f64::from(t)),
+                    f.netns
+                );
+            }
+        }
+    }
+}
+
 pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -53,6 +82,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
     }
     let (Some(from), Some(to)) = (s.from, s.to) else {
         let _ = writeln!(out, "\nNo events in this period.");
+        forgotten_flows(&mut out, s);
         return out;
     };
     let _ = writeln!(
@@ -135,20 +165,7 @@ pub fn summary(s: &Summary, dir: &Path, files: usize, top: usize) -> String {
         }
     }
 
-    if !s.conntrack_expired.is_empty() {
-        let _ = writeln!(out, "\nEstablished flows this host's conntrack forgot");
-        for f in &s.conntrack_expired {
-            let _ = writeln!(
-                out,
-                "  {} ({} flow{}, netns {}, last at {})",
-                text::endpoint(&f.daddr, f.dport),
-                f.flows,
-                if f.flows == 1 { "" } else { "s" },
-                f.netns,
-                time(f.last)
-            );
-        }
-    }
+    forgotten_flows(&mut out, s);
 
     let total = s.abnormal_deaths();
     if total > 0 {

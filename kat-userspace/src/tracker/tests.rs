@@ -800,12 +800,14 @@ fn a_death_whose_flow_this_hosts_conntrack_forgot_says_so_from_either_end() {
         netns: 7,
         orig: tuple(local, 6701, remote, 40000),
         reply: tuple(remote, 40000, nat, 6701),
+        established_timeout_s: None,
     };
     let server = crate::conntrack::Expired {
         ts: t.wall(2_500_000_000),
         netns: 8,
         orig: tuple(nat, 50000, local, 6702),
         reply: tuple(local, 6702, remote, 40000),
+        established_timeout_s: None,
     };
     assert!(t.update(Msg::Expired(client)).is_empty());
     assert!(t.update(Msg::Expired(server)).is_empty());
