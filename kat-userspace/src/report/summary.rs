@@ -35,16 +35,20 @@ pub struct Filter {
 
 impl Filter {
     pub fn wants(&self, ev: &Event) -> bool {
-        let local = SocketAddr::new(ev.saddr, ev.sport);
-        let remote = SocketAddr::new(ev.daddr, ev.dport);
-        self.wants_time(ev.ts)
+        self.wants_ends(ev.ts, (ev.saddr, ev.sport), (ev.daddr, ev.dport))
+    }
+
+    /// A connection at `ts` between these two ends, whichever is which.
+    fn wants_ends(&self, ts: DateTime<Utc>, a: (IpAddr, u16), b: (IpAddr, u16)) -> bool {
+        let (a, b) = (SocketAddr::from(a), SocketAddr::from(b));
+        self.wants_time(ts)
             && (self.ports.is_empty()
-                || self.ports.contains(&ev.sport)
-                || self.ports.contains(&ev.dport))
+                || self.ports.contains(&a.port())
+                || self.ports.contains(&b.port()))
             && (self.addrs.is_empty()
-                || self.addrs.contains(&ev.saddr)
-                || self.addrs.contains(&ev.daddr))
-            && self.conn.is_none_or(|c| c == local || c == remote)
+                || self.addrs.contains(&a.ip())
+                || self.addrs.contains(&b.ip()))
+            && self.conn.is_none_or(|c| c == a || c == b)
     }
 
     /// An aggregate knows only its service port and its peer; it names no
@@ -59,16 +63,7 @@ impl Filter {
     /// A flow conntrack forgot, by either end of its original direction.
     pub fn wants_expired(&self, e: &Expired) -> bool {
         let o = &e.orig;
-        self.wants_time(e.ts)
-            && (self.ports.is_empty()
-                || self.ports.contains(&o.sport)
-                || self.ports.contains(&o.dport))
-            && (self.addrs.is_empty()
-                || self.addrs.contains(&o.saddr)
-                || self.addrs.contains(&o.daddr))
-            && self.conn.is_none_or(|c| {
-                c == SocketAddr::new(o.saddr, o.sport) || c == SocketAddr::new(o.daddr, o.dport)
-            })
+        self.wants_ends(e.ts, (o.saddr, o.sport), (o.daddr, o.dport))
     }
 
     fn wants_time(&self, ts: DateTime<Utc>) -> bool {
