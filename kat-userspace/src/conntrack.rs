@@ -8,7 +8,9 @@
 //! ends, so it is asked for, not the default. The kernel tags an entry for
 //! events when it is created and a listener exists (`nf_conntrack_events`
 //! 2, the default): flows older than the subscription are told only where
-//! the sysctl is 1.
+//! the sysctl is 1. Before Linux 5.11 a destroy event carries no TCP
+//! state, so a flow forgotten while established cannot be told from one
+//! that closed: `--conntrack` refuses such kernels and says why.
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -50,6 +52,10 @@ const CTA_PROTOINFO_TCP: u16 = 1;
 const CTA_PROTOINFO_TCP_STATE: u16 = 1;
 const IPPROTO_TCP: u8 = 6;
 const TCP_CONNTRACK_ESTABLISHED: u8 = 3;
+
+/// The first kernel whose destroy events carry the TCP state
+/// ("netfilter: ctnetlink: add timeout and protoinfo to destroy events").
+const TCP_STATE_TOLD_FROM: (u32, u32) = (5, 11);
 
 /// Namespaces watched at most: a socket each.
 const MAX_NAMESPACES: usize = 256;
@@ -230,7 +236,29 @@ fn gateway_in(netns: u32) -> Result<Gateway> {
 
 /// Whether kat can be told of expiries here, for `kat doctor`.
 pub fn available() -> Result<()> {
+    tells_tcp_state(&crate::kernel::release())?;
     subscribe().map(drop)
+}
+
+/// (major, minor) of a kernel release (`6.1.0-56-cloud-amd64`).
+fn version(release: &str) -> Option<(u32, u32)> {
+    let mut numbers = release.split(|c: char| !c.is_ascii_digit());
+    Some((numbers.next()?.parse().ok()?, numbers.next()?.parse().ok()?))
+}
+
+/// Refuses a kernel whose destroy events do not say whether the flow
+/// was established; a release kat cannot read is given the benefit of
+/// the doubt.
+fn tells_tcp_state(release: &str) -> Result<()> {
+    match version(release) {
+        Some(v) if v < TCP_STATE_TOLD_FROM => Err(crate::exit::Failure::Unsupported(format!(
+            "Linux {release} sends no TCP state with conntrack's destroy events \
+             (5.11 and later do): a flow forgotten while established cannot be told \
+             from one that closed"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// The expiries, from a thread that reads every namespace's socket.
@@ -246,6 +274,7 @@ impl Watch {
     /// ones), before kat gives up the capabilities that takes; namespaces
     /// made later are not watched.
     pub fn start(ports: Vec<u16>) -> Result<Self> {
+        tells_tcp_state(&crate::kernel::release())?;
         let own = crate::diag::own_netns();
         let mut gateways = Vec::new();
         for netns in visible_netns().into_iter().take(MAX_NAMESPACES) {
@@ -329,6 +358,19 @@ fn relay(gateways: Vec<Gateway>, ports: &[u16], tx: &mpsc::Sender<Expired>, lost
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernels_before_5_11_are_refused_by_name() {
+        assert_eq!(version("5.10.0-32-cloud-amd64"), Some((5, 10)));
+        assert_eq!(version("7.2.13+deb14-cloud-amd64"), Some((7, 2)));
+        assert_eq!(version("6.18.44-fc-v1300"), Some((6, 18)));
+        let why = tells_tcp_state("5.10.0-32-cloud-amd64").expect_err("5.10");
+        assert!(why.to_string().contains("5.11 and later"), "{why}");
+        assert_eq!(crate::exit::code(&why), crate::exit::UNSUPPORTED);
+        assert!(tells_tcp_state("5.11.0").is_ok());
+        assert!(tells_tcp_state("6.1.0-56-cloud-amd64").is_ok());
+        assert!(tells_tcp_state("unknown").is_ok(), "not read: not refused");
+    }
 
     /// A destroy event as Linux 6.18 sent it: 127.0.0.1:34640 → :6800,
     /// established, expired after 2 s of silence (nlmsg port 0).

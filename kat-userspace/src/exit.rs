@@ -1,5 +1,6 @@
 //! Exit codes: 0 ok, 1 failure (including "not root"), 2 bad usage (clap),
-//! 3 the kernel cannot run kat (no BTF, a symbol or hook missing).
+//! 3 the kernel cannot run kat (no BTF, a symbol or hook missing) or
+//! cannot do what was asked of it (`--conntrack` before Linux 5.11).
 
 use std::fmt;
 
@@ -39,7 +40,7 @@ pub const CODES: [(u8, &str); 4] = [
     ),
     (
         UNSUPPORTED,
-        "this kernel cannot run kat (no BTF, a symbol or hook missing)",
+        "this kernel cannot run kat (no BTF, a symbol or hook missing) or cannot do what was asked (conntrack expiries before Linux 5.11)",
     ),
 ];
 
