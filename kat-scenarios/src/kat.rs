@@ -192,6 +192,23 @@ impl Kat {
     }
 }
 
+/// What `kat doctor --json` says about this kernel.
+pub fn doctor(cmd: &KatCmd) -> Value {
+    let o = {
+        let _starting = starting();
+        Command::new(&cmd.binary)
+            .args(["doctor", "--json"])
+            .output()
+            .expect("kat doctor")
+    };
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "kat doctor --json: {e}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )
+    })
+}
+
 /// `kat report --dir DIR --json ARGS`, which must succeed.
 pub fn report(cmd: &KatCmd, dir: &Path, args: &[&str]) -> Value {
     let o = {

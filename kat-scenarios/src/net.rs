@@ -1,6 +1,6 @@
 //! Where a scenario's two hosts live: network namespaces joined by veth
-//! (the host suite) or plain loopback (inside the test VMs, whose cloud
-//! kernels ship veth and nftables only as modules).
+//! (the host suite) or plain loopback (the suite inside the test VMs;
+//! there only the NAT story, kat_scenarios::nat, uses namespaces).
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 

@@ -4,8 +4,9 @@
 //! Kernel packages come from apt and are cached outside the repository
 //! (`kernels.rs`); the VMs boot side by side, one per core, and each boots
 //! an initramfs holding busybox, the released `kat` (`cargo xtask dist`'s
-//! static binary), a static build of `kat-scenarios`, and the kernel's
-//! config (for CONFIG_HZ).
+//! static binary), a static build of `kat-scenarios`, the kernel's config
+//! (for CONFIG_HZ), and for the NAT lab this machine's `ip` and `nft` with
+//! their libraries and the kernel's netfilter and veth modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -17,9 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 
 use crate::cargo::{self, Built};
-use kernels::KERNELS;
+use kernels::{Unpacked, KERNELS};
 
 mod kernels;
+mod modules;
 use crate::{run, Outcome};
 
 const LANES: [&str; 3] = ["fentry", "kprobe", "tracepoint"];
@@ -33,6 +35,8 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
+export PATH=/usr/sbin:/bin
+for m in $(cat /modules/order); do insmod /modules/$m.ko || echo "KAT-VM insmod $m failed"; done
 ip link set lo up
 arg() { sed -n "s/.*kat\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 export KAT_SCENARIO="$(arg scenario)" RUST_LOG="$(arg log)"
@@ -43,24 +47,42 @@ echo "KAT-VM exit $?"
 poweroff -f
 "#;
 
-fn initramfs(
-    work: &Path,
-    kat: &Path,
-    scenarios: &Built,
-    config: &Path,
-    release: &str,
-) -> Result<PathBuf> {
+/// The NAT lab's tools: iproute2's `ip` (busybox's has no `netns`) and
+/// `nft`, dynamically linked.
+const NAT_TOOLS: [&str; 2] = ["/usr/sbin/ip", "/usr/sbin/nft"];
+
+fn initramfs(work: &Path, kat: &Path, scenarios: &Built, kernel: &Unpacked) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root)?;
     }
-    for d in ["bin", "proc", "sys", "dev", "tmp", "run", "boot"] {
+    for d in [
+        "bin", "proc", "sys", "dev", "tmp", "run", "boot", "usr/sbin", "var", "etc", "modules",
+    ] {
         fs::create_dir_all(root.join(d))?;
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox")).context("busybox-static")?;
     fs::copy(kat, root.join("kat")).context("the dist binary")?;
     fs::copy(scenarios.bin("kat-scenarios")?, root.join("kat-scenarios"))?;
-    fs::copy(config, root.join(format!("boot/config-{release}")))?;
+    fs::copy(
+        &kernel.config,
+        root.join(format!("boot/config-{}", kernel.release)),
+    )?;
+    // iproute2 keeps its namespaces under /var/run/netns.
+    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
+    for tool in NAT_TOOLS {
+        copy_as(&root, Path::new(tool))?;
+        for lib in libraries(tool)? {
+            copy_as(&root, &lib)?;
+        }
+    }
+    let mut order = String::new();
+    for (name, elf) in modules::resolve(&kernel.modules, &modules::NEEDED)? {
+        fs::write(root.join(format!("modules/{name}.ko")), elf)?;
+        order.push_str(&name);
+        order.push('\n');
+    }
+    fs::write(root.join("modules/order"), order)?;
     fs::write(root.join("init"), INIT)?;
     use std::os::unix::fs::PermissionsExt as _;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
@@ -70,6 +92,33 @@ fn initramfs(
         .arg("find . | cpio -o -H newc --quiet | gzip -1 > ../initrd.gz")
         .current_dir(&root))?;
     Ok(image)
+}
+
+/// Copies `file` into `root` at the same path.
+fn copy_as(root: &Path, file: &Path) -> Result<()> {
+    let to = root.join(file.strip_prefix("/").unwrap_or(file));
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir)?;
+    }
+    fs::copy(file, &to).with_context(|| format!("copy {}", file.display()))?;
+    Ok(())
+}
+
+/// The shared libraries and loader a dynamically linked program needs,
+/// as `ldd` lists them.
+fn libraries(program: &str) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd")
+        .arg(program)
+        .output()
+        .context("cannot run ldd")?;
+    if !out.status.success() {
+        bail!("ldd {program} failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')))
+        .map(PathBuf::from)
+        .collect())
 }
 
 /// VMs booted at once: each is one vCPU of TCG, about a core.
@@ -139,6 +188,7 @@ fn expected() -> Vec<&'static str> {
     kat_scenarios::SCENARIOS
         .iter()
         .map(|(name, _)| *name)
+        .chain([kat_scenarios::nat::SCENARIO])
         .filter(|name| name.contains(&only))
         .collect()
 }
@@ -268,7 +318,7 @@ pub fn test(kat: &Path) -> Result<Outcome> {
         let kernel = kernels::fetch(k)?;
         let kwork = work.join(&kernel.release);
         fs::create_dir_all(&kwork)?;
-        let initrd = initramfs(&kwork, kat, &scenarios, &kernel.config, &kernel.release)?;
+        let initrd = initramfs(&kwork, kat, &scenarios, &kernel)?;
         vms.push((kernel, initrd, kwork.join("console.log")));
     }
     let queue = std::sync::Mutex::new(vms.iter().enumerate());

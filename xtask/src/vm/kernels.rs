@@ -151,9 +151,10 @@ fn has_package(suite: Suite, package: &str) -> Result<bool> {
         .success())
 }
 
-/// The packages holding the kernel image and its config: one `-unsigned`
-/// image package up to Debian 13; from 7.x, sid splits the image
-/// (`linux-binary-*`) from the config (`linux-base-*`).
+/// The packages holding the kernel image, its config and its modules: one
+/// `-unsigned` image package up to Debian 13; from 7.x, sid splits the
+/// image (`linux-binary-*`) from the config (`linux-base-*`) and the
+/// modules (`linux-modules-*`).
 fn packages(k: &Kernel) -> Result<Vec<String>> {
     if let Some(p) = k.package {
         return Ok(vec![p.to_string()]);
@@ -168,7 +169,11 @@ fn packages(k: &Kernel) -> Result<Vec<String>> {
             k.suite.name()
         )
     })?;
-    let split = [format!("linux-binary-{abi}"), format!("linux-base-{abi}")];
+    let split = [
+        format!("linux-binary-{abi}"),
+        format!("linux-base-{abi}"),
+        format!("linux-modules-{abi}"),
+    ];
     if has_package(k.suite, &split[0])? {
         Ok(split.to_vec())
     } else {
@@ -223,6 +228,8 @@ pub struct Unpacked {
     pub config: PathBuf,
     /// `uname -r` of the kernel.
     pub release: String,
+    /// Its modules (`lib/modules/R` or `usr/lib/modules/R`).
+    pub modules: PathBuf,
 }
 
 /// Where an unpacked tree keeps the image and config: `boot/vmlinuz-R`
@@ -233,10 +240,16 @@ fn find_in(tree: &Path) -> Result<Unpacked> {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(release) = name.strip_prefix("vmlinuz-") {
+                let modules = ["lib/modules", "usr/lib/modules"]
+                    .map(|d| tree.join(d).join(release))
+                    .into_iter()
+                    .find(|d| d.is_dir())
+                    .unwrap_or_else(|| tree.join("lib/modules").join(release));
                 return Ok(Unpacked {
                     vmlinuz: e.path(),
                     config: boot.join(format!("config-{release}")),
                     release: release.to_string(),
+                    modules,
                 });
             }
         }
@@ -249,6 +262,7 @@ fn find_in(tree: &Path) -> Result<Unpacked> {
                     vmlinuz: e.path().join("vmlinuz"),
                     config: e.path().join("config"),
                     release: e.file_name().to_string_lossy().into_owned(),
+                    modules: e.path(),
                 });
             }
         }
@@ -261,10 +275,13 @@ pub fn fetch(k: &Kernel) -> Result<Unpacked> {
     fs::create_dir_all(VM_CACHE)?;
     let packages = packages(k)?;
     let tree = Path::new(VM_CACHE).join(&packages[0]);
-    if find_in(&tree).is_err() {
-        for package in &packages {
+    for package in &packages {
+        // A tree unpacked before a package joined the list gets it too.
+        let unpacked = tree.join(format!(".unpacked-{package}"));
+        if !unpacked.exists() {
             let deb = deb(k.suite, package)?;
             run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+            fs::write(&unpacked, "")?;
         }
     }
     let unpacked = find_in(&tree)?;
@@ -303,6 +320,7 @@ Description: Linux for x86-64 cloud (meta-package)\n";
         let found = find_in(&old).expect("old layout");
         assert_eq!(found.release, "5.10.0-32-cloud-amd64");
         assert!(found.config.ends_with("boot/config-5.10.0-32-cloud-amd64"));
+        assert_eq!(found.modules, old.join("lib/modules/5.10.0-32-cloud-amd64"));
 
         let split = tmp.join("split");
         let dir = split.join("usr/lib/modules/7.2.13+deb14-cloud-amd64");
@@ -311,6 +329,7 @@ Description: Linux for x86-64 cloud (meta-package)\n";
         let found = find_in(&split).expect("split layout");
         assert_eq!(found.release, "7.2.13+deb14-cloud-amd64");
         assert_eq!(found.config, dir.join("config"));
+        assert_eq!(found.modules, dir);
 
         assert!(find_in(&tmp.join("none")).is_err());
         fs::remove_dir_all(&tmp).expect("cleanup");
