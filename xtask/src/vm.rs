@@ -5,8 +5,9 @@
 //! (`kernels.rs`); the VMs boot side by side, one per core, and each boots
 //! an initramfs holding busybox, the released `kat` (`cargo xtask dist`'s
 //! static binary), a static build of `kat-scenarios`, the kernel's config
-//! (for CONFIG_HZ), and for the NAT lab this machine's `ip` and `nft` with
-//! their libraries and the kernel's netfilter and veth modules.
+//! (for CONFIG_HZ), this machine's `ip` and `nft` with their libraries
+//! for the NAT lab, and the kernel's modules kat's tests need there
+//! (`modules.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -57,7 +58,7 @@ fn initramfs(work: &Path, kat: &Path, scenarios: &Built, kernel: &Unpacked) -> R
         fs::remove_dir_all(&root)?;
     }
     for d in [
-        "bin", "proc", "sys", "dev", "tmp", "run", "boot", "usr/sbin", "var", "etc", "modules",
+        "bin", "proc", "sys", "dev", "tmp", "run", "boot", "usr/sbin", "var", "modules",
     ] {
         fs::create_dir_all(root.join(d))?;
     }
