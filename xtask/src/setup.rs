@@ -24,6 +24,8 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // The VM kernels' modules come packed as .ko.xz from 6.12 on.
+    "xz-utils",
     "prometheus",
     "nginx-light",
     "wrk",
