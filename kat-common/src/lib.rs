@@ -20,8 +20,8 @@ pub mod kind {
     /// sockets userspace already heard of.
     pub const DESTROY: u8 = 5;
     /// An orderly close (no error, no RST), sent one by one only when
-    /// [`Config::emit_closed`] asks (`kat trace --all`), through the bulk
-    /// ring; otherwise only counted in `CLOSES`.
+    /// [`Config::orderly`] asks (`kat trace --all`), through the bulk
+    /// ring; otherwise counted in `CLOSES` or not at all.
     pub const CLOSED: u8 = 6;
     /// Kinds are below this (the per-kind lost counters' length).
     pub const COUNT: usize = 7;
@@ -365,15 +365,25 @@ pub struct Config {
     pub mib_keepalive: u32,
     /// Non-zero when tcp_send_active_reset takes a reason (6.10+).
     pub has_reset_reason: u32,
-    /// Non-zero: send each orderly close as a [`kind::CLOSED`] record
-    /// instead of counting it in `CLOSES`.
-    pub emit_closed: u32,
+    /// What becomes of an orderly close: one of [`orderly`].
+    pub orderly: u32,
     /// Non-zero only in tests ([`FAULT_MISS_CLOSE`]): the CLOSE
     /// tracepoint does nothing, as when the kernel skips it.
     pub fault_miss_close: u32,
     /// Explicit: the struct must have no implicit padding (aya sets it as
     /// plain bytes), and its fields leave four bytes over.
     pub _pad: u32,
+}
+
+/// What the programs do with an orderly close ([`Config::orderly`]): only
+/// what the view needs, for they run on every connection of the host.
+pub mod orderly {
+    /// Nothing (`kat trace`: it shows deaths only).
+    pub const IGNORED: u32 = 0;
+    /// Counted by service and peer in `CLOSES` (`kat top`, `kat record`).
+    pub const COUNTED: u32 = 1;
+    /// Sent one by one as [`super::kind::CLOSED`] records (`--all`).
+    pub const SENT: u32 = 2;
 }
 
 /// Set in kat's environment, the CLOSE tracepoint does nothing: tests show

@@ -24,8 +24,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use kat_common::{
-    flag, kind, sock_flag, tcp_state, CloseKey, CloseStats, Config, ConnRecord, Field, OwnerRecord,
-    Record, SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
+    flag, kind, orderly, sock_flag, tcp_state, CloseKey, CloseStats, Config, ConnRecord, Field,
+    OwnerRecord, Record, SockState, AF_INET, CLOSES_OVERFLOW_PORT, MAX_PORTS,
 };
 
 /// Filled in by the loader; read-only and frozen, so the verifier sees
@@ -824,11 +824,16 @@ pub fn tcp_destroy_sock(ctx: BtfTracePointContext) -> i32 {
 }
 
 /// An orderly close: sent one by one when asked, counted by service and
-/// peer otherwise (never both: a reader would count it twice).
+/// peer when a view shows the counts (never both: a reader would count it
+/// twice), and nothing more otherwise.
 #[inline(always)]
 fn orderly_close(sk: u64, st: &SockState) {
     let direction = st.flags & (sock_flag::ACTIVE_OPEN | sock_flag::PASSIVE_OPEN);
-    if cfg_u32(&config().emit_closed) != 0 {
+    let wanted = cfg_u32(&config().orderly);
+    if wanted == orderly::IGNORED {
+        return;
+    }
+    if wanted == orderly::SENT {
         emit_to(&BULK, kind::CLOSED, |rec| {
             fill_socket(rec, sk, st.sport, st.dport);
             rec.ts_ns = st.close_ns;

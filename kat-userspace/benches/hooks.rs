@@ -69,7 +69,7 @@ fn main() -> Result<()> {
         ports: &[],
         lane: Some(loader::Lane::Tracepoint),
         ring_bytes: loader::RING_BYTES,
-        emit_closed: false,
+        orderly: loader::Orderly::Counted,
     })?;
     let btf = aya::Btf::from_sys_fs()?;
     let mut baseline =

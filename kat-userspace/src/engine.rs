@@ -21,7 +21,7 @@ use crate::diag::worker::{Ask, Snapshot, Worker};
 use crate::diag::Answer;
 use crate::event::{Closes, Event};
 use crate::kernel;
-use crate::loader::{self, Lane, Loaded};
+use crate::loader::{self, Lane, Loaded, Orderly};
 use crate::owner::{Index, Owner, Owners};
 use crate::source::{LostCounts, Source};
 use crate::tracker::{Msg, Setup, Tracker};
@@ -116,8 +116,8 @@ pub struct Engine {
 /// What a view asks of the engine besides its selection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Wants {
-    /// Every orderly close sent one by one (`--all`) rather than counted.
-    pub closed_one_by_one: bool,
+    /// What becomes of an orderly close: counted unless the view says.
+    pub orderly: Orderly,
     /// A snapshot of the keepalive sockets at once (`ask_snapshot`),
     /// taken while the programs load: on a host with 100 000 connections
     /// both take a good part of a second, and `kat top`'s first frame
@@ -138,7 +138,7 @@ impl Engine {
             ports: &selection.ports,
             lane: selection.lane,
             ring_bytes: selection.ring_size,
-            emit_closed: wants.closed_one_by_one,
+            orderly: wants.orderly,
         })?;
         let source = Source::new(&mut loaded.ebpf, loaded.contexts.clone())?;
         let closes = ClosesSource::new(&mut loaded.ebpf, chrono::Utc::now())?;

@@ -467,7 +467,7 @@ pub fn kernel_facts(ports: &[u16]) -> Result<KernelFacts> {
             unsupported(anyhow!("this kernel's BTF has no LINUX_MIB_TCPKEEPALIVE"))
         })?,
         has_reset_reason: u32::from(variants.function_reason),
-        emit_closed: 0,
+        orderly: kat_common::orderly::COUNTED,
         fault_miss_close: u32::from(std::env::var_os(kat_common::FAULT_MISS_CLOSE).is_some()),
         _pad: 0,
     };
@@ -531,8 +531,32 @@ pub struct Options<'a> {
     pub lane: Option<Lane>,
     /// Each ring's size in bytes: a power of two, a multiple of the page size.
     pub ring_bytes: u32,
-    /// Send each orderly close (`kat trace --all`) rather than only count it.
-    pub emit_closed: bool,
+    /// What becomes of an orderly close.
+    pub orderly: Orderly,
+}
+
+/// What the programs do with an orderly close: as little as the view
+/// needs, for they do it for every connection of the host.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Orderly {
+    /// Nothing: the view shows deaths only (`kat trace`).
+    Ignored,
+    /// Counted by service and peer, read as aggregates (`kat top`,
+    /// `kat record`).
+    #[default]
+    Counted,
+    /// Sent one by one (`--all`).
+    Sent,
+}
+
+impl Orderly {
+    fn config_value(self) -> u32 {
+        match self {
+            Orderly::Ignored => kat_common::orderly::IGNORED,
+            Orderly::Counted => kat_common::orderly::COUNTED,
+            Orderly::Sent => kat_common::orderly::SENT,
+        }
+    }
 }
 
 /// Loads the programs and attaches every hook, in the forced lane only or
@@ -548,7 +572,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         variants: v,
         ..
     } = kernel_facts(opts.ports)?;
-    config.emit_closed = u32::from(opts.emit_closed);
+    config.orderly = opts.orderly.config_value();
     let (mut ebpf, btf) = open(&config, opts.ring_bytes)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();

@@ -17,6 +17,7 @@ use crate::event::{Event, Lost};
 use crate::exit::Failure;
 use crate::journal::writer::Limits;
 use crate::journal::{Header, FORMAT};
+use crate::loader::Orderly;
 use crate::privilege;
 use sinks::Sinks;
 
@@ -103,7 +104,11 @@ pub async fn run(args: RecordArgs) -> Result<()> {
     let mut engine = Engine::start(
         &args.selection,
         Wants {
-            closed_one_by_one: args.all,
+            orderly: if args.all {
+                Orderly::Sent
+            } else {
+                Orderly::Counted
+            },
             conntrack: args.conntrack,
             ..Wants::default()
         },

@@ -11,6 +11,7 @@ use crate::conntrack::Expired;
 use crate::engine::{Engine, Selection, Step, Wants};
 use crate::event::{ConnKey, Event, Lost, Reason};
 use crate::kernel;
+use crate::loader::Orderly;
 use crate::privilege;
 use crate::source::LostCounts;
 use crate::text;
@@ -199,7 +200,12 @@ pub async fn run(args: TraceArgs) -> Result<()> {
     let mut engine = Engine::start(
         &args.selection,
         Wants {
-            closed_one_by_one: args.all,
+            // Without --all, orderly closes are neither shown nor counted.
+            orderly: if args.all {
+                Orderly::Sent
+            } else {
+                Orderly::Ignored
+            },
             conntrack: args.conntrack,
             ..Wants::default()
         },

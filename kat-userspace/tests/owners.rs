@@ -17,7 +17,7 @@ fn the_kernel_census_finds_our_sockets_as_proc_does() {
         ports: &[],
         lane: None,
         ring_bytes: RING_BYTES,
-        emit_closed: false,
+        orderly: loader::Orderly::Counted,
     })
     .expect("kat's programs load");
     let mut census = std::mem::take(&mut loaded.owners);
