@@ -73,7 +73,9 @@ pub fn build(args: &[&str]) -> Result<Built> {
     let mut unreadable = None;
     for message in Message::parse_stream(&mut stdout) {
         match message {
-            Ok(Message::CompilerArtifact(artifact)) if artifact.target.is_bin() => {
+            Ok(Message::CompilerArtifact(artifact))
+                if artifact.target.is_bin() || artifact.target.is_example() =>
+            {
                 if let Some(executable) = artifact.executable {
                     bins.insert(artifact.target.name, executable.into_std_path_buf());
                 }

@@ -30,6 +30,8 @@ const DOC: &str = "docs/performance.md";
 /// What every part needs.
 pub struct Ctx {
     pub kat: PathBuf,
+    /// Empty programs on kat's hooks (`examples/floor.rs`).
+    pub floor: PathBuf,
     pub kat_load: PathBuf,
     pub quick: bool,
 }
@@ -64,8 +66,16 @@ pub fn run_parts(only: &[String], quick: bool) -> Result<()> {
         "--bin",
         "kat-load",
     ])?;
+    let floor = cargo::build(&[
+        "--release",
+        "--package",
+        "kat-userspace",
+        "--example",
+        "floor",
+    ])?;
     let ctx = Ctx {
         kat: kat.bin("kat")?.to_path_buf(),
+        floor: floor.bin("floor")?.to_path_buf(),
         kat_load: kat_load.bin("kat-load")?.to_path_buf(),
         quick,
     };
