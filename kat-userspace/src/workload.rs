@@ -342,10 +342,11 @@ impl Attributor {
         pids: impl IntoIterator<Item = u32>,
     ) -> HashMap<u32, Arc<Workload>> {
         let mut out = HashMap::new();
-        for pid in pids {
-            if out.contains_key(&pid) {
-                continue;
-            }
+        // Each process once, found or not: a walk names the owner of every
+        // socket, and a process without a workload had its cgroup file read
+        // again for each of its sockets (200 000 reads a walk at scale).
+        let distinct: std::collections::HashSet<u32> = pids.into_iter().collect();
+        for pid in distinct {
             if let Some(w) = self.resolve(pid) {
                 out.insert(pid, Arc::new(w));
             }
