@@ -2,10 +2,12 @@
 //! (the host suite) or plain loopback (the suite inside the test VMs;
 //! there only the NAT story, kat_scenarios::nat, uses namespaces).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use socket2::Socket;
+use socket2::{SockRef, Socket};
 
 /// Which end of a scenario's connection an event is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +53,22 @@ pub fn on_port(v: &Value, side: Side, port: u16) -> bool {
 /// SO_KEEPALIVE with TCP_KEEPIDLE/INTVL/CNT.
 pub fn keepalive(s: &Socket, idle_s: u64, intvl_s: u64, count: u32) {
     crate::ns::set_keepalive(s, (idle_s, intvl_s, count)).expect("keepalive");
+}
+
+/// The error the kernel ended `s` with, waiting at most `timeout` for it;
+/// None while the connection lives. Taking it clears the socket's error,
+/// which kat has read at the state change by then.
+pub fn ended_with(s: &TcpStream, timeout: Duration) -> Option<io::Error> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last_look = Instant::now() >= deadline;
+        match SockRef::from(s).take_error() {
+            Ok(Some(e)) => return Some(e),
+            Err(e) => panic!("SO_ERROR: {e}"),
+            Ok(None) if last_look => return None,
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 /// Closes a socket with SO_LINGER 0: a RST instead of a FIN.
