@@ -537,26 +537,18 @@ pub struct Options<'a> {
 
 /// What the programs do with an orderly close: as little as the view
 /// needs, for they do it for every connection of the host.
+/// Its value is what the programs read in `Config.orderly`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Orderly {
     /// Nothing: the view shows deaths only (`kat trace`).
-    Ignored,
+    Ignored = kat_common::orderly::IGNORED,
     /// Counted by service and peer, read as aggregates (`kat top`,
     /// `kat record`).
     #[default]
-    Counted,
+    Counted = kat_common::orderly::COUNTED,
     /// Sent one by one (`--all`).
-    Sent,
-}
-
-impl Orderly {
-    fn config_value(self) -> u32 {
-        match self {
-            Orderly::Ignored => kat_common::orderly::IGNORED,
-            Orderly::Counted => kat_common::orderly::COUNTED,
-            Orderly::Sent => kat_common::orderly::SENT,
-        }
-    }
+    Sent = kat_common::orderly::SENT,
 }
 
 /// Loads the programs and attaches every hook, in the forced lane only or
@@ -572,7 +564,7 @@ pub fn load(opts: &Options) -> Result<Loaded> {
         variants: v,
         ..
     } = kernel_facts(opts.ports)?;
-    config.orderly = opts.orderly.config_value();
+    config.orderly = opts.orderly as u32;
     let (mut ebpf, btf) = open(&config, opts.ring_bytes)?;
     let order: Vec<Lane> = forced.map_or(LANES.to_vec(), |l| vec![l]);
     let mut attempts = Vec::new();
